@@ -1,0 +1,51 @@
+//! `counter`: counts increments in a state block, so the count survives swaps.
+//!
+//! Block `count` (schema 1) holds one `u64` at offset 0. A message with tag
+//! [`TAG_INCREMENT`] adds one and replies with the new count; tag
+//! [`TAG_READ`] replies with the count. Replies are 8 bytes, native-endian.
+#![forbid(unsafe_code)]
+
+use core::ffi::CStr;
+use core::sync::atomic::Ordering;
+
+use molt_abi::molt_module;
+use molt_abi::sdk::{Config, Ctx, Error, Event, Module, Result, StateBlock};
+
+/// Message tag: increment, reply with the new count.
+pub const TAG_INCREMENT: u64 = 1;
+/// Message tag: reply with the count.
+pub const TAG_READ: u64 = 2;
+
+/// The instance: the open state block.
+pub struct Counter {
+    block: StateBlock,
+}
+
+impl Module for Counter {
+    const NAME: &'static CStr = c"counter";
+    const VERSION: &'static CStr = c"1.0.0";
+    const VERSION_NUMBER: u32 = 1;
+    const STATE_SCHEMA: u32 = 1;
+    const REQUIRED_HOST_CAPS: u64 = molt_abi::ffi::MOLT_HOST_CAP_STATE;
+    type Cont = ();
+
+    fn init(ctx: &Ctx<'_, Self>, _config: &Config<'_>) -> Result<Self> {
+        let block = ctx.state_block("count", 64)?;
+        Ok(Counter { block })
+    }
+
+    fn handle_event(&self, ctx: &Ctx<'_, Self>, _cont: Option<&mut ()>, event: &Event<'_>) -> Result<()> {
+        if !event.is_message() {
+            return Ok(());
+        }
+        let count = &self.block.atomic_u64s()[0];
+        let value = match event.tag {
+            TAG_INCREMENT => count.fetch_add(1, Ordering::AcqRel) + 1,
+            TAG_READ => count.load(Ordering::Acquire),
+            other => return Err(Error::failed(format!("counter: unknown tag {other} (1 increments, 2 reads)"))),
+        };
+        ctx.reply(event, &value.to_ne_bytes())
+    }
+}
+
+molt_module!(Counter);
