@@ -1,1 +1,12 @@
-//! placeholder
+//! molt-runtime: the runtime that loads handler modules and swaps them while
+//! it serves.
+//!
+//! The core (`module`, `cont`, `host`) is plain Rust over the [`sys`] layer,
+//! which holds everything that touches the OS. See DESIGN.md for the words.
+#![deny(missing_docs)]
+
+pub mod cont;
+pub mod host;
+pub mod module;
+pub mod sync;
+pub mod sys;

@@ -1,0 +1,3 @@
+//! Continuations and the plugin context.
+
+pub mod context;

@@ -1,0 +1,360 @@
+//! The host function table: `extern "C"` entry points modules call.
+
+use std::ffi::{CString, c_char, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use molt_abi::ffi::*;
+
+use super::state_store::Opened;
+use super::{CallFrame, Reply};
+
+/// The table every module receives (in `molt_host_info.api` and `molt_ctx.api`).
+pub static HOST_API: molt_host_api = molt_host_api {
+    size: v1_0::HOST_API_SIZE as u32,
+    abi_major: MOLT_ABI_MAJOR,
+    abi_minor: MOLT_ABI_MINOR,
+    log: Some(host_log),
+    set_error: Some(host_set_error),
+    cont_create: Some(host_cont_create),
+    cont_destroy: Some(host_cont_destroy),
+    cont_send: Some(host_cont_send),
+    timer_schedule: Some(host_timer_schedule),
+    timer_cancel: Some(host_timer_cancel),
+    state_open: Some(host_state_open),
+    state_ptr: Some(host_state_ptr),
+    user_arg_reserve: Some(host_user_arg_reserve),
+    user_arg_set: Some(host_user_arg_set),
+    user_arg_get: Some(host_user_arg_get),
+};
+
+/// The boundary every host function body runs in: a panic of ours becomes
+/// `MOLT_ERR_FAILED` instead of unwinding into module code.
+fn boundary(what: &str, f: impl FnOnce() -> molt_status) -> molt_status {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(status) => status,
+        Err(_) => {
+            tracing::error!(function = what, "host function panicked; returning MOLT_ERR_FAILED to the module");
+            MOLT_ERR_FAILED
+        }
+    }
+}
+
+/// The frame of the call `ctx` belongs to.
+///
+/// # Safety
+///
+/// `ctx` is null or the ctx the host passed to a module call that is still
+/// running (modules may only use a ctx during its call, header rule 3), so
+/// its `host` field points to that call's live [`CallFrame`].
+unsafe fn frame<'a>(ctx: *const molt_ctx) -> Option<&'a CallFrame<'a>> {
+    // SAFETY: per this function's contract, ctx is null or live.
+    let c = unsafe { ctx.as_ref() }?;
+    if !core::ptr::eq(c.api, &HOST_API) {
+        return None;
+    }
+    // SAFETY: per this function's contract, a live ctx built by the host
+    // carries its frame in `host`.
+    unsafe { c.host.cast::<CallFrame<'a>>().as_ref() }
+}
+
+/// The bytes of a (pointer, length) argument.
+///
+/// # Safety
+///
+/// `ptr` is null (then `len` must be 0) or readable for `len` bytes for `'a`.
+unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
+    if len == 0 {
+        return Some(&[]);
+    }
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: per this function's contract.
+    Some(unsafe { core::slice::from_raw_parts(ptr, len) })
+}
+
+fn fail(frame: &CallFrame<'_>, (status, msg): (molt_status, String)) -> molt_status {
+    tracing::debug!(module = %frame.meta.name, version = %frame.meta.version, status, "{msg}");
+    status
+}
+
+unsafe extern "C" fn host_log(ctx: *const molt_ctx, level: u32, msg: *const c_char, len: usize) {
+    boundary("log", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        // SAFETY: the module passes a string readable for `len` bytes.
+        let Some(text) = (unsafe { bytes(msg.cast(), len) }) else { return MOLT_ERR_INVALID_ARG };
+        let text = String::from_utf8_lossy(text);
+        let (m, v) = (&f.meta.name, &f.meta.version);
+        match level {
+            MOLT_LOG_ERROR => tracing::error!(module = %m, version = %v, "{text}"),
+            MOLT_LOG_WARN => tracing::warn!(module = %m, version = %v, "{text}"),
+            MOLT_LOG_INFO => tracing::info!(module = %m, version = %v, "{text}"),
+            MOLT_LOG_DEBUG => tracing::debug!(module = %m, version = %v, "{text}"),
+            _ => tracing::trace!(module = %m, version = %v, "{text}"),
+        }
+        MOLT_OK
+    });
+}
+
+unsafe extern "C" fn host_set_error(ctx: *const molt_ctx, status: molt_status, msg: *const c_char, len: usize) -> molt_status {
+    boundary("set_error", || {
+        // SAFETY: the module passes the ctx of its running call.
+        if let Some(f) = unsafe { frame(ctx) } {
+            // SAFETY: the module passes a string readable for `len` bytes.
+            let text = unsafe { bytes(msg.cast(), len) }.map(String::from_utf8_lossy).unwrap_or_default();
+            *f.error.borrow_mut() = Some((status, text.into_owned()));
+        }
+        status
+    })
+}
+
+unsafe extern "C" fn host_cont_create(
+    ctx: *const molt_ctx,
+    handler: Option<molt_handler_fn>,
+    data: *mut c_void,
+    worker: u32,
+    tag: u64,
+    out: *mut molt_cont_id,
+) -> molt_status {
+    boundary("cont_create", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        if out.is_null() {
+            return MOLT_ERR_INVALID_ARG;
+        }
+        match f.env.services.cont_create(f, handler, data, worker, tag) {
+            Ok(id) => {
+                // SAFETY: `out` is non-null and the module's writable out-parameter.
+                unsafe { out.write(id) };
+                MOLT_OK
+            }
+            Err(e) => fail(f, e),
+        }
+    })
+}
+
+unsafe extern "C" fn host_cont_destroy(ctx: *const molt_ctx, id: molt_cont_id) -> molt_status {
+    boundary("cont_destroy", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        f.env.services.cont_destroy(f, id).map_or_else(|e| fail(f, e), |()| MOLT_OK)
+    })
+}
+
+unsafe extern "C" fn host_cont_send(
+    ctx: *const molt_ctx,
+    target: molt_cont_id,
+    tag: u64,
+    data: *const u8,
+    len: usize,
+) -> molt_status {
+    boundary("cont_send", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        // SAFETY: the module passes a payload readable for `len` bytes.
+        let Some(payload) = (unsafe { bytes(data, len) }) else { return MOLT_ERR_INVALID_ARG };
+        if target == 0 {
+            // A reply to the host: whoever made the host send the event collects it.
+            // SAFETY: the ctx of a running call is readable.
+            let from = unsafe { (*ctx).self_ };
+            if let Some(sink) = f.env.replies {
+                sink.borrow_mut().push(Reply { from, tag, data: payload.to_vec() });
+            }
+            return MOLT_OK;
+        }
+        f.env.services.cont_send(f, target, tag, payload).map_or_else(|e| fail(f, e), |()| MOLT_OK)
+    })
+}
+
+unsafe extern "C" fn host_timer_schedule(
+    ctx: *const molt_ctx,
+    target: molt_cont_id,
+    delay_ns: u64,
+    tag: u64,
+    out: *mut molt_timer_id,
+) -> molt_status {
+    boundary("timer_schedule", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        match f.env.services.timer_schedule(f, target, delay_ns, tag) {
+            Ok(id) => {
+                if !out.is_null() {
+                    // SAFETY: `out` is non-null and the module's writable out-parameter.
+                    unsafe { out.write(id) };
+                }
+                MOLT_OK
+            }
+            Err(e) => fail(f, e),
+        }
+    })
+}
+
+unsafe extern "C" fn host_timer_cancel(ctx: *const molt_ctx, id: molt_timer_id) -> molt_status {
+    boundary("timer_cancel", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        f.env.services.timer_cancel(f, id).map_or_else(|e| fail(f, e), |()| MOLT_OK)
+    })
+}
+
+unsafe extern "C" fn host_state_open(
+    ctx: *const molt_ctx,
+    name: *const c_char,
+    name_len: usize,
+    schema: u32,
+    min_len: u64,
+    out: *mut molt_state_block,
+) -> molt_status {
+    boundary("state_open", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        // SAFETY: the module passes a name readable for `name_len` bytes.
+        let Some(Ok(name)) = (unsafe { bytes(name.cast(), name_len) }).map(std::str::from_utf8) else {
+            return fail(f, (MOLT_ERR_INVALID_ARG, "state_open: the block name is not UTF-8".into()));
+        };
+        // SAFETY: the module's out-parameter, checked for null.
+        let Some(out) = (unsafe { out.as_mut() }) else { return MOLT_ERR_INVALID_ARG };
+        if (out.size as usize) < v1_0::STATE_BLOCK_SIZE {
+            return fail(f, (MOLT_ERR_INVALID_ARG, "state_open: out->size is smaller than molt_state_block".into()));
+        }
+        let owner = &f.meta.name;
+        let store = &f.host.state;
+        let (handle, len, created) = match store.open(owner, name, schema, min_len) {
+            Err(e) => return fail(f, e),
+            Ok(Opened::Existing { handle, len }) => (handle, len, false),
+            Ok(Opened::Created { handle, len }) => (handle, len, true),
+            Ok(Opened::NeedsMigration { src, dst, from_schema }) => {
+                match migrate_block(f, ctx, name, src, dst, from_schema, schema) {
+                    Ok(len) => (dst, len, false),
+                    Err(status) => return status,
+                }
+            }
+        };
+        out.handle = handle;
+        out.len = len;
+        out.schema = schema;
+        out.created = u32::from(created);
+        MOLT_OK
+    })
+}
+
+/// Run the module's migrate from block `src` into `dst`, then commit.
+fn migrate_block(
+    f: &CallFrame<'_>,
+    ctx: *const molt_ctx,
+    name: &str,
+    src: u64,
+    dst: u64,
+    from_schema: u32,
+    to_schema: u32,
+) -> Result<u64, molt_status> {
+    let owner = &f.meta.name;
+    let Some(migrate) = f.meta.callbacks.migrate else {
+        return Err(fail(
+            f,
+            (
+                MOLT_ERR_SCHEMA,
+                format!(
+                    "state block {owner}/{name} has schema {from_schema}, version {} speaks {to_schema} and has no migrate callback",
+                    f.meta.version
+                ),
+            ),
+        ));
+    };
+    let store = &f.host.state;
+    let (Some((src_ptr, src_len)), Some((dst_ptr, dst_len))) = (store.ptr(owner, src), store.ptr(owner, dst)) else {
+        return Err(MOLT_ERR_FAILED);
+    };
+    let cname = CString::new(name).unwrap_or_default();
+    let m = molt_migration {
+        size: v1_0::MIGRATION_SIZE as u32,
+        abi_major: MOLT_ABI_MAJOR,
+        abi_minor: MOLT_ABI_MINOR,
+        direction: MOLT_MIGRATE_UP,
+        from_schema,
+        to_schema,
+        reserved: 0,
+        block_name: cname.as_ptr(),
+        src: src_ptr.cast_const().cast(),
+        src_len,
+        dst: dst_ptr.cast(),
+        dst_len,
+    };
+    // SAFETY: `migrate` is the module's callback from its descriptor (the
+    // library is loaded: we are inside one of its calls); `ctx` is the ctx of
+    // that call, still live; `m` and the buffers it points to outlive the call.
+    let status = unsafe { migrate(ctx, &m) };
+    if status != MOLT_OK {
+        return Err(status);
+    }
+    store.commit_migration(src, dst);
+    tracing::info!(module = %owner, version = %f.meta.version, block = name, from_schema, to_schema, "state block migrated");
+    Ok(dst_len)
+}
+
+unsafe extern "C" fn host_state_ptr(ctx: *const molt_ctx, handle: molt_state_handle, out: *mut *mut c_void) -> molt_status {
+    boundary("state_ptr", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        if out.is_null() {
+            return MOLT_ERR_INVALID_ARG;
+        }
+        match f.host.state.ptr(&f.meta.name, handle) {
+            Some((p, _)) => {
+                // SAFETY: `out` is non-null and the module's writable out-parameter.
+                unsafe { out.write(p.cast()) };
+                MOLT_OK
+            }
+            None => fail(f, (MOLT_ERR_STALE, format!("state handle {handle} is not a block of {}", f.meta.name))),
+        }
+    })
+}
+
+unsafe extern "C" fn host_user_arg_reserve(ctx: *const molt_ctx, name: *const c_char, name_len: usize, out: *mut u32) -> molt_status {
+    boundary("user_arg_reserve", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        // SAFETY: the module passes a name readable for `name_len` bytes.
+        let Some(Ok(name)) = (unsafe { bytes(name.cast(), name_len) }).map(std::str::from_utf8) else {
+            return fail(f, (MOLT_ERR_INVALID_ARG, "user_arg_reserve: the name is not UTF-8".into()));
+        };
+        if out.is_null() {
+            return MOLT_ERR_INVALID_ARG;
+        }
+        match f.host.user_args.reserve(name) {
+            Ok(i) => {
+                // SAFETY: `out` is non-null and the module's writable out-parameter.
+                unsafe { out.write(i) };
+                MOLT_OK
+            }
+            Err(e) => fail(f, e),
+        }
+    })
+}
+
+unsafe extern "C" fn host_user_arg_set(ctx: *const molt_ctx, id: molt_cont_id, slot: u32, value: u64) -> molt_status {
+    boundary("user_arg_set", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        f.env.services.user_arg_set(f, id, slot, value).map_or_else(|e| fail(f, e), |()| MOLT_OK)
+    })
+}
+
+unsafe extern "C" fn host_user_arg_get(ctx: *const molt_ctx, id: molt_cont_id, slot: u32, out: *mut u64) -> molt_status {
+    boundary("user_arg_get", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        if out.is_null() {
+            return MOLT_ERR_INVALID_ARG;
+        }
+        match f.env.services.user_arg_get(f, id, slot) {
+            Ok(v) => {
+                // SAFETY: `out` is non-null and the module's writable out-parameter.
+                unsafe { out.write(v) };
+                MOLT_OK
+            }
+            Err(e) => fail(f, e),
+        }
+    })
+}

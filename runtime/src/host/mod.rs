@@ -1,0 +1,161 @@
+//! The host side of the ABI: the function table modules call, and the
+//! per-call frame behind `molt_ctx.host`.
+//!
+//! Every host function is `extern "C"` and runs inside [`boundary`], which
+//! catches a panic of ours and turns it into `MOLT_ERR_FAILED` (a Rust panic
+//! must never unwind into a C module). Each function finds its [`CallFrame`]
+//! through the ctx the module passes back, so it knows which module version
+//! is calling without a thread-local lookup; continuation and timer work is
+//! delegated to the frame's [`Services`] (a worker, or [`Detached`] when the
+//! runtime calls a module outside any worker).
+
+mod api;
+mod state_store;
+mod user_args;
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+
+use molt_abi::ffi::*;
+
+pub use api::HOST_API;
+pub use state_store::StateStore;
+pub use user_args::{USER_ARGS_MAX, UserArgs};
+
+use crate::module::ModuleMeta;
+
+/// What this host provides, in `MOLT_HOST_CAP_*` bits.
+pub const HOST_CAPS: u64 = MOLT_HOST_CAP_CONT | MOLT_HOST_CAP_TIMERS | MOLT_HOST_CAP_STATE | MOLT_HOST_CAP_USER_ARGS;
+
+/// The name and bit of every host capability this host knows, for messages.
+pub const HOST_CAP_NAMES: &[(&str, u64)] = &[
+    ("cont", MOLT_HOST_CAP_CONT),
+    ("timers", MOLT_HOST_CAP_TIMERS),
+    ("state", MOLT_HOST_CAP_STATE),
+    ("state_persistent", MOLT_HOST_CAP_STATE_PERSISTENT),
+    ("user_args", MOLT_HOST_CAP_USER_ARGS),
+    ("adopt", MOLT_HOST_CAP_ADOPT),
+];
+
+/// Runtime-wide services shared by every module version: state blocks and
+/// user-arg slots.
+#[derive(Debug, Default)]
+pub struct Host {
+    /// State blocks.
+    pub state: StateStore,
+    /// User-arg slots reserved by name.
+    pub user_args: UserArgs,
+}
+
+/// A message a module sent to the host (target 0): the reply to an event the
+/// host sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The continuation that sent it (0 outside handle_event).
+    pub from: u64,
+    /// Its tag.
+    pub tag: u64,
+    /// Its payload.
+    pub data: Vec<u8>,
+}
+
+/// A failure of a host service: a status and the reason in words.
+pub type ServiceResult<T> = Result<T, (molt_status, String)>;
+
+/// Continuation, timer and user-arg services: what a worker provides.
+pub trait Services {
+    /// Create a continuation charged to the calling version.
+    fn cont_create(
+        &self,
+        frame: &CallFrame<'_>,
+        handler: Option<molt_handler_fn>,
+        data: *mut c_void,
+        worker: u32,
+        tag: u64,
+    ) -> ServiceResult<u64>;
+    /// End a continuation.
+    fn cont_destroy(&self, frame: &CallFrame<'_>, id: u64) -> ServiceResult<()>;
+    /// Send a message to a continuation (never 0: the frame handles host replies).
+    fn cont_send(&self, frame: &CallFrame<'_>, target: u64, tag: u64, data: &[u8]) -> ServiceResult<()>;
+    /// Schedule a timer.
+    fn timer_schedule(&self, frame: &CallFrame<'_>, target: u64, delay_ns: u64, tag: u64) -> ServiceResult<u64>;
+    /// Cancel a timer.
+    fn timer_cancel(&self, frame: &CallFrame<'_>, id: u64) -> ServiceResult<()>;
+    /// Set a continuation's user-arg value.
+    fn user_arg_set(&self, frame: &CallFrame<'_>, id: u64, slot: u32, value: u64) -> ServiceResult<()>;
+    /// Read a continuation's user-arg value.
+    fn user_arg_get(&self, frame: &CallFrame<'_>, id: u64, slot: u32) -> ServiceResult<u64>;
+}
+
+/// The services of a call made outside any worker (the loader's init and
+/// fini, direct calls from tools): no continuations or timers exist there.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Detached;
+
+fn detached<T>(what: &str) -> ServiceResult<T> {
+    Err((
+        MOLT_ERR_PHASE,
+        format!("{what} is not available in this call: no worker runs it (init, fini and direct calls run outside the event loop)"),
+    ))
+}
+
+impl Services for Detached {
+    fn cont_create(&self, _: &CallFrame<'_>, _: Option<molt_handler_fn>, _: *mut c_void, _: u32, _: u64) -> ServiceResult<u64> {
+        detached("cont_create")
+    }
+    fn cont_destroy(&self, _: &CallFrame<'_>, _: u64) -> ServiceResult<()> {
+        detached("cont_destroy")
+    }
+    fn cont_send(&self, _: &CallFrame<'_>, _: u64, _: u64, _: &[u8]) -> ServiceResult<()> {
+        detached("cont_send to a continuation")
+    }
+    fn timer_schedule(&self, _: &CallFrame<'_>, _: u64, _: u64, _: u64) -> ServiceResult<u64> {
+        detached("timer_schedule")
+    }
+    fn timer_cancel(&self, _: &CallFrame<'_>, _: u64) -> ServiceResult<()> {
+        detached("timer_cancel")
+    }
+    fn user_arg_set(&self, _: &CallFrame<'_>, _: u64, _: u32, _: u64) -> ServiceResult<()> {
+        detached("user_arg_set")
+    }
+    fn user_arg_get(&self, _: &CallFrame<'_>, _: u64, _: u32) -> ServiceResult<u64> {
+        detached("user_arg_get")
+    }
+}
+
+/// Where a call into a module runs: its worker's services and reply sink.
+#[derive(Clone, Copy)]
+pub struct CallEnv<'a> {
+    /// Continuation and timer services.
+    pub services: &'a dyn Services,
+    /// The worker index the call runs on (`u32::MAX` outside workers).
+    pub worker: u32,
+    /// Where messages to the host (target 0) go; dropped when `None`.
+    pub replies: Option<&'a RefCell<Vec<Reply>>>,
+}
+
+impl<'a> CallEnv<'a> {
+    /// An environment outside any worker, collecting host replies in `replies`.
+    pub fn detached(replies: Option<&'a RefCell<Vec<Reply>>>) -> CallEnv<'a> {
+        CallEnv { services: &Detached, worker: u32::MAX, replies }
+    }
+}
+
+/// The host's data for one call, behind `molt_ctx.host`.
+pub struct CallFrame<'a> {
+    /// The module version being called.
+    pub meta: &'a ModuleMeta,
+    /// Runtime-wide services.
+    pub host: &'a Host,
+    /// The environment.
+    pub env: CallEnv<'a>,
+    /// The error text the module handed over with set_error.
+    pub(crate) error: RefCell<Option<(molt_status, String)>>,
+}
+
+impl CallFrame<'_> {
+    /// The error the module handed over, if any.
+    pub fn take_error(&self) -> Option<(molt_status, String)> {
+        self.error.borrow_mut().take()
+    }
+}

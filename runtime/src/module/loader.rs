@@ -1,0 +1,281 @@
+//! [`Loader`]: from a module file to an initialised [`ModuleVersion`].
+
+use std::ffi::{CStr, CString, c_char};
+use std::path::{Path, PathBuf};
+
+use molt_abi::ffi::*;
+
+use super::version::{Callbacks, ModuleMeta, ModuleVersion, with_call};
+use super::{LoadError, VersionId};
+use crate::host::{CallEnv, HOST_API, HOST_CAP_NAMES, HOST_CAPS, Host};
+use crate::sync::{Arc, AtomicU64, Ordering};
+use crate::sys;
+use crate::sys::files::ElfKind;
+
+/// What to load: a file and the config its init receives.
+#[derive(Debug, Clone, Default)]
+pub struct ModuleSpec {
+    /// The module file (a shared library).
+    pub path: PathBuf,
+    /// Flat key/value config handed to init.
+    pub config: Vec<(String, String)>,
+    /// The version number of the version this one replaces (0: none).
+    pub previous_version: u32,
+}
+
+impl ModuleSpec {
+    /// A spec for `path` with no config.
+    pub fn new(path: impl Into<PathBuf>) -> ModuleSpec {
+        ModuleSpec { path: path.into(), ..ModuleSpec::default() }
+    }
+}
+
+/// Loads modules from private runtime copies under `<run_dir>/versions/`.
+#[derive(Debug)]
+pub struct Loader {
+    host: Arc<Host>,
+    versions_dir: PathBuf,
+}
+
+static NEXT_VERSION_ID: AtomicU64 = AtomicU64::new(1);
+
+const HOST_NAME: &CStr = c"molt";
+const HOST_VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+    Ok(s) => s,
+    Err(_) => panic!("package version contains a NUL"),
+};
+
+impl Loader {
+    /// A loader keeping runtime copies under `run_dir/versions`.
+    pub fn new(host: Arc<Host>, run_dir: &Path) -> std::io::Result<Loader> {
+        let versions_dir = run_dir.join("versions");
+        std::fs::create_dir_all(&versions_dir)?;
+        Ok(Loader { host, versions_dir })
+    }
+
+    /// Where runtime copies go.
+    pub fn versions_dir(&self) -> &Path {
+        &self.versions_dir
+    }
+
+    /// The shared runtime services.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Check, copy, open, handshake and init `spec`'s module. On any failure
+    /// nothing of it stays loaded and its copy is removed.
+    pub fn load(&self, spec: &ModuleSpec) -> Result<ModuleVersion, LoadError> {
+        let path = spec.path.as_path();
+        check_file(path)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let copy = sys::files::private_copy(path, &self.versions_dir, &id).map_err(|source| LoadError::Io {
+            path: path.to_owned(),
+            what: "copying it to the runtime's versions directory",
+            source,
+        })?;
+        let result = self.load_copy(spec, &copy);
+        if result.is_err() && !sys::maps::is_mapped(&copy).unwrap_or(true) {
+            let _ = sys::files::remove_copy(&copy);
+        }
+        result
+    }
+
+    fn load_copy(&self, spec: &ModuleSpec, copy: &Path) -> Result<ModuleVersion, LoadError> {
+        let path = spec.path.clone();
+        let lib = sys::dl::Library::open(copy).map_err(|dlerror| LoadError::Open { path: path.clone(), dlerror })?;
+        let entry = match lib.symbol(MOLT_ENTRY_SYMBOL) {
+            Some(p) if !p.is_null() => p,
+            _ => {
+                let _ = lib.close();
+                return Err(LoadError::NoEntry { path });
+            }
+        };
+        // SAFETY: the symbol named molt_module_entry_v1 has this type by the
+        // ABI's definition (molt.h); a module that lies breaks the contract
+        // we load it under.
+        let entry: molt_module_entry_fn = unsafe { std::mem::transmute::<*mut std::ffi::c_void, molt_module_entry_fn>(entry) };
+        match handshake(&path, copy, entry) {
+            Ok(meta) => self.init(spec, meta, lib),
+            Err(e) => {
+                let _ = lib.close();
+                Err(e)
+            }
+        }
+    }
+
+    fn init(&self, spec: &ModuleSpec, meta: ModuleMeta, lib: sys::dl::Library) -> Result<ModuleVersion, LoadError> {
+        let pairs: Vec<(CString, CString)> = spec
+            .config
+            .iter()
+            .map(|(k, v)| (cstring_lossy(k), cstring_lossy(v)))
+            .collect();
+        let entries: Vec<molt_config_entry> =
+            pairs.iter().map(|(k, v)| molt_config_entry { key: k.as_ptr(), value: v.as_ptr() }).collect();
+        let args = molt_init_args {
+            size: v1_0::INIT_ARGS_SIZE as u32,
+            abi_major: MOLT_ABI_MAJOR,
+            abi_minor: MOLT_ABI_MINOR,
+            config: if entries.is_empty() { core::ptr::null() } else { entries.as_ptr() },
+            config_len: entries.len(),
+            previous_version: spec.previous_version,
+            reserved: 0,
+        };
+        let mut instance = core::ptr::null_mut();
+        let init = meta.callbacks.init;
+        let (status, err) = with_call(&meta, &self.host, core::ptr::null_mut(), CallEnv::detached(None), 0, |ctx| {
+            // SAFETY: `init` is the module's init from a validated descriptor,
+            // its library loaded; ctx, args (and the strings they point to)
+            // and the out-parameter outlive the call.
+            unsafe { init(ctx, &args, &mut instance) }
+        });
+        if status == MOLT_OK {
+            tracing::info!(module = %meta.name, version = %meta.version, copy = %meta.copy.display(), "module loaded");
+            return Ok(ModuleVersion::new(meta, self.host.clone(), instance, lib));
+        }
+        let text = err.map(|(_, t)| t).unwrap_or_else(|| "(the module gave no error text)".to_owned());
+        let (module, version) = (meta.name.clone(), meta.version.clone());
+        let _ = lib.close();
+        if status == MOLT_ERR_PANIC {
+            let text = text.strip_prefix("init panicked: ").map(str::to_owned).unwrap_or(text);
+            Err(LoadError::InitPanicked { path: spec.path.clone(), module, version, text })
+        } else {
+            Err(LoadError::InitFailed { path: spec.path.clone(), module, version, status, text })
+        }
+    }
+}
+
+/// The checks before anything of the file is opened: it exists, is a
+/// regular file owned by us or root and not writable by group or others,
+/// and is an ELF shared object.
+fn check_file(path: &Path) -> Result<(), LoadError> {
+    let facts = sys::files::facts(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => LoadError::NotFound { path: path.to_owned() },
+        _ => LoadError::Io { path: path.to_owned(), what: "reading its metadata", source: e },
+    })?;
+    if !facts.regular {
+        return Err(LoadError::NotRegularFile { path: path.to_owned() });
+    }
+    let me = sys::files::effective_uid();
+    if facts.uid != me && facts.uid != 0 {
+        return Err(LoadError::UnsafeFile {
+            path: path.to_owned(),
+            why: format!("owned by uid {}, neither the runtime's uid {me} nor root", facts.uid),
+        });
+    }
+    if facts.mode & 0o022 != 0 {
+        return Err(LoadError::UnsafeFile {
+            path: path.to_owned(),
+            why: format!("mode {:04o} is group- or world-writable", facts.mode),
+        });
+    }
+    let kind = sys::files::elf_kind(path).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        what: "reading its ELF header",
+        source,
+    })?;
+    let why = match kind {
+        ElfKind::SharedObject => return Ok(()),
+        ElfKind::NotElf => "no ELF header: it is not a compiled library".to_owned(),
+        ElfKind::TooShort => "shorter than an ELF header".to_owned(),
+        ElfKind::OtherElf(1) => "an ELF relocatable object (.o), not a shared object".to_owned(),
+        ElfKind::OtherElf(2) => "an ELF executable, not a shared object".to_owned(),
+        ElfKind::OtherElf(t) => format!("an ELF file of type {t}, not a shared object"),
+    };
+    Err(LoadError::NotSharedLibrary { path: path.to_owned(), why })
+}
+
+/// Call the entry with our host info and validate the descriptor it returns.
+fn handshake(path: &Path, copy: &Path, entry: molt_module_entry_fn) -> Result<ModuleMeta, LoadError> {
+    let path = path.to_owned();
+    let info = molt_host_info {
+        size: v1_0::HOST_INFO_SIZE as u32,
+        abi_major: MOLT_ABI_MAJOR,
+        abi_minor: MOLT_ABI_MINOR,
+        host_caps: HOST_CAPS,
+        host_name: HOST_NAME.as_ptr(),
+        host_version: HOST_VERSION.as_ptr(),
+        api: &HOST_API,
+    };
+    let mut desc: *const molt_module_desc = core::ptr::null();
+    let mut errbuf = [0 as c_char; 1024];
+    // SAFETY: the entry has the ABI's type (see the transmute above); every
+    // argument is valid for the call and errbuf's length is its real length.
+    let status = unsafe { entry(&info, &mut desc, errbuf.as_mut_ptr(), errbuf.len()) };
+    if status != MOLT_OK {
+        // Terminate defensively: a module may fill the buffer without a NUL.
+        errbuf[errbuf.len() - 1] = 0;
+        // SAFETY: errbuf is NUL-terminated (just ensured).
+        let text = unsafe { CStr::from_ptr(errbuf.as_ptr()) }.to_string_lossy().into_owned();
+        let text = if text.is_empty() { "(no reason given)".to_owned() } else { text };
+        return Err(LoadError::EntryRefused { path, status, text });
+    }
+    if desc.is_null() {
+        return Err(LoadError::NoDescriptor { path });
+    }
+    // Read the fixed head first: a descriptor may be smaller than ours.
+    // SAFETY: every ABI struct begins with `uint32_t size; uint16_t major;
+    // uint16_t minor`, so a non-null descriptor has at least these 8 bytes.
+    let (size, major) = unsafe { ((*desc).size, (*desc).abi_major) };
+    if major != MOLT_ABI_MAJOR {
+        return Err(LoadError::AbiMajor { path, found: major, expected: MOLT_ABI_MAJOR });
+    }
+    if (size as usize) < v1_0::MODULE_DESC_SIZE {
+        return Err(LoadError::DescriptorTooSmall { path, size, need: v1_0::MODULE_DESC_SIZE, major });
+    }
+    // SAFETY: the descriptor declares at least the v1.0 size, so every field
+    // we read is inside what the module wrote; it is static module data.
+    let d = unsafe { *desc };
+    let bad = |why: String| LoadError::BadDescriptor { path: path.clone(), why };
+    let name = desc_str(d.name).ok_or_else(|| bad("name is NULL or not UTF-8".into()))?;
+    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(bad(format!("name {name:?} must be 1 to 64 of [a-z0-9_-]")));
+    }
+    let version = desc_str(d.version).ok_or_else(|| bad(format!("module {name}: version is NULL or not UTF-8")))?;
+    let (Some(init), Some(handle_event)) = (d.init, d.handle_event) else {
+        let which = if d.init.is_none() { "init" } else { "handle_event" };
+        return Err(bad(format!("module {name}: the required callback {which} is NULL")));
+    };
+    let missing = d.required_host_caps & !HOST_CAPS;
+    if missing != 0 {
+        return Err(LoadError::MissingCapability { path, module: name, missing: cap_names(missing) });
+    }
+    Ok(ModuleMeta {
+        id: VersionId(NEXT_VERSION_ID.fetch_add(1, Ordering::Relaxed)),
+        name,
+        version,
+        version_number: d.version_number,
+        state_schema: d.state_schema,
+        flags: d.flags,
+        required_host_caps: d.required_host_caps,
+        module_caps: d.module_caps,
+        source: path,
+        copy: copy.to_owned(),
+        callbacks: Callbacks { init, handle_event, migrate: d.migrate, adopt: d.adopt, drain: d.drain, fini: d.fini },
+    })
+}
+
+fn desc_str(p: *const c_char) -> Option<String> {
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: descriptor strings are NUL-terminated static module data (molt.h).
+    unsafe { CStr::from_ptr(p) }.to_str().ok().map(str::to_owned)
+}
+
+fn cstring_lossy(s: &str) -> CString {
+    CString::new(s.replace('\0', "")).unwrap_or_default()
+}
+
+/// Name the capability bits in `bits`: `timers (bit 1), bit 47 (unknown to this host)`.
+pub(crate) fn cap_names(bits: u64) -> String {
+    (0..64)
+        .filter(|b| bits & (1u64 << b) != 0)
+        .map(|b| match HOST_CAP_NAMES.iter().find(|(_, v)| *v == 1u64 << b) {
+            Some((n, _)) => format!("{n} (bit {b})"),
+            None => format!("bit {b} (unknown to this host)"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,24 @@
+//! Modules: loading runtime copies, the handshake, and loaded versions.
+//!
+//! A [`Loader`] turns a module file into a [`ModuleVersion`]: it checks the
+//! file, copies it to `<run_dir>/versions/<uuid>/`, opens the copy with
+//! `RTLD_NOW | RTLD_LOCAL`, runs the handshake both ways and `init`, and
+//! refuses with a [`LoadError`] that says in words what is wrong.
+
+mod error;
+mod loader;
+mod version;
+
+pub use error::{CallError, LoadError};
+pub use loader::{Loader, ModuleSpec};
+pub use version::{ModuleMeta, ModuleVersion, UnloadReport};
+
+/// The identity of one loaded module version, unique for the process's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VersionId(pub u64);
+
+impl std::fmt::Display for VersionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "v#{}", self.0)
+    }
+}

@@ -1,0 +1,290 @@
+//! [`ModuleVersion`]: one loaded runtime copy of a module, and calls into it.
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+use std::path::PathBuf;
+
+use molt_abi::ffi::*;
+
+use super::{CallError, VersionId};
+use crate::cont::context::ContextGuard;
+use crate::host::{CallEnv, CallFrame, HOST_API, Host, Reply};
+use crate::sync::{Arc, AtomicBool, Ordering};
+use crate::sys;
+
+/// A module's callbacks, copied out of its descriptor at load.
+#[derive(Debug, Clone, Copy)]
+pub struct Callbacks {
+    /// Required.
+    pub init: unsafe extern "C" fn(*const molt_ctx, *const molt_init_args, *mut *mut c_void) -> molt_status,
+    /// Required.
+    pub handle_event: molt_handler_fn,
+    /// Optional.
+    pub migrate: Option<unsafe extern "C" fn(*const molt_ctx, *const molt_migration) -> molt_status>,
+    /// Optional.
+    pub adopt: Option<
+        unsafe extern "C" fn(*const molt_ctx, *mut c_void, u32, *mut *mut c_void, *mut Option<molt_handler_fn>) -> molt_status,
+    >,
+    /// Optional.
+    pub drain: Option<unsafe extern "C" fn(*const molt_ctx) -> molt_status>,
+    /// Optional.
+    pub fini: Option<unsafe extern "C" fn(*const molt_ctx)>,
+}
+
+/// What is known about a loaded module version.
+#[derive(Debug, Clone)]
+pub struct ModuleMeta {
+    /// Process-unique id.
+    pub id: VersionId,
+    /// The module's name.
+    pub name: String,
+    /// Its version string.
+    pub version: String,
+    /// Its version number.
+    pub version_number: u32,
+    /// Its state schema version.
+    pub state_schema: u32,
+    /// `MOLT_MODULE_*` flags.
+    pub flags: u32,
+    /// `MOLT_HOST_CAP_*` it requires.
+    pub required_host_caps: u64,
+    /// `MOLT_MOD_CAP_*` it offers.
+    pub module_caps: u64,
+    /// The file the config names.
+    pub source: PathBuf,
+    /// The private runtime copy it was loaded from.
+    pub copy: PathBuf,
+    /// Its callbacks (valid while its library is loaded).
+    pub callbacks: Callbacks,
+}
+
+/// How an unload went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnloadReport {
+    /// The module and version, for messages.
+    pub module: String,
+    /// Whether the copy is no longer mapped in this process.
+    pub unmapped: bool,
+    /// Why it is still mapped, if it is (pinned).
+    pub pinned: Option<String>,
+    /// Whether the private copy was removed (only once unmapped).
+    pub copy_removed: bool,
+    /// fini's failure, if it panicked.
+    pub fini_error: Option<String>,
+}
+
+/// One loaded runtime copy of a module: its library, its instance, and the
+/// calls into it. Calls set the plugin context around themselves.
+pub struct ModuleVersion {
+    meta: ModuleMeta,
+    host: Arc<Host>,
+    instance: *mut c_void,
+    failed: AtomicBool,
+    lib: Option<sys::dl::Library>,
+}
+
+// SAFETY: the instance pointer is the module's, and the ABI requires a module
+// to accept calls for different continuations from different workers at once
+// (header rule 7); everything else here is owned data or Sync.
+unsafe impl Send for ModuleVersion {}
+// SAFETY: as above; `&ModuleVersion` only makes calls the ABI allows concurrently.
+unsafe impl Sync for ModuleVersion {}
+
+impl std::fmt::Debug for ModuleVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModuleVersion").field("meta", &self.meta).field("failed", &self.is_failed()).finish()
+    }
+}
+
+/// Run `f` with a ctx for a call into `meta`'s module, with the plugin
+/// context set to it; return `f`'s result and the error text the module
+/// handed over.
+pub(crate) fn with_call<R>(
+    meta: &ModuleMeta,
+    host: &Host,
+    instance: *mut c_void,
+    env: CallEnv<'_>,
+    self_id: u64,
+    f: impl FnOnce(*const molt_ctx) -> R,
+) -> (R, Option<(molt_status, String)>) {
+    let frame = CallFrame { meta, host, env, error: RefCell::new(None) };
+    let ctx = molt_ctx {
+        size: v1_0::CTX_SIZE as u32,
+        abi_major: MOLT_ABI_MAJOR,
+        abi_minor: MOLT_ABI_MINOR,
+        api: &HOST_API,
+        instance,
+        self_: self_id,
+        worker: env.worker,
+        reserved: 0,
+        host: (&raw const frame).cast_mut().cast(),
+    };
+    let _context = ContextGuard::enter(meta.id);
+    let r = f(&ctx);
+    (r, frame.take_error())
+}
+
+/// Build an event for `target`.
+pub fn event(kind: u32, target: u64, source: u64, tag: u64, data: &[u8]) -> molt_event {
+    molt_event {
+        size: v1_0::EVENT_SIZE as u32,
+        abi_major: MOLT_ABI_MAJOR,
+        abi_minor: MOLT_ABI_MINOR,
+        kind,
+        flags: 0,
+        target,
+        source,
+        tag,
+        data: if data.is_empty() { core::ptr::null() } else { data.as_ptr() },
+        len: data.len(),
+        handle: 0,
+        arg0: 0,
+        arg1: 0,
+    }
+}
+
+impl ModuleVersion {
+    pub(crate) fn new(meta: ModuleMeta, host: Arc<Host>, instance: *mut c_void, lib: sys::dl::Library) -> ModuleVersion {
+        ModuleVersion { meta, host, instance, failed: AtomicBool::new(false), lib: Some(lib) }
+    }
+
+    /// What is known about it.
+    pub fn meta(&self) -> &ModuleMeta {
+        &self.meta
+    }
+
+    /// Its id.
+    pub fn id(&self) -> VersionId {
+        self.meta.id
+    }
+
+    /// The runtime-wide services its calls use.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Whether a call panicked (the instance is marked failed).
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// The raw instance pointer and handler, for benchmarks that measure a
+    /// bare call next to dispatch.
+    pub fn raw_handler(&self) -> (molt_handler_fn, *mut c_void) {
+        (self.meta.callbacks.handle_event, self.instance)
+    }
+
+    fn call_error(&self, callback: &'static str, status: molt_status, err: Option<(molt_status, String)>) -> CallError {
+        if status == MOLT_ERR_PANIC {
+            self.failed.store(true, Ordering::Release);
+            tracing::error!(module = %self.meta.name, version = %self.meta.version, callback, "module panicked; instance marked failed");
+        }
+        let text = err.map(|(_, t)| t).unwrap_or_else(|| "(the module gave no error text)".to_owned());
+        CallError { module: self.meta.name.clone(), version: self.meta.version.clone(), callback, status, text }
+    }
+
+    /// Call the handler (`handler`, or the descriptor's) of continuation
+    /// `self_id` whose data is `data`, with `ev`.
+    pub fn handle_event(
+        &self,
+        env: CallEnv<'_>,
+        self_id: u64,
+        handler: Option<molt_handler_fn>,
+        data: *mut c_void,
+        ev: &molt_event,
+    ) -> Result<(), CallError> {
+        let h = handler.unwrap_or(self.meta.callbacks.handle_event);
+        let (status, err) = with_call(&self.meta, &self.host, self.instance, env, self_id, |ctx| {
+            // SAFETY: `h` is this version's handler (its library is loaded
+            // while `self` lives); ctx, data and ev are valid for the call,
+            // and the caller guarantees no other call for `self_id` runs now.
+            unsafe { h(ctx, data, ev) }
+        });
+        if status == MOLT_OK { Ok(()) } else { Err(self.call_error("handle_event", status, err)) }
+    }
+
+    /// Send the module a message from the host (outside any worker) and
+    /// collect what it sends back to the host.
+    pub fn call_direct(&self, tag: u64, payload: &[u8]) -> Result<Vec<Reply>, CallError> {
+        let replies = RefCell::new(Vec::new());
+        let ev = event(MOLT_EV_MESSAGE, 0, 0, tag, payload);
+        self.handle_event(CallEnv::detached(Some(&replies)), 0, None, core::ptr::null_mut(), &ev)?;
+        Ok(replies.into_inner())
+    }
+
+    /// Tell the instance it is being replaced.
+    pub fn drain(&self, env: CallEnv<'_>) -> Result<(), CallError> {
+        let Some(d) = self.meta.callbacks.drain else { return Ok(()) };
+        let (status, err) = with_call(&self.meta, &self.host, self.instance, env, 0, |ctx| {
+            // SAFETY: `d` is this version's drain callback, its library loaded; ctx valid for the call.
+            unsafe { d(ctx) }
+        });
+        if status == MOLT_OK { Ok(()) } else { Err(self.call_error("drain", status, err)) }
+    }
+
+    /// Finalise the instance, close the library, verify the copy left memory
+    /// and remove it. Never call this on the module's own stack.
+    pub fn unload(mut self) -> UnloadReport {
+        let module = format!("{} {}", self.meta.name, self.meta.version);
+        let fini_error = self.fini();
+        let Some(lib) = self.lib.take() else {
+            return UnloadReport { module, unmapped: false, pinned: Some("already closed".into()), copy_removed: false, fini_error };
+        };
+        if self.meta.flags & MOLT_MODULE_NEVER_UNLOAD != 0 {
+            // The module asked never to be unmapped: keep the handle open for good.
+            std::mem::forget(lib);
+            return UnloadReport {
+                module,
+                unmapped: false,
+                pinned: Some("the module sets MOLT_MODULE_NEVER_UNLOAD".into()),
+                copy_removed: false,
+                fini_error,
+            };
+        }
+        if let Err(e) = lib.close() {
+            tracing::warn!(module = %self.meta.name, version = %self.meta.version, "dlclose failed: {e}");
+        }
+        let mapped = sys::maps::is_mapped(&self.meta.copy).unwrap_or(true);
+        let pinned = mapped.then(|| {
+            "still mapped after dlclose: the library registered a thread-local destructor (e.g. std's default panic hook or a thread_local! with Drop) or another handle holds it".to_owned()
+        });
+        let copy_removed = !mapped && sys::files::remove_copy(&self.meta.copy).is_ok();
+        if let Some(p) = &pinned {
+            tracing::warn!(module = %self.meta.name, version = %self.meta.version, copy = %self.meta.copy.display(), "pinned: {p}");
+        }
+        UnloadReport { module, unmapped: !mapped, pinned, copy_removed, fini_error }
+    }
+
+    fn fini(&mut self) -> Option<String> {
+        let f = self.meta.callbacks.fini?;
+        if self.lib.is_none() {
+            return None;
+        }
+        let instance = std::mem::replace(&mut self.instance, core::ptr::null_mut());
+        let ((), err) = with_call(&self.meta, &self.host, instance, CallEnv::detached(None), 0, |ctx| {
+            // SAFETY: `f` is this version's fini, its library still loaded;
+            // it is the last call into the instance, made once (instance is
+            // nulled above).
+            unsafe { f(ctx) }
+        });
+        err.map(|(_, t)| t)
+    }
+}
+
+impl Drop for ModuleVersion {
+    fn drop(&mut self) {
+        if self.lib.is_some() {
+            let _ = self.fini();
+            if let Some(lib) = self.lib.take() {
+                if self.meta.flags & MOLT_MODULE_NEVER_UNLOAD != 0 {
+                    std::mem::forget(lib);
+                } else {
+                    let _ = lib.close();
+                    if !sys::maps::is_mapped(&self.meta.copy).unwrap_or(true) {
+                        let _ = sys::files::remove_copy(&self.meta.copy);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Shared helpers of the runtime's integration tests: real module libraries,
+//! built by cargo (Rust modules) and by the molt-c-modules build script (C).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// `target/<profile>`, where cargo puts the workspace's libraries.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test-binary>
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+}
+
+/// Build every workspace module once per test process (a no-op when fresh).
+fn ensure_built() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--workspace", "--lib"]);
+        if profile_dir().file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+        let status = cmd.status().expect("running cargo build for the modules");
+        assert!(status.success(), "building the workspace modules failed");
+    });
+}
+
+/// The shared library of module `name` (`hello`, `echo_c`, `fixture_init_panic`, ...).
+pub fn module_lib(name: &str) -> PathBuf {
+    ensure_built();
+    let p = profile_dir().join(format!("lib{name}.so"));
+    assert!(p.exists(), "module library {} was not built", p.display());
+    p
+}
+
+/// A fresh run directory under the system temp dir, removed on drop.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    pub fn new(tag: &str) -> RunDir {
+        let p = std::env::temp_dir().join(format!("molt-test-{tag}-{}-{}", std::process::id(), uuid_like()));
+        std::fs::create_dir_all(&p).expect("create run dir");
+        RunDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn uuid_like() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    t ^ N.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Whether `path` is mapped into this process, per /proc/self/maps.
+pub fn mapped(path: &Path) -> bool {
+    molt_runtime::sys::maps::is_mapped(path).expect("read /proc/self/maps")
+}
