@@ -155,7 +155,9 @@ fn refused_not_a_shared_library_and_missing_and_unsafe_files() {
 fn the_process_keeps_loading_after_every_refusal() {
     let dir = RunDir::new("after");
     let l = loader(&dir);
-    for f in ["fixture_wrong_major", "fixture_no_entry", "fixture_init_fails", "fixture_init_panic", "fixture_needs_cap"] {
+    for f in
+        ["fixture_wrong_major", "fixture_no_entry", "fixture_init_fails", "fixture_init_panic", "fixture_needs_cap"]
+    {
         assert!(l.load(&ModuleSpec::new(module_lib(f))).is_err());
     }
     let v = l.load(&ModuleSpec::new(module_lib("hello"))).expect("hello still loads");

@@ -120,9 +120,7 @@ impl<'a> Migration<'a> {
 
     /// Read the native-endian u64 (as the atomics see it) at `index` (8-byte words) of `src`, 0 past its end.
     pub fn src_u64(&self, index: usize) -> u64 {
-        self.src
-            .get(index * 8..index * 8 + 8)
-            .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+        self.src.get(index * 8..index * 8 + 8).map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
     }
 
     /// Write `value` as the native-endian u64 (as the atomics see it) at `index` of `dst`; false past its end.

@@ -97,7 +97,12 @@ unsafe extern "C" fn host_log(ctx: *const molt_ctx, level: u32, msg: *const c_ch
     });
 }
 
-unsafe extern "C" fn host_set_error(ctx: *const molt_ctx, status: molt_status, msg: *const c_char, len: usize) -> molt_status {
+unsafe extern "C" fn host_set_error(
+    ctx: *const molt_ctx,
+    status: molt_status,
+    msg: *const c_char,
+    len: usize,
+) -> molt_status {
     boundary("set_error", || {
         // SAFETY: the module passes the ctx of its running call.
         if let Some(f) = unsafe { frame(ctx) } {
@@ -293,7 +298,11 @@ fn migrate_block(
     Ok(dst_len)
 }
 
-unsafe extern "C" fn host_state_ptr(ctx: *const molt_ctx, handle: molt_state_handle, out: *mut *mut c_void) -> molt_status {
+unsafe extern "C" fn host_state_ptr(
+    ctx: *const molt_ctx,
+    handle: molt_state_handle,
+    out: *mut *mut c_void,
+) -> molt_status {
     boundary("state_ptr", || {
         // SAFETY: the module passes the ctx of its running call.
         let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
@@ -311,7 +320,12 @@ unsafe extern "C" fn host_state_ptr(ctx: *const molt_ctx, handle: molt_state_han
     })
 }
 
-unsafe extern "C" fn host_user_arg_reserve(ctx: *const molt_ctx, name: *const c_char, name_len: usize, out: *mut u32) -> molt_status {
+unsafe extern "C" fn host_user_arg_reserve(
+    ctx: *const molt_ctx,
+    name: *const c_char,
+    name_len: usize,
+    out: *mut u32,
+) -> molt_status {
     boundary("user_arg_reserve", || {
         // SAFETY: the module passes the ctx of its running call.
         let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
@@ -341,7 +355,12 @@ unsafe extern "C" fn host_user_arg_set(ctx: *const molt_ctx, id: molt_cont_id, s
     })
 }
 
-unsafe extern "C" fn host_user_arg_get(ctx: *const molt_ctx, id: molt_cont_id, slot: u32, out: *mut u64) -> molt_status {
+unsafe extern "C" fn host_user_arg_get(
+    ctx: *const molt_ctx,
+    id: molt_cont_id,
+    slot: u32,
+    out: *mut u64,
+) -> molt_status {
     boundary("user_arg_get", || {
         // SAFETY: the module passes the ctx of its running call.
         let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };

@@ -95,12 +95,21 @@ pub struct Detached;
 fn detached<T>(what: &str) -> ServiceResult<T> {
     Err((
         MOLT_ERR_PHASE,
-        format!("{what} is not available in this call: no worker runs it (init, fini and direct calls run outside the event loop)"),
+        format!(
+            "{what} is not available in this call: no worker runs it (init, fini and direct calls run outside the event loop)"
+        ),
     ))
 }
 
 impl Services for Detached {
-    fn cont_create(&self, _: &CallFrame<'_>, _: Option<molt_handler_fn>, _: *mut c_void, _: u32, _: u64) -> ServiceResult<u64> {
+    fn cont_create(
+        &self,
+        _: &CallFrame<'_>,
+        _: Option<molt_handler_fn>,
+        _: *mut c_void,
+        _: u32,
+        _: u64,
+    ) -> ServiceResult<u64> {
         detached("cont_create")
     }
     fn cont_destroy(&self, _: &CallFrame<'_>, _: u64) -> ServiceResult<()> {

@@ -73,7 +73,9 @@ pub enum LoadError {
         path: PathBuf,
     },
     /// The descriptor's ABI major is not ours.
-    #[error("module file {path}: built for molt ABI major {found} (expected {expected}); rebuild it against this host's molt.h")]
+    #[error(
+        "module file {path}: built for molt ABI major {found} (expected {expected}); rebuild it against this host's molt.h"
+    )]
     AbiMajor {
         /// The file.
         path: PathBuf,
@@ -83,7 +85,9 @@ pub enum LoadError {
         expected: u16,
     },
     /// The descriptor is smaller than ABI 1.0's.
-    #[error("module file {path}: descriptor too small: {size} bytes, ABI {major}.0 needs at least {need}; it was not built against molt.h")]
+    #[error(
+        "module file {path}: descriptor too small: {size} bytes, ABI {major}.0 needs at least {need}; it was not built against molt.h"
+    )]
     DescriptorTooSmall {
         /// The file.
         path: PathBuf,
@@ -95,7 +99,9 @@ pub enum LoadError {
         major: u16,
     },
     /// The module requires host capabilities this host lacks.
-    #[error("module {module} ({path}): missing capability {missing}: this host does not provide it; use a newer molt or build the module without it")]
+    #[error(
+        "module {module} ({path}): missing capability {missing}: this host does not provide it; use a newer molt or build the module without it"
+    )]
     MissingCapability {
         /// The file.
         path: PathBuf,

@@ -94,7 +94,8 @@ impl Loader {
         // SAFETY: the symbol named molt_module_entry_v1 has this type by the
         // ABI's definition (molt.h); a module that lies breaks the contract
         // we load it under.
-        let entry: molt_module_entry_fn = unsafe { std::mem::transmute::<*mut std::ffi::c_void, molt_module_entry_fn>(entry) };
+        let entry: molt_module_entry_fn =
+            unsafe { std::mem::transmute::<*mut std::ffi::c_void, molt_module_entry_fn>(entry) };
         match handshake(&path, copy, entry) {
             Ok(meta) => self.init(spec, meta, lib),
             Err(e) => {
@@ -105,11 +106,8 @@ impl Loader {
     }
 
     fn init(&self, spec: &ModuleSpec, meta: ModuleMeta, lib: sys::dl::Library) -> Result<ModuleVersion, LoadError> {
-        let pairs: Vec<(CString, CString)> = spec
-            .config
-            .iter()
-            .map(|(k, v)| (cstring_lossy(k), cstring_lossy(v)))
-            .collect();
+        let pairs: Vec<(CString, CString)> =
+            spec.config.iter().map(|(k, v)| (cstring_lossy(k), cstring_lossy(v))).collect();
         let entries: Vec<molt_config_entry> =
             pairs.iter().map(|(k, v)| molt_config_entry { key: k.as_ptr(), value: v.as_ptr() }).collect();
         let args = molt_init_args {
@@ -228,7 +226,9 @@ fn handshake(path: &Path, copy: &Path, entry: molt_module_entry_fn) -> Result<Mo
     let d = unsafe { *desc };
     let bad = |why: String| LoadError::BadDescriptor { path: path.clone(), why };
     let name = desc_str(d.name).ok_or_else(|| bad("name is NULL or not UTF-8".into()))?;
-    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    if name.is_empty()
+        || name.len() > 64
+        || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
     {
         return Err(bad(format!("name {name:?} must be 1 to 64 of [a-z0-9_-]")));
     }

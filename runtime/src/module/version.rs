@@ -23,7 +23,13 @@ pub struct Callbacks {
     pub migrate: Option<unsafe extern "C" fn(*const molt_ctx, *const molt_migration) -> molt_status>,
     /// Optional.
     pub adopt: Option<
-        unsafe extern "C" fn(*const molt_ctx, *mut c_void, u32, *mut *mut c_void, *mut Option<molt_handler_fn>) -> molt_status,
+        unsafe extern "C" fn(
+            *const molt_ctx,
+            *mut c_void,
+            u32,
+            *mut *mut c_void,
+            *mut Option<molt_handler_fn>,
+        ) -> molt_status,
     >,
     /// Optional.
     pub drain: Option<unsafe extern "C" fn(*const molt_ctx) -> molt_status>,
@@ -144,7 +150,12 @@ pub fn event(kind: u32, target: u64, source: u64, tag: u64, data: &[u8]) -> molt
 }
 
 impl ModuleVersion {
-    pub(crate) fn new(meta: ModuleMeta, host: Arc<Host>, instance: *mut c_void, lib: sys::dl::Library) -> ModuleVersion {
+    pub(crate) fn new(
+        meta: ModuleMeta,
+        host: Arc<Host>,
+        instance: *mut c_void,
+        lib: sys::dl::Library,
+    ) -> ModuleVersion {
         ModuleVersion { meta, host, instance, failed: AtomicBool::new(false), lib: Some(lib) }
     }
 
@@ -185,7 +196,14 @@ impl ModuleVersion {
 
     /// Call the handler (`handler`, or the descriptor's) of continuation
     /// `self_id` whose data is `data`, with `ev`.
-    pub fn handle_event(
+    ///
+    /// # Safety
+    ///
+    /// `data` is null or the data pointer the module gave continuation
+    /// `self_id` (created by this version, or adopted into it), `handler` is
+    /// `None` or a handler of this version, and no other call for `self_id`
+    /// runs at the same time (actor semantics, header rule 7).
+    pub unsafe fn handle_event(
         &self,
         env: CallEnv<'_>,
         self_id: u64,
@@ -196,8 +214,8 @@ impl ModuleVersion {
         let h = handler.unwrap_or(self.meta.callbacks.handle_event);
         let (status, err) = with_call(&self.meta, &self.host, self.instance, env, self_id, |ctx| {
             // SAFETY: `h` is this version's handler (its library is loaded
-            // while `self` lives); ctx, data and ev are valid for the call,
-            // and the caller guarantees no other call for `self_id` runs now.
+            // while `self` lives); ctx and ev are valid for the call; data and
+            // exclusivity are this function's contract.
             unsafe { h(ctx, data, ev) }
         });
         if status == MOLT_OK { Ok(()) } else { Err(self.call_error("handle_event", status, err)) }
@@ -208,7 +226,9 @@ impl ModuleVersion {
     pub fn call_direct(&self, tag: u64, payload: &[u8]) -> Result<Vec<Reply>, CallError> {
         let replies = RefCell::new(Vec::new());
         let ev = event(MOLT_EV_MESSAGE, 0, 0, tag, payload);
-        self.handle_event(CallEnv::detached(Some(&replies)), 0, None, core::ptr::null_mut(), &ev)?;
+        // SAFETY: a host-sent event to no continuation: null data, the
+        // descriptor's handler, and id 0, which no other call can be for.
+        unsafe { self.handle_event(CallEnv::detached(Some(&replies)), 0, None, core::ptr::null_mut(), &ev) }?;
         Ok(replies.into_inner())
     }
 
@@ -228,7 +248,13 @@ impl ModuleVersion {
         let module = format!("{} {}", self.meta.name, self.meta.version);
         let fini_error = self.fini();
         let Some(lib) = self.lib.take() else {
-            return UnloadReport { module, unmapped: false, pinned: Some("already closed".into()), copy_removed: false, fini_error };
+            return UnloadReport {
+                module,
+                unmapped: false,
+                pinned: Some("already closed".into()),
+                copy_removed: false,
+                fini_error,
+            };
         };
         if self.meta.flags & MOLT_MODULE_NEVER_UNLOAD != 0 {
             // The module asked never to be unmapped: keep the handle open for good.
@@ -257,9 +283,7 @@ impl ModuleVersion {
 
     fn fini(&mut self) -> Option<String> {
         let f = self.meta.callbacks.fini?;
-        if self.lib.is_none() {
-            return None;
-        }
+        self.lib.as_ref()?;
         let instance = std::mem::replace(&mut self.instance, core::ptr::null_mut());
         let ((), err) = with_call(&self.meta, &self.host, instance, CallEnv::detached(None), 0, |ctx| {
             // SAFETY: `f` is this version's fini, its library still loaded;

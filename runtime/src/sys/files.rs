@@ -36,11 +36,8 @@ pub fn elf_kind(path: &Path) -> io::Result<ElfKind> {
         return Ok(ElfKind::TooShort);
     }
     // e_ident[EI_DATA] (byte 5): 1 little-endian, 2 big-endian.
-    let e_type = if head[5] == 2 {
-        u16::from_be_bytes([head[16], head[17]])
-    } else {
-        u16::from_le_bytes([head[16], head[17]])
-    };
+    let e_type =
+        if head[5] == 2 { u16::from_be_bytes([head[16], head[17]]) } else { u16::from_le_bytes([head[16], head[17]]) };
     Ok(if e_type == 3 { ElfKind::SharedObject } else { ElfKind::OtherElf(e_type) })
 }
 
