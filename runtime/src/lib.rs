@@ -8,5 +8,9 @@
 pub mod cont;
 pub mod host;
 pub mod module;
+pub mod runtime;
 pub mod sync;
 pub mod sys;
+pub mod worker;
+
+pub use runtime::{Runtime, RuntimeConfig};

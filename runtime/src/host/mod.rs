@@ -22,7 +22,7 @@ pub use api::HOST_API;
 pub use state_store::StateStore;
 pub use user_args::{USER_ARGS_MAX, UserArgs};
 
-use crate::module::ModuleMeta;
+use crate::module::{ModuleMeta, VersionRef};
 
 /// What this host provides, in `MOLT_HOST_CAP_*` bits.
 pub const HOST_CAPS: u64 = MOLT_HOST_CAP_CONT | MOLT_HOST_CAP_TIMERS | MOLT_HOST_CAP_STATE | MOLT_HOST_CAP_USER_ARGS;
@@ -57,6 +57,24 @@ pub struct Reply {
     pub tag: u64,
     /// Its payload.
     pub data: Vec<u8>,
+}
+
+/// Where messages a module sends to the host (target 0) go.
+pub trait ReplySink {
+    /// Take one reply.
+    fn reply(&self, reply: Reply);
+}
+
+impl ReplySink for RefCell<Vec<Reply>> {
+    fn reply(&self, reply: Reply) {
+        self.borrow_mut().push(reply);
+    }
+}
+
+impl ReplySink for crossbeam_channel::Sender<Reply> {
+    fn reply(&self, reply: Reply) {
+        let _ = self.send(reply);
+    }
 }
 
 /// A failure of a host service: a status and the reason in words.
@@ -140,13 +158,16 @@ pub struct CallEnv<'a> {
     /// The worker index the call runs on (`u32::MAX` outside workers).
     pub worker: u32,
     /// Where messages to the host (target 0) go; dropped when `None`.
-    pub replies: Option<&'a RefCell<Vec<Reply>>>,
+    pub replies: Option<&'a dyn ReplySink>,
+    /// The counted reference of the version being called: what the call
+    /// creates is charged to it. `None` outside workers.
+    pub owner: Option<&'a VersionRef>,
 }
 
 impl<'a> CallEnv<'a> {
     /// An environment outside any worker, collecting host replies in `replies`.
-    pub fn detached(replies: Option<&'a RefCell<Vec<Reply>>>) -> CallEnv<'a> {
-        CallEnv { services: &Detached, worker: u32::MAX, replies }
+    pub fn detached(replies: Option<&'a dyn ReplySink>) -> CallEnv<'a> {
+        CallEnv { services: &Detached, worker: u32::MAX, replies, owner: None }
     }
 }
 

@@ -7,11 +7,17 @@
 
 mod error;
 mod loader;
+pub mod retire;
 mod version;
 
 pub use error::{CallError, LoadError};
 pub use loader::{Loader, ModuleSpec};
-pub use version::{ModuleMeta, ModuleVersion, UnloadReport};
+pub use version::{Callbacks, Holders, ModuleMeta, ModuleVersion, UnloadReport, event};
+
+/// A counted reference to a loaded module version: continuations, timers
+/// and generations each hold one; the last release hands the version to the
+/// reaper, which unloads it from the loop (see [`retire`]).
+pub type VersionRef = crate::sync::Arc<retire::Retiring<ModuleVersion>>;
 
 /// The identity of one loaded module version, unique for the process's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -9,7 +9,7 @@ use molt_abi::ffi::*;
 use super::{CallError, VersionId};
 use crate::cont::context::ContextGuard;
 use crate::host::{CallEnv, CallFrame, HOST_API, Host, Reply};
-use crate::sync::{Arc, AtomicBool, Ordering};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Ordering};
 use crate::sys;
 
 /// A module's callbacks, copied out of its descriptor at load.
@@ -64,6 +64,16 @@ pub struct ModuleMeta {
     pub callbacks: Callbacks,
 }
 
+/// What holds a version, counted as holders are created and destroyed
+/// (never on dispatch).
+#[derive(Debug, Default)]
+pub struct Holders {
+    /// Live continuations owned by the version.
+    pub conts: AtomicUsize,
+    /// Pending timers charged to it.
+    pub timers: AtomicUsize,
+}
+
 /// How an unload went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnloadReport {
@@ -85,7 +95,8 @@ pub struct ModuleVersion {
     meta: ModuleMeta,
     host: Arc<Host>,
     instance: *mut c_void,
-    failed: AtomicBool,
+    panicked: AtomicBool,
+    holders: Holders,
     lib: Option<sys::dl::Library>,
 }
 
@@ -98,7 +109,7 @@ unsafe impl Sync for ModuleVersion {}
 
 impl std::fmt::Debug for ModuleVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModuleVersion").field("meta", &self.meta).field("failed", &self.is_failed()).finish()
+        f.debug_struct("ModuleVersion").field("meta", &self.meta).field("panicked", &self.has_panicked()).finish()
     }
 }
 
@@ -156,7 +167,14 @@ impl ModuleVersion {
         instance: *mut c_void,
         lib: sys::dl::Library,
     ) -> ModuleVersion {
-        ModuleVersion { meta, host, instance, failed: AtomicBool::new(false), lib: Some(lib) }
+        ModuleVersion {
+            meta,
+            host,
+            instance,
+            panicked: AtomicBool::new(false),
+            holders: Holders::default(),
+            lib: Some(lib),
+        }
     }
 
     /// What is known about it.
@@ -174,9 +192,15 @@ impl ModuleVersion {
         &self.host
     }
 
-    /// Whether a call panicked (the instance is marked failed).
-    pub fn is_failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
+    /// What holds it.
+    pub fn holders(&self) -> &Holders {
+        &self.holders
+    }
+
+    /// Whether a call into it panicked. (Whether the instance then refuses
+    /// calls is the module's choice: the Rust SDK's `POISON_ON_PANIC`.)
+    pub fn has_panicked(&self) -> bool {
+        self.panicked.load(Ordering::Acquire)
     }
 
     /// The raw instance pointer and handler, for benchmarks that measure a
@@ -187,8 +211,8 @@ impl ModuleVersion {
 
     fn call_error(&self, callback: &'static str, status: molt_status, err: Option<(molt_status, String)>) -> CallError {
         if status == MOLT_ERR_PANIC {
-            self.failed.store(true, Ordering::Release);
-            tracing::error!(module = %self.meta.name, version = %self.meta.version, callback, "module panicked; instance marked failed");
+            self.panicked.store(true, Ordering::Release);
+            tracing::error!(module = %self.meta.name, version = %self.meta.version, callback, "module panicked");
         }
         let text = err.map(|(_, t)| t).unwrap_or_else(|| "(the module gave no error text)".to_owned());
         CallError { module: self.meta.name.clone(), version: self.meta.version.clone(), callback, status, text }

@@ -1,0 +1,148 @@
+//! Continuation slots: a worker-local slab plus a shared generation table.
+//!
+//! Rules, cited below:
+//!
+//! 1. A slot's local state ([`Slot`]) is touched only by its home worker.
+//! 2. The shared [`SlotTable`] says, for any thread, whether `(slot,
+//!    generation)` is live: `gens[slot] == generation << 1 | 1`. Reserving a
+//!    slot sets the live bit under the free-list lock. Retiring it (when its
+//!    destroy is accepted) bumps the generation and clears the bit, so every
+//!    id of the old generation is stale from then on (no ABA within 2^24
+//!    reuses); the slot returns to the free list only when its END has run
+//!    ([`SlotTable::free`]), so it is not reused while its data is alive.
+//! 3. Slots live in fixed chunks that never move, so a reference to a
+//!    continuation stays valid while the slab grows during a module call.
+
+use std::collections::VecDeque;
+use std::ffi::c_void;
+
+use molt_abi::ffi::molt_handler_fn;
+
+use super::id::{GEN_MASK, MAX_SLOTS};
+use crate::module::VersionRef;
+use crate::sync::{AtomicU32, Mutex, Ordering};
+
+const CHUNK: usize = 1024;
+
+/// A live continuation.
+pub(crate) struct Cont {
+    pub(crate) generation: u32,
+    pub(crate) version: VersionRef,
+    pub(crate) handler: Option<molt_handler_fn>,
+    pub(crate) data: *mut c_void,
+    /// Destroy was requested: its END is queued, other events are dropped.
+    pub(crate) ending: bool,
+    pub(crate) user_args: Option<Box<[u64]>>,
+}
+
+/// One slot's local state.
+pub(crate) enum Slot<E> {
+    Free,
+    /// Reserved by another thread; events that arrived before the spawn
+    /// message wait here.
+    Reserved {
+        generation: u32,
+        pending: VecDeque<E>,
+    },
+    Live(Box<Cont>),
+}
+
+/// The home worker's slots (rule 1).
+pub(crate) struct Slab<E> {
+    chunks: Vec<Box<[Slot<E>]>>,
+}
+
+impl<E> Slab<E> {
+    pub(crate) fn new() -> Slab<E> {
+        Slab { chunks: Vec::new() }
+    }
+
+    /// The slot at `index`, growing the slab by whole chunks (rule 3).
+    pub(crate) fn get_mut(&mut self, index: u32) -> &mut Slot<E> {
+        let (c, i) = (index as usize / CHUNK, index as usize % CHUNK);
+        while self.chunks.len() <= c {
+            self.chunks.push((0..CHUNK).map(|_| Slot::Free).collect());
+        }
+        &mut self.chunks[c][i]
+    }
+
+    /// Every live continuation's slot index.
+    pub(crate) fn live_slots(&self) -> Vec<u32> {
+        let mut v = Vec::new();
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            for (i, s) in chunk.iter().enumerate() {
+                if matches!(s, Slot::Live(_)) {
+                    v.push((c * CHUNK + i) as u32);
+                }
+            }
+        }
+        v
+    }
+}
+
+struct FreeList {
+    free: Vec<u32>,
+    next_unused: u32,
+}
+
+/// Liveness of a worker's slots, readable from any thread (rule 2).
+pub struct SlotTable {
+    gens: Box<[AtomicU32]>,
+    free: Mutex<FreeList>,
+}
+
+impl SlotTable {
+    /// A table of `capacity` slots (at most 2^24).
+    pub fn new(capacity: u32) -> SlotTable {
+        let capacity = capacity.clamp(1, MAX_SLOTS);
+        SlotTable {
+            gens: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
+            free: Mutex::new(FreeList { free: Vec::new(), next_unused: 0 }),
+        }
+    }
+
+    /// Reserve a free slot: `(slot, generation)`, now live; `None` when full.
+    pub fn reserve(&self) -> Option<(u32, u32)> {
+        let mut f = self.free.lock();
+        let slot = match f.free.pop() {
+            Some(s) => s,
+            None if (f.next_unused as usize) < self.gens.len() => {
+                f.next_unused += 1;
+                f.next_unused - 1
+            }
+            None => return None,
+        };
+        let g = self.gens[slot as usize].load(Ordering::Relaxed) >> 1;
+        self.gens[slot as usize].store(g << 1 | 1, Ordering::Release);
+        Some((slot, g))
+    }
+
+    /// Retire a live slot: bump its generation and clear the live bit, so
+    /// its ids are stale for every thread from now on. Idempotent.
+    pub fn retire(&self, slot: u32) {
+        let _f = self.free.lock();
+        let cur = self.gens[slot as usize].load(Ordering::Relaxed);
+        if cur & 1 == 1 {
+            let g = cur >> 1;
+            self.gens[slot as usize].store(((g + 1) & GEN_MASK) << 1, Ordering::Release);
+        }
+    }
+
+    /// Return a retired slot to the free list.
+    pub fn free(&self, slot: u32) {
+        let mut f = self.free.lock();
+        debug_assert_eq!(self.gens[slot as usize].load(Ordering::Relaxed) & 1, 0, "free of a live slot");
+        f.free.push(slot);
+    }
+
+    /// Whether `(slot, generation)` is live now.
+    #[inline]
+    pub fn is_live(&self, slot: u32, generation: u32) -> bool {
+        self.gens.get(slot as usize).is_some_and(|g| g.load(Ordering::Acquire) == (generation << 1 | 1))
+    }
+
+    /// The capacity.
+    pub fn capacity(&self) -> u32 {
+        self.gens.len() as u32
+    }
+}

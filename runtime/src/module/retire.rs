@@ -1,0 +1,88 @@
+//! Counted references whose last release defers the value's teardown.
+//!
+//! A module version must never be unloaded on its own stack, nor while a
+//! call into it is in flight. Every holder — a continuation, a timer, the
+//! active generation — owns one `Arc<Retiring<T>>`; dispatch borrows the
+//! continuation's reference and touches no shared atomic. When the last
+//! reference goes (a continuation ending inside its own handler, say), the
+//! `Drop` of [`Retiring`] does not tear the value down: it hands it to a
+//! [`Reaper`], whose queue the worker loop drains between calls. So:
+//!
+//! 1. The value is alive while any reference is (Arc's rule).
+//! 2. Dropping the last reference only enqueues (a lock on the control
+//!    plane, never a call into module code).
+//! 3. Teardown runs exactly once, from [`Reaper::collect`], which the loop
+//!    calls at its top — never inside a module call.
+//!
+//! `loom-tests/` models this with a counted value and a concurrent call.
+
+use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
+
+/// A value whose last reference hands it to a reaper instead of dropping it.
+pub struct Retiring<T: Send + 'static> {
+    value: Option<T>,
+    reaper: Arc<Reaper<T>>,
+}
+
+impl<T: Send + 'static> Retiring<T> {
+    /// Wrap `value`; its teardown goes to `reaper`.
+    pub fn new(value: T, reaper: Arc<Reaper<T>>) -> Arc<Retiring<T>> {
+        Arc::new(Retiring { value: Some(value), reaper })
+    }
+
+    /// The value.
+    #[inline]
+    pub fn get(&self) -> &T {
+        // `value` is Some until Drop takes it (rule 1: no reference outlives Drop).
+        self.value.as_ref().unwrap_or_else(|| unreachable!("Retiring value taken before drop"))
+    }
+}
+
+impl<T: Send + 'static> std::ops::Deref for Retiring<T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        self.get()
+    }
+}
+
+impl<T: Send + 'static> Drop for Retiring<T> {
+    fn drop(&mut self) {
+        if let Some(v) = self.value.take() {
+            self.reaper.retire(v);
+        }
+    }
+}
+
+/// The queue of values whose last reference went, awaiting teardown.
+pub struct Reaper<T> {
+    queue: Mutex<Vec<T>>,
+    pending: AtomicUsize,
+}
+
+impl<T> Default for Reaper<T> {
+    fn default() -> Self {
+        Reaper { queue: Mutex::new(Vec::new()), pending: AtomicUsize::new(0) }
+    }
+}
+
+impl<T> Reaper<T> {
+    /// Enqueue `value` for teardown (rule 2).
+    pub fn retire(&self, value: T) {
+        self.queue.lock().push(value);
+        self.pending.fetch_add(1, Ordering::Release);
+    }
+
+    /// Whether anything waits (a cheap check for the loop's top).
+    #[inline]
+    pub fn has_pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire) != 0
+    }
+
+    /// Take everything queued; the caller tears each down (rule 3).
+    pub fn collect(&self) -> Vec<T> {
+        let taken = std::mem::take(&mut *self.queue.lock());
+        self.pending.fetch_sub(taken.len(), Ordering::AcqRel);
+        taken
+    }
+}

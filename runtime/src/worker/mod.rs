@@ -1,0 +1,641 @@
+//! Workers: one OS thread, one event loop.
+//!
+//! Each worker owns a mio poller (its waker, later its sockets), a local run
+//! queue, a timer wheel and a continuation slab; other threads reach it only
+//! through its [`Inbox`] and the liveness table of its slots. The loop:
+//!
+//! ```text
+//! loop:
+//!   reap retired module versions (never inside a module call)
+//!   accept the inbox (events, spawns, destroys, timer cancels)
+//!   fire due timers
+//!   dispatch up to BATCH events from the run queue
+//!   idle? spin up to `spin` checking the inbox, then announce sleep,
+//!         re-check, and block in poll until a waker or the next timer tick
+//! ```
+//!
+//! Dispatch takes no lock and touches no shared atomic: the continuation's
+//! slot holds the counted reference of its module version, and the call
+//! borrows it.
+
+pub mod event;
+pub mod inbox;
+pub mod sleep;
+pub mod timer;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::ffi::c_void;
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+use molt_abi::ffi::*;
+
+pub use event::{Event, Payload, Remote, SendPtr, Spawn};
+pub use inbox::{Inbox, Pop};
+pub use sleep::Sleeper;
+use timer::TimerWheel;
+
+use crate::cont::SlotTable;
+use crate::cont::context;
+use crate::cont::id;
+use crate::cont::slab::{Cont, Slab, Slot};
+use crate::host::{CallEnv, CallFrame, ServiceResult, Services, USER_ARGS_MAX};
+use crate::module::VersionRef;
+use crate::runtime::RuntimeShared;
+use crate::sync::{Arc, AtomicU64, Ordering};
+
+/// Events dispatched per loop turn before the inbox is looked at again.
+const BATCH: usize = 256;
+
+/// Counters of one worker. Each is written by its worker only (a plain
+/// store of load + 1, no read-modify-write), read by anyone for metrics.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Events handed to a module.
+    pub dispatched: AtomicU64,
+    /// Events whose target was stale or ending (dropped).
+    pub stale_dropped: AtomicU64,
+    /// Calls that returned an error.
+    pub errors: AtomicU64,
+    /// Calls that panicked (caught by the module's SDK).
+    pub panics: AtomicU64,
+    /// Host calls whose plugin context did not match the calling version,
+    /// plus loop turns that found a context set outside any call. Always 0
+    /// unless the runtime has a bug; tests assert it.
+    pub context_violations: AtomicU64,
+    /// Times the worker blocked in poll.
+    pub parks: AtomicU64,
+}
+
+#[inline]
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
+
+/// The part of a worker other threads see.
+pub struct WorkerShared {
+    index: u32,
+    inbox: Inbox<Remote>,
+    sleeper: CachePadded<Sleeper>,
+    waker: mio::Waker,
+    slots: SlotTable,
+    stats: CachePadded<WorkerStats>,
+}
+
+impl WorkerShared {
+    pub(crate) fn new(index: u32, waker: mio::Waker, capacity: u32) -> WorkerShared {
+        WorkerShared {
+            index,
+            inbox: Inbox::new(),
+            sleeper: CachePadded::new(Sleeper::new()),
+            waker,
+            slots: SlotTable::new(capacity),
+            stats: CachePadded::new(WorkerStats::default()),
+        }
+    }
+
+    /// The worker's index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+
+    /// Its slot table.
+    pub fn slots(&self) -> &SlotTable {
+        &self.slots
+    }
+
+    /// Queue `msg` and wake the worker if it sleeps.
+    pub fn post(&self, msg: Remote) {
+        self.inbox.push(msg);
+        if self.sleeper.should_wake() {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Whether continuation `id` (of this worker) is live now.
+    pub fn is_live(&self, id: u64) -> bool {
+        id::decode(id).is_some_and(|p| p.worker == self.index && self.slots.is_live(p.slot, p.generation))
+    }
+}
+
+struct TimerPayload {
+    target: u64,
+    tag: u64,
+    timer_id: u64,
+    version: VersionRef,
+}
+
+struct Local {
+    slab: Slab<Event>,
+    runq: VecDeque<Event>,
+    timers: TimerWheel<TimerPayload>,
+}
+
+/// The worker as its own thread sees it.
+pub struct WorkerCore {
+    shared: Arc<WorkerShared>,
+    rt: Arc<RuntimeShared>,
+    local: RefCell<Local>,
+    /// The continuation being dispatched (0: none).
+    current: Cell<u64>,
+    spin: Duration,
+}
+
+impl WorkerCore {
+    pub(crate) fn new(shared: Arc<WorkerShared>, rt: Arc<RuntimeShared>, spin: Duration) -> WorkerCore {
+        WorkerCore {
+            shared,
+            rt,
+            local: RefCell::new(Local {
+                slab: Slab::new(),
+                runq: VecDeque::new(),
+                timers: TimerWheel::new(Instant::now()),
+            }),
+            current: Cell::new(0),
+            spin,
+        }
+    }
+
+    /// This worker's index.
+    pub fn index(&self) -> u32 {
+        self.shared.index
+    }
+
+    /// This worker's shared half.
+    pub fn shared(&self) -> &Arc<WorkerShared> {
+        &self.shared
+    }
+
+    /// Number of live continuations on this worker.
+    pub fn live_continuations(&self) -> usize {
+        self.local.borrow().slab.live_slots().len()
+    }
+
+    /// Run the loop until the runtime shuts down, then end every continuation.
+    pub(crate) fn run(&self, mut poll: mio::Poll) {
+        let mut events = mio::Events::with_capacity(64);
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            let worked = self.turn();
+            if self.rt.is_shutting_down() {
+                break;
+            }
+            if worked {
+                idle_since = None;
+                continue;
+            }
+            let now = Instant::now();
+            let since = *idle_since.get_or_insert(now);
+            if now.duration_since(since) < self.spin {
+                std::hint::spin_loop();
+                continue;
+            }
+            self.shared.sleeper.prepare();
+            if self.has_work() || self.rt.is_shutting_down() {
+                self.shared.sleeper.awake();
+                continue;
+            }
+            let timeout = self.local.borrow().timers.timeout(Instant::now());
+            bump(&self.shared.stats.parks);
+            if let Err(e) = poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!(worker = self.index(), "poll failed: {e}");
+                }
+            }
+            self.shared.sleeper.awake();
+            idle_since = None;
+        }
+        self.end_all();
+    }
+
+    fn has_work(&self) -> bool {
+        // SAFETY: this thread is the worker, the inbox's only consumer.
+        !unsafe { self.shared.inbox.is_empty() } || !self.local.borrow().runq.is_empty() || self.rt.reaper.has_pending()
+    }
+
+    /// One turn of the loop; whether it did anything.
+    pub fn turn(&self) -> bool {
+        if context::current().is_some() {
+            bump(&self.shared.stats.context_violations);
+        }
+        let mut worked = false;
+        if self.rt.reaper.has_pending() {
+            self.rt.reap();
+            worked = true;
+        }
+        worked |= self.accept_inbox();
+        worked |= self.fire_timers();
+        for _ in 0..BATCH {
+            let ev = self.local.borrow_mut().runq.pop_front();
+            match ev {
+                Some(ev) => {
+                    self.dispatch(ev);
+                    worked = true;
+                }
+                None => break,
+            }
+        }
+        worked
+    }
+
+    /// Run until nothing is queued locally (benches and tests drive a core
+    /// on their own thread this way).
+    pub fn run_until_idle(&self) {
+        while self.turn() {}
+    }
+
+    /// Queue an event on this worker's run queue (the caller is this worker).
+    pub fn enqueue_local(&self, ev: Event) {
+        self.local.borrow_mut().runq.push_back(ev);
+    }
+
+    fn accept_inbox(&self) -> bool {
+        let mut worked = false;
+        let mut retries = 0;
+        for _ in 0..BATCH * 4 {
+            // SAFETY: this thread is the worker, the inbox's only consumer.
+            match unsafe { self.shared.inbox.pop() } {
+                Pop::Data(msg) => {
+                    worked = true;
+                    self.accept(msg);
+                }
+                Pop::Empty => break,
+                Pop::Inconsistent => {
+                    retries += 1;
+                    if retries > 64 {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        worked
+    }
+
+    fn accept(&self, msg: Remote) {
+        match msg {
+            Remote::Event(ev) => self.local.borrow_mut().runq.push_back(ev),
+            Remote::Spawn(s) => self.install(*s),
+            Remote::Destroy(id) => {
+                let _ = self.destroy_local(id);
+            }
+            Remote::CancelTimer(id) => {
+                let _ = self.cancel_local_timer(id);
+            }
+            Remote::Run(f) => f(self),
+        }
+    }
+
+    fn install(&self, s: Spawn) {
+        let id = id::encode(self.index(), s.slot, s.generation);
+        let mut l = self.local.borrow_mut();
+        let pending = match std::mem::replace(l.slab.get_mut(s.slot), Slot::Free) {
+            Slot::Reserved { pending, .. } => pending,
+            _ => VecDeque::new(),
+        };
+        s.version.holders().conts.fetch_add(1, Ordering::Relaxed);
+        *l.slab.get_mut(s.slot) = Slot::Live(Box::new(Cont {
+            generation: s.generation,
+            version: s.version,
+            handler: s.handler,
+            data: s.data.0,
+            ending: false,
+            user_args: None,
+        }));
+        l.runq.push_back(Event::bare(MOLT_EV_START, id, s.source, s.tag));
+        l.runq.extend(pending);
+    }
+
+    fn fire_timers(&self) -> bool {
+        let mut fired = Vec::new();
+        {
+            let mut l = self.local.borrow_mut();
+            if l.timers.is_empty() {
+                return false;
+            }
+            l.timers.advance(Instant::now(), |p| fired.push(p));
+        }
+        let worked = !fired.is_empty();
+        for p in fired {
+            p.version.holders().timers.fetch_sub(1, Ordering::Relaxed);
+            let mut ev = Event::bare(MOLT_EV_TIMER, p.target, 0, p.tag);
+            ev.arg0 = p.timer_id;
+            self.route(ev);
+            // `p.version` drops here, outside any module call.
+        }
+        worked
+    }
+
+    /// Deliver an event to its target's worker (locally or through an inbox).
+    fn route(&self, ev: Event) {
+        match id::decode(ev.target) {
+            Some(p) if p.worker == self.index() => self.local.borrow_mut().runq.push_back(ev),
+            Some(p) => match self.rt.workers.get(p.worker as usize) {
+                Some(w) => w.post(Remote::Event(ev)),
+                None => bump(&self.shared.stats.stale_dropped),
+            },
+            None => bump(&self.shared.stats.stale_dropped),
+        }
+    }
+
+    /// Hand one event to its continuation's module.
+    fn dispatch(&self, ev: Event) {
+        let Some(p) = id::decode(ev.target).filter(|p| p.worker == self.index()) else {
+            bump(&self.shared.stats.stale_dropped);
+            return;
+        };
+        let (version, handler, data) = {
+            let mut l = self.local.borrow_mut();
+            match l.slab.get_mut(p.slot) {
+                Slot::Live(c) if c.generation == p.generation => {
+                    if c.ending && ev.kind != MOLT_EV_END {
+                        drop(l);
+                        bump(&self.shared.stats.stale_dropped);
+                        return;
+                    }
+                    (&raw const c.version, c.handler, c.data)
+                }
+                Slot::Reserved { generation, pending } if *generation == p.generation => {
+                    pending.push_back(ev);
+                    return;
+                }
+                Slot::Free if self.shared.slots.is_live(p.slot, p.generation) => {
+                    // Reserved by another thread; its spawn message is on the way.
+                    let mut pending = VecDeque::new();
+                    pending.push_back(ev);
+                    *l.slab.get_mut(p.slot) = Slot::Reserved { generation: p.generation, pending };
+                    return;
+                }
+                _ => {
+                    drop(l);
+                    bump(&self.shared.stats.stale_dropped);
+                    return;
+                }
+            }
+        };
+        // SAFETY: slab slots never move (slab rule 3) and this slot is freed
+        // only by `free_slot` below, after this call returns (an END is only
+        // processed here, not from inside a module call), so the reference
+        // lives across the call.
+        let version: &VersionRef = unsafe { &*version };
+        let abi = ev.as_abi();
+        let env =
+            CallEnv { services: self, worker: self.index(), replies: Some(&self.rt.replies), owner: Some(version) };
+        self.current.set(ev.target);
+        // SAFETY: `data` and `handler` are this continuation's, created for
+        // (or adopted into) this version; a worker runs one call at a time,
+        // so no other call for this continuation is in flight.
+        let r = unsafe { version.handle_event(env, ev.target, handler, data, &abi) };
+        self.current.set(0);
+        bump(&self.shared.stats.dispatched);
+        if let Err(e) = r {
+            bump(&self.shared.stats.errors);
+            if e.panicked() {
+                bump(&self.shared.stats.panics);
+            }
+            tracing::warn!(worker = self.index(), cont = ev.target, "{e}");
+        }
+        if ev.kind == MOLT_EV_END {
+            self.free_slot(p.slot);
+        }
+    }
+
+    fn free_slot(&self, slot: u32) {
+        let old = std::mem::replace(self.local.borrow_mut().slab.get_mut(slot), Slot::Free);
+        if let Slot::Live(c) = old {
+            c.version.holders().conts.fetch_sub(1, Ordering::Relaxed);
+            self.shared.slots.retire(slot);
+            self.shared.slots.free(slot);
+            // `c.version` drops here: if it was the last reference, the
+            // version goes to the reaper (never unloaded on this stack).
+        }
+    }
+
+    /// Mark a local continuation ending and queue its END.
+    fn destroy_local(&self, id: u64) -> ServiceResult<()> {
+        let p = id::decode(id).filter(|p| p.worker == self.index()).ok_or_else(|| stale(id))?;
+        let mut l = self.local.borrow_mut();
+        match l.slab.get_mut(p.slot) {
+            Slot::Live(c) if c.generation == p.generation && !c.ending => {
+                c.ending = true;
+                // Stale for everyone from now on; the slot is reused only after END.
+                self.shared.slots.retire(p.slot);
+                l.runq.push_back(Event::bare(MOLT_EV_END, id, 0, 0));
+                Ok(())
+            }
+            _ => Err(stale(id)),
+        }
+    }
+
+    fn cancel_local_timer(&self, timer: u64) -> ServiceResult<()> {
+        let p = id::decode(timer).filter(|p| p.worker == self.index()).ok_or_else(|| stale(timer))?;
+        let payload = self.local.borrow_mut().timers.cancel(p.slot, p.generation);
+        match payload {
+            Some(t) => {
+                t.version.holders().timers.fetch_sub(1, Ordering::Relaxed);
+                Ok(())
+            }
+            None => Err((MOLT_ERR_STALE, format!("timer {timer:#x} already fired or was cancelled"))),
+        }
+    }
+
+    /// End every continuation (shutdown): each gets a forced END.
+    fn end_all(&self) {
+        let drained = self.local.borrow_mut().timers.drain();
+        for t in drained {
+            t.version.holders().timers.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.local.borrow_mut().runq.clear();
+        let slots = self.local.borrow().slab.live_slots();
+        for slot in slots {
+            let generation = match self.local.borrow_mut().slab.get_mut(slot) {
+                Slot::Live(c) => {
+                    c.ending = true;
+                    self.shared.slots.retire(slot);
+                    c.generation
+                }
+                _ => continue,
+            };
+            let mut ev = Event::bare(MOLT_EV_END, id::encode(self.index(), slot, generation), 0, 0);
+            ev.flags = MOLT_EVF_FORCED;
+            self.dispatch(ev);
+        }
+        self.rt.reap();
+    }
+
+    /// Create a continuation of `version` on this worker (the caller is this worker).
+    pub fn spawn_local(
+        &self,
+        version: &VersionRef,
+        handler: Option<molt_handler_fn>,
+        data: *mut c_void,
+        tag: u64,
+        source: u64,
+    ) -> ServiceResult<u64> {
+        let (slot, generation) = self.shared.slots.reserve().ok_or_else(|| full(self.index(), &self.shared.slots))?;
+        self.install(Spawn { slot, generation, version: version.clone(), handler, data: SendPtr(data), tag, source });
+        Ok(id::encode(self.index(), slot, generation))
+    }
+
+    fn check_context(&self, frame: &CallFrame<'_>) {
+        if context::current() != Some(frame.meta.id) {
+            bump(&self.shared.stats.context_violations);
+        }
+    }
+}
+
+fn stale(id: u64) -> (molt_status, String) {
+    (MOLT_ERR_STALE, format!("continuation {id:#x} is not live (ended, or never existed)"))
+}
+
+fn full(worker: u32, t: &SlotTable) -> (molt_status, String) {
+    (MOLT_ERR_LIMIT, format!("worker {worker} has all {} continuation slots in use", t.capacity()))
+}
+
+/// Create a continuation on worker `target` from any thread: reserve its
+/// slot in the shared table (so its id is valid at once) and send the spawn.
+pub(crate) fn spawn_remote(
+    target: &WorkerShared,
+    version: &VersionRef,
+    handler: Option<molt_handler_fn>,
+    data: *mut c_void,
+    tag: u64,
+    source: u64,
+) -> ServiceResult<u64> {
+    let (slot, generation) = target.slots.reserve().ok_or_else(|| full(target.index, &target.slots))?;
+    let spawn = Spawn { slot, generation, version: version.clone(), handler, data: SendPtr(data), tag, source };
+    target.post(Remote::Spawn(Box::new(spawn)));
+    Ok(id::encode(target.index, slot, generation))
+}
+
+impl Services for WorkerCore {
+    fn cont_create(
+        &self,
+        frame: &CallFrame<'_>,
+        handler: Option<molt_handler_fn>,
+        data: *mut c_void,
+        worker: u32,
+        tag: u64,
+    ) -> ServiceResult<u64> {
+        self.check_context(frame);
+        let owner = frame.env.owner.ok_or((MOLT_ERR_PHASE, "cont_create outside a dispatched call".to_owned()))?;
+        let w = if worker == u32::MAX { self.index() } else { worker };
+        let source = self.current.get();
+        if w == self.index() {
+            return self.spawn_local(owner, handler, data, tag, source);
+        }
+        let target = self.rt.workers.get(w as usize).ok_or_else(|| {
+            (MOLT_ERR_INVALID_ARG, format!("cont_create: no worker {w} (this runtime has {})", self.rt.workers.len()))
+        })?;
+        spawn_remote(target, owner, handler, data, tag, source)
+    }
+
+    fn cont_destroy(&self, frame: &CallFrame<'_>, id: u64) -> ServiceResult<()> {
+        self.check_context(frame);
+        let p = id::decode(id).ok_or_else(|| stale(id))?;
+        if p.worker == self.index() {
+            return self.destroy_local(id);
+        }
+        let w = self.rt.workers.get(p.worker as usize).ok_or_else(|| stale(id))?;
+        if !w.is_live(id) {
+            return Err(stale(id));
+        }
+        w.post(Remote::Destroy(id));
+        Ok(())
+    }
+
+    fn cont_send(&self, frame: &CallFrame<'_>, target: u64, tag: u64, data: &[u8]) -> ServiceResult<()> {
+        self.check_context(frame);
+        let p = id::decode(target).ok_or_else(|| stale(target))?;
+        let w = self.rt.workers.get(p.worker as usize).ok_or_else(|| stale(target))?;
+        if !w.slots.is_live(p.slot, p.generation) {
+            return Err(stale(target));
+        }
+        let ev = Event {
+            target,
+            source: self.current.get(),
+            kind: MOLT_EV_MESSAGE,
+            flags: 0,
+            tag,
+            arg0: 0,
+            payload: Payload::copy_from(data),
+        };
+        if p.worker == self.index() {
+            self.local.borrow_mut().runq.push_back(ev);
+        } else {
+            w.post(Remote::Event(ev));
+        }
+        Ok(())
+    }
+
+    fn timer_schedule(&self, frame: &CallFrame<'_>, target: u64, delay_ns: u64, tag: u64) -> ServiceResult<u64> {
+        self.check_context(frame);
+        let owner = frame.env.owner.ok_or((MOLT_ERR_PHASE, "timer_schedule outside a dispatched call".to_owned()))?;
+        let p = id::decode(target).ok_or_else(|| stale(target))?;
+        let live = self.rt.workers.get(p.worker as usize).is_some_and(|w| w.slots.is_live(p.slot, p.generation));
+        if !live {
+            return Err(stale(target));
+        }
+        let me = self.index();
+        let (idx, generation) =
+            self.local.borrow_mut().timers.schedule(Instant::now(), Duration::from_nanos(delay_ns), |i, g| {
+                TimerPayload { target, tag, timer_id: id::encode(me, i, g), version: owner.clone() }
+            });
+        owner.holders().timers.fetch_add(1, Ordering::Relaxed);
+        Ok(id::encode(me, idx, generation))
+    }
+
+    fn timer_cancel(&self, frame: &CallFrame<'_>, timer: u64) -> ServiceResult<()> {
+        self.check_context(frame);
+        let p = id::decode(timer).ok_or_else(|| stale(timer))?;
+        if p.worker == self.index() {
+            return self.cancel_local_timer(timer);
+        }
+        let w = self.rt.workers.get(p.worker as usize).ok_or_else(|| stale(timer))?;
+        w.post(Remote::CancelTimer(timer));
+        Ok(())
+    }
+
+    fn user_arg_set(&self, frame: &CallFrame<'_>, cont: u64, slot: u32, value: u64) -> ServiceResult<()> {
+        self.check_context(frame);
+        self.with_local_cont(cont, slot, |args| {
+            args[slot as usize] = value;
+            0
+        })
+        .map(|_| ())
+    }
+
+    fn user_arg_get(&self, frame: &CallFrame<'_>, cont: u64, slot: u32) -> ServiceResult<u64> {
+        self.check_context(frame);
+        self.with_local_cont(cont, slot, |args| args[slot as usize])
+    }
+}
+
+impl WorkerCore {
+    fn with_local_cont(&self, cont: u64, slot: u32, f: impl FnOnce(&mut [u64]) -> u64) -> ServiceResult<u64> {
+        if slot as usize >= USER_ARGS_MAX {
+            return Err((MOLT_ERR_INVALID_ARG, format!("user-arg slot {slot} is out of range (0..{USER_ARGS_MAX})")));
+        }
+        let p = id::decode(cont).ok_or_else(|| stale(cont))?;
+        if p.worker != self.index() {
+            return Err((
+                MOLT_ERR_UNSUPPORTED,
+                format!("user args of continuation {cont:#x} live on worker {}; access them from there", p.worker),
+            ));
+        }
+        let mut l = self.local.borrow_mut();
+        match l.slab.get_mut(p.slot) {
+            Slot::Live(c) if c.generation == p.generation => {
+                let args = c.user_args.get_or_insert_with(|| vec![0; USER_ARGS_MAX].into_boxed_slice());
+                Ok(f(args))
+            }
+            _ => Err(stale(cont)),
+        }
+    }
+}

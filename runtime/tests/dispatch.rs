@@ -1,0 +1,290 @@
+//! The runtime core with real modules on real worker threads: routing,
+//! ordering, stale ids, panics, timers, the plugin context, and deferred
+//! unload of a replaced version.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{RunDir, module_lib};
+use fixture_probe::tag;
+use molt_abi::ffi::{MOLT_ERR_STALE, MOLT_OK};
+use molt_runtime::host::Reply;
+use molt_runtime::module::{ModuleSpec, VersionRef};
+use molt_runtime::sync::Ordering;
+use molt_runtime::{Runtime, RuntimeConfig};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn runtime(dir: &RunDir, workers: usize) -> Runtime {
+    Runtime::start(RuntimeConfig { workers, run_dir: dir.path().to_owned(), ..RuntimeConfig::default() }).unwrap()
+}
+
+fn probe(rt: &Runtime) -> VersionRef {
+    rt.load(&ModuleSpec::new(module_lib("fixture_probe"))).expect("probe loads")
+}
+
+/// The next reply with `tag`, skipping others (START/END notices).
+fn expect(rt: &Runtime, want: u64) -> Reply {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(r) = rt.next_reply(left) else {
+            let stats: Vec<String> = (0..rt.workers())
+                .map(|i| {
+                    let s = rt.worker_stats(i).unwrap();
+                    format!(
+                        "worker {i}: dispatched {} stale {} errors {} parks {}",
+                        s.dispatched.load(Ordering::Relaxed),
+                        s.stale_dropped.load(Ordering::Relaxed),
+                        s.errors.load(Ordering::Relaxed),
+                        s.parks.load(Ordering::Relaxed)
+                    )
+                })
+                .collect();
+            panic!("no reply with tag {want:#x} within {WAIT:?}; {stats:?}");
+        };
+        if r.tag == want {
+            return r;
+        }
+    }
+}
+
+fn worker_of(r: &Reply) -> u32 {
+    u32::from_le_bytes(r.data[..4].try_into().unwrap())
+}
+
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(b[i..i + 8].try_into().unwrap())
+}
+
+fn i32_at(b: &[u8], i: usize) -> i32 {
+    i32::from_le_bytes(b[i..i + 4].try_into().unwrap())
+}
+
+fn spawn_on(rt: &Runtime, v: &VersionRef, w: u32) -> u64 {
+    let id = rt.spawn(v, w, 5).unwrap();
+    let r = expect(rt, tag::STARTED);
+    assert_eq!((r.from, worker_of(&r), u64_at(&r.data, 4)), (id, w, 5), "START on the right worker with its tag");
+    id
+}
+
+fn no_violations(rt: &Runtime) {
+    assert_eq!(rt.total(|s| &s.context_violations), 0, "plugin context was wrong somewhere");
+}
+
+#[test]
+fn events_reach_the_right_continuation_on_the_right_worker_in_order() {
+    let dir = RunDir::new("route");
+    let rt = runtime(&dir, 2);
+    let v = probe(&rt);
+    let c0 = spawn_on(&rt, &v, 0);
+    let c1 = spawn_on(&rt, &v, 1);
+
+    // Host to c1: in order, on worker 1.
+    for i in 0..1000u64 {
+        rt.send(c1, tag::ECHO, &i.to_le_bytes()).unwrap();
+    }
+    for i in 0..1000u64 {
+        let r = expect(&rt, tag::ECHO);
+        assert_eq!((r.from, worker_of(&r), u64_at(&r.data, 4)), (c1, 1, i));
+    }
+
+    // c0 (worker 0) to c1 (worker 1) through the inbox: in order per sender.
+    for i in 0..1000u64 {
+        let mut m = c1.to_le_bytes().to_vec();
+        m.extend_from_slice(&tag::ECHO.to_le_bytes());
+        m.extend_from_slice(&i.to_le_bytes());
+        rt.send(c0, tag::FORWARD, &m).unwrap();
+    }
+    for i in 0..1000u64 {
+        let r = expect(&rt, tag::ECHO);
+        assert_eq!((r.from, worker_of(&r), u64_at(&r.data, 4)), (c1, 1, i));
+    }
+
+    // A module spawning on the other worker: the new continuation starts there.
+    // The SPAWN answer (from worker 0) and the START notice (from worker 1)
+    // race each other: take both in either order.
+    rt.send(c0, tag::SPAWN, &1u32.to_le_bytes()).unwrap();
+    let (mut spawned, mut started) = (None, None);
+    while spawned.is_none() || started.is_none() {
+        let r = rt.next_reply(WAIT).expect("SPAWN and STARTED replies");
+        match r.tag {
+            tag::SPAWN => spawned = Some(u64_at(&r.data, 4)),
+            tag::STARTED => started = Some(r),
+            _ => {}
+        }
+    }
+    let r = started.unwrap();
+    assert_eq!((r.from, worker_of(&r), u64_at(&r.data, 4)), (spawned.unwrap(), 1, 77));
+    assert_eq!(v.holders().conts.load(Ordering::Relaxed), 3, "three continuations hold the version");
+
+    // Ping-pong across workers.
+    let mut m = c1.to_le_bytes().to_vec();
+    m.extend_from_slice(&1000u64.to_le_bytes());
+    rt.send(c0, tag::PINGPONG, &m).unwrap();
+    expect(&rt, tag::DONE);
+    no_violations(&rt);
+}
+
+#[test]
+fn stale_ids_are_errors_never_deliveries() {
+    let dir = RunDir::new("stale");
+    let rt = runtime(&dir, 2);
+    let v = probe(&rt);
+    let c0 = spawn_on(&rt, &v, 0);
+    let c1 = spawn_on(&rt, &v, 1);
+    rt.send(c1, tag::DESTROY_SELF, &[]).unwrap();
+    assert_eq!(worker_of(&expect(&rt, tag::DESTROY_SELF)), 1);
+    let ended = expect(&rt, tag::ENDED);
+    assert_eq!(ended.from, c1);
+
+    // From the host: refused at once.
+    let (status, msg) = rt.send(c1, tag::ECHO, b"x").unwrap_err();
+    assert_eq!(status, MOLT_ERR_STALE);
+    assert!(msg.contains("not live"), "{msg}");
+    // From a module on another worker: the module gets MOLT_ERR_STALE.
+    rt.send(c0, tag::SEND_TO, &c1.to_le_bytes()).unwrap();
+    assert_eq!(i32_at(&expect(&rt, tag::SEND_TO).data, 4), MOLT_ERR_STALE);
+    // A new continuation reuses the slot with a new generation: the old id stays stale.
+    let c1b = spawn_on(&rt, &v, 1);
+    assert_ne!(c1b, c1);
+    assert!(rt.send(c1, tag::ECHO, b"x").is_err());
+    rt.send(c0, tag::SEND_TO, &c1b.to_le_bytes()).unwrap();
+    assert_eq!(i32_at(&expect(&rt, tag::SEND_TO).data, 4), MOLT_OK);
+    // Id 0 and ids of workers that do not exist.
+    assert!(rt.send(0, tag::ECHO, b"").is_err());
+    assert!(rt.send(c0 | (0xFF << 48), tag::ECHO, b"").is_err());
+    no_violations(&rt);
+}
+
+#[test]
+fn a_panicking_handler_is_reported_and_the_worker_keeps_serving() {
+    let dir = RunDir::new("panic");
+    let rt = runtime(&dir, 1);
+    let v = probe(&rt);
+    let hello = rt.load(&ModuleSpec::new(module_lib("hello"))).unwrap();
+    let failing = rt.load(&ModuleSpec::new(module_lib("fixture_handler_panic"))).unwrap();
+    let c = spawn_on(&rt, &v, 0);
+    let h = rt.spawn(&hello, 0, 0).unwrap();
+    let f = rt.spawn(&failing, 0, 0).unwrap();
+
+    rt.send(c, tag::PANIC, &[]).unwrap();
+    rt.send(f, 0xDEAD, &[]).unwrap();
+    rt.send(c, tag::ECHO, b"after").unwrap();
+    let r = expect(&rt, tag::ECHO);
+    assert_eq!(&r.data[4..], b"after", "the probe (POISON_ON_PANIC = false) keeps serving");
+    rt.send(h, 42, b"still here").unwrap();
+    let r = expect(&rt, 42);
+    assert_eq!(String::from_utf8_lossy(&r.data), "hello from hello 1.0.0: still here");
+    assert_eq!(rt.total(|s| &s.panics), 2);
+    assert!(failing.has_panicked() && v.has_panicked(), "the runtime records both panics");
+    // The poisoned module refuses further events; the worker is unaffected.
+    rt.send(f, 1, b"x").unwrap();
+    rt.send(h, 43, b"again").unwrap();
+    expect(&rt, 43);
+    assert!(rt.total(|s| &s.errors) >= 3);
+    no_violations(&rt);
+}
+
+#[test]
+fn timers_fire_once_and_cancel_is_final() {
+    let dir = RunDir::new("timers");
+    let rt = runtime(&dir, 2);
+    let v = probe(&rt);
+    let c = spawn_on(&rt, &v, 1);
+    let mut m = 3_000_000u64.to_le_bytes().to_vec();
+    m.extend_from_slice(&99u64.to_le_bytes());
+    let t0 = Instant::now();
+    rt.send(c, tag::TIMER, &m).unwrap();
+    let timer = u64_at(&expect(&rt, tag::TIMER).data, 4);
+    assert_eq!(v.holders().timers.load(Ordering::Relaxed), 1, "the timer is charged to the version");
+    let fired = expect(&rt, tag::FIRED);
+    assert!(t0.elapsed() >= Duration::from_millis(3), "never early");
+    assert_eq!((worker_of(&fired), u64_at(&fired.data, 4), u64_at(&fired.data, 12)), (1, 99, timer));
+    assert_eq!(v.holders().timers.load(Ordering::Relaxed), 0);
+
+    // Cancel before it fires: OK once, then stale; it never fires.
+    let mut m = 200_000_000u64.to_le_bytes().to_vec();
+    m.extend_from_slice(&7u64.to_le_bytes());
+    rt.send(c, tag::TIMER, &m).unwrap();
+    let timer = u64_at(&expect(&rt, tag::TIMER).data, 4);
+    rt.send(c, tag::CANCEL, &timer.to_le_bytes()).unwrap();
+    assert_eq!(i32_at(&expect(&rt, tag::CANCEL).data, 4), MOLT_OK);
+    rt.send(c, tag::CANCEL, &timer.to_le_bytes()).unwrap();
+    assert_eq!(i32_at(&expect(&rt, tag::CANCEL).data, 4), MOLT_ERR_STALE);
+    assert_eq!(v.holders().timers.load(Ordering::Relaxed), 0);
+    no_violations(&rt);
+}
+
+#[test]
+fn c_module_continuations_answer_on_workers() {
+    let dir = RunDir::new("c-worker");
+    let rt = runtime(&dir, 2);
+    let spec = ModuleSpec { config: vec![("prefix".into(), ">".into())], ..ModuleSpec::new(module_lib("echo_c")) };
+    let echo = rt.load(&spec).unwrap();
+    let a = rt.spawn(&echo, 0, 0).unwrap();
+    let b = rt.spawn(&echo, 1, 0).unwrap();
+    for i in 0..100u64 {
+        rt.send(if i % 2 == 0 { a } else { b }, 1000 + i, &i.to_le_bytes()).unwrap();
+    }
+    let mut seen = [false; 100];
+    for _ in 0..100 {
+        let r = rt.next_reply(WAIT).expect("echo reply");
+        let i = (r.tag - 1000) as usize;
+        assert_eq!(r.data[0], b'>');
+        assert_eq!(u64_at(&r.data, 1), i as u64);
+        assert_eq!(r.from, if i % 2 == 0 { a } else { b });
+        seen[i] = true;
+    }
+    assert!(seen.iter().all(|s| *s));
+    no_violations(&rt);
+}
+
+/// The unload of a replaced version whose last continuation destroys itself
+/// inside its own handler runs later, from the loop, and really unmaps.
+#[test]
+fn last_reference_released_inside_the_handler_unloads_after_the_call() {
+    let dir = RunDir::new("deferred");
+    let rt = runtime(&dir, 1);
+    let v = probe(&rt);
+    let copy = v.meta().copy.clone();
+    let c = spawn_on(&rt, &v, 0);
+    // The "registry" lets go: the continuation holds the last reference.
+    drop(v);
+    assert!(rt.unloads().is_empty(), "a live continuation keeps its version loaded");
+    assert!(common::mapped(&copy));
+    rt.send(c, tag::DESTROY_SELF, &[]).unwrap();
+    expect(&rt, tag::DESTROY_SELF);
+    expect(&rt, tag::ENDED);
+    let deadline = Instant::now() + WAIT;
+    while rt.unloads().is_empty() {
+        assert!(Instant::now() < deadline, "the version was never unloaded");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let report = rt.unloads().remove(0);
+    assert!(report.module.starts_with("fixture_probe"), "{report:?}");
+    assert!(report.unmapped && report.copy_removed, "{report:?}");
+    assert!(!common::mapped(&copy));
+    no_violations(&rt);
+}
+
+#[test]
+fn shutdown_ends_every_continuation_and_unloads() {
+    let dir = RunDir::new("shutdown");
+    let rt = runtime(&dir, 2);
+    let v = probe(&rt);
+    let copy = v.meta().copy.clone();
+    for w in 0..2 {
+        for _ in 0..3 {
+            spawn_on(&rt, &v, w);
+        }
+    }
+    drop(v);
+    let replies = rt.replies().clone();
+    let reports = rt.shutdown();
+    let ended = replies.try_iter().filter(|r| r.tag == tag::ENDED).count();
+    assert_eq!(ended, 6, "every continuation got its END");
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].unmapped && !common::mapped(&copy), "{reports:?}");
+}
