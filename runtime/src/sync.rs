@@ -58,3 +58,9 @@ mod imp {
 }
 
 pub use imp::*;
+
+/// Atomics for process-wide statics (id counters), which no loom model
+/// exercises and which must be `const`-constructible under loom too.
+pub mod statics {
+    pub use std::sync::atomic::AtomicU64;
+}

@@ -124,7 +124,10 @@ impl SlotTable {
         let cur = self.gens[slot as usize].load(Ordering::Relaxed);
         if cur & 1 == 1 {
             let g = cur >> 1;
-            self.gens[slot as usize].store(((g + 1) & GEN_MASK) << 1, Ordering::Release);
+            // Rule 2's generation bump; the loom mutant keeps the old one.
+            #[cfg(not(molt_mutant = "slot_no_generation"))]
+            let g = (g + 1) & GEN_MASK;
+            self.gens[slot as usize].store(g << 1, Ordering::Release);
         }
     }
 

@@ -8,7 +8,8 @@ use molt_abi::ffi::*;
 use super::version::{Callbacks, ModuleMeta, ModuleVersion, with_call};
 use super::{LoadError, VersionId};
 use crate::host::{CallEnv, HOST_API, HOST_CAP_NAMES, HOST_CAPS, Host};
-use crate::sync::{Arc, AtomicU64, Ordering};
+use crate::sync::statics::AtomicU64;
+use crate::sync::{Arc, Ordering};
 use crate::sys;
 use crate::sys::files::ElfKind;
 

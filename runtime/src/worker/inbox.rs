@@ -71,9 +71,14 @@ impl<T> Inbox<T> {
     pub fn push(&self, value: T) {
         let node = Node::boxed(Some(value));
         let prev = self.head.swap(node, Ordering::AcqRel);
+        // The Release here is invariant 2; the loom mutant drops it.
+        #[cfg(not(molt_mutant = "inbox_link_relaxed"))]
+        let link = Ordering::Release;
+        #[cfg(molt_mutant = "inbox_link_relaxed")]
+        let link = Ordering::Relaxed;
         // SAFETY: `prev` was the head, so it is not freed until the consumer
         // advances past it, which needs this very link (invariants 2, 3).
-        unsafe { (*prev).next.store(node, Ordering::Release) };
+        unsafe { (*prev).next.store(node, link) };
     }
 
     /// Dequeue one element.

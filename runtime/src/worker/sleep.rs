@@ -30,8 +30,14 @@ impl Sleeper {
     /// empty call [`Sleeper::awake`] instead of blocking.
     #[inline]
     pub fn prepare(&self) {
-        self.state.store(SLEEPING, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+        #[cfg(not(molt_mutant = "sleep_no_fence"))]
+        {
+            self.state.store(SLEEPING, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+        }
+        // The loom mutant: no Dekker ordering between announce and re-check.
+        #[cfg(molt_mutant = "sleep_no_fence")]
+        self.state.store(SLEEPING, Ordering::Relaxed);
     }
 
     /// Consumer: back to work (after blocking, or instead of it).
@@ -44,8 +50,13 @@ impl Sleeper {
     /// Only one producer per sleep gets `true`, so one wake-up syscall is made.
     #[inline]
     pub fn should_wake(&self) -> bool {
+        #[cfg(not(molt_mutant = "sleep_no_fence"))]
         fence(Ordering::SeqCst);
-        self.state.load(Ordering::SeqCst) == SLEEPING
+        #[cfg(not(molt_mutant = "sleep_no_fence"))]
+        let order = Ordering::SeqCst;
+        #[cfg(molt_mutant = "sleep_no_fence")]
+        let order = Ordering::Relaxed;
+        self.state.load(order) == SLEEPING
             && self.state.compare_exchange(SLEEPING, AWAKE, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 }

@@ -1,0 +1,218 @@
+//! Loom models, small and exhaustive within the preemption bound.
+//!
+//! Each model names the protection it checks and the mutant that removes it
+//! (`RUSTFLAGS='--cfg molt_loom --cfg molt_mutant="NAME"'`); with the mutant,
+//! the model fails — `scripts/loom-mutants` shows it.
+#![cfg(molt_loom)]
+
+use loom::sync::Arc;
+use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use loom::thread;
+use molt_runtime::cont::SlotTable;
+use molt_runtime::module::retire::{Reaper, Retiring};
+use molt_runtime::worker::{Inbox, Pop, Sleeper};
+
+/// A stand-in for a module version: counts its unloads and knows whether a
+/// call into it is in flight.
+struct Version {
+    unloaded: Arc<AtomicUsize>,
+    in_call: Arc<AtomicBool>,
+}
+
+fn unload(v: Version) {
+    assert!(!v.in_call.load(Ordering::SeqCst), "unloaded while a call was in flight");
+    v.unloaded.fetch_add(1, Ordering::SeqCst);
+}
+
+fn call(v: &Version) {
+    v.in_call.store(true, Ordering::SeqCst);
+    assert_eq!(v.unloaded.load(Ordering::SeqCst), 0, "called an unloaded version");
+    v.in_call.store(false, Ordering::SeqCst);
+}
+
+/// (a) The module-version refcount against a concurrent dispatch and the
+/// deferred unload: a worker calls through a continuation's reference, then
+/// the continuation ends (releasing it) and the worker reaps at its loop's
+/// top; meanwhile the control plane drops the generation's reference and
+/// reaps too. No unload while the call is in flight, and exactly one unload
+/// once the last reference is gone.
+///
+/// Protection: the continuation's own counted reference held across the
+/// call. `dispatch_without_a_counted_reference_unloads_mid_call` removes it
+/// (the worker borrows the generation's reference instead) and loom finds
+/// the interleaving that unloads mid-call.
+#[test]
+fn version_refcount_versus_dispatch_and_deferred_unload() {
+    loom::model(|| {
+        let reaper = Arc::new(Reaper::default());
+        let unloaded = Arc::new(AtomicUsize::new(0));
+        let in_call = Arc::new(AtomicBool::new(false));
+        let generation = Retiring::new(Version { unloaded: unloaded.clone(), in_call }, reaper.clone());
+        let cont = generation.clone();
+
+        let r1 = reaper.clone();
+        let worker = thread::spawn(move || {
+            call(&cont);
+            drop(cont); // END: the continuation releases its reference
+            r1.collect().into_iter().for_each(unload); // the loop's top
+        });
+        let r2 = reaper.clone();
+        let control = thread::spawn(move || {
+            drop(generation); // a newer generation is active
+            r2.collect().into_iter().for_each(unload);
+        });
+        worker.join().unwrap();
+        control.join().unwrap();
+        reaper.collect().into_iter().for_each(unload);
+        assert_eq!(unloaded.load(Ordering::SeqCst), 1, "exactly one unload after the last reference");
+    });
+}
+
+/// (a, mutated) The same, but the worker calls without a counted reference
+/// of its own: loom must find the unload-during-call interleaving.
+#[test]
+#[should_panic]
+fn dispatch_without_a_counted_reference_unloads_mid_call() {
+    loom::model(|| {
+        let reaper = Arc::new(Reaper::default());
+        let unloaded = Arc::new(AtomicUsize::new(0));
+        let in_call = Arc::new(AtomicBool::new(false));
+        let generation =
+            Retiring::new(Version { unloaded: unloaded.clone(), in_call: in_call.clone() }, reaper.clone());
+        // The worker keeps only the flags, not a reference.
+        let (u, c) = (unloaded.clone(), in_call.clone());
+        let worker = thread::spawn(move || {
+            c.store(true, Ordering::SeqCst);
+            assert_eq!(u.load(Ordering::SeqCst), 0, "called an unloaded version");
+            c.store(false, Ordering::SeqCst);
+        });
+        let r2 = reaper.clone();
+        let control = thread::spawn(move || {
+            drop(generation);
+            r2.collect().into_iter().for_each(unload);
+        });
+        worker.join().unwrap();
+        control.join().unwrap();
+    });
+}
+
+/// (b) The inbox under concurrent producers: every element arrives once,
+/// in order per producer.
+///
+/// Protection: the `Release` link store in `Inbox::push` (inbox invariant
+/// 2). Mutant `inbox_link_relaxed` makes it `Relaxed`; loom reports the
+/// consumer reading a value whose write it cannot see (causality violation).
+#[test]
+fn inbox_concurrent_producers() {
+    loom::model(|| {
+        let q = Arc::new(Inbox::new());
+        let producers: Vec<_> = (0..2u32)
+            .map(|p| {
+                let q = q.clone();
+                thread::spawn(move || {
+                    q.push((p, 0u32));
+                    if p == 0 {
+                        q.push((p, 1));
+                    }
+                })
+            })
+            .collect();
+        let mut next = [0u32; 2];
+        let mut got = 0;
+        while got < 3 {
+            // SAFETY: this thread is the only consumer.
+            match unsafe { q.pop() } {
+                Pop::Data((p, i)) => {
+                    assert_eq!(i, next[p as usize], "out of order for producer {p}");
+                    next[p as usize] += 1;
+                    got += 1;
+                }
+                Pop::Empty | Pop::Inconsistent => thread::yield_now(),
+            }
+        }
+        for p in producers {
+            p.join().unwrap();
+        }
+        // SAFETY: sole consumer.
+        assert!(unsafe { q.is_empty() });
+    });
+}
+
+/// (c) Continuation id reuse with the generation counter: once an id is
+/// destroyed and its slot reused, the old id is never live again (no ABA),
+/// whatever another thread observes meanwhile.
+///
+/// Protection: the generation bump in `SlotTable::retire` (slab rule 2).
+/// Mutant `slot_no_generation` keeps the generation; the observer then sees
+/// the old id live after the slot's reuse.
+#[test]
+fn continuation_id_reuse_has_no_aba() {
+    loom::model(|| {
+        let table = Arc::new(SlotTable::new(2));
+        let (slot, old) = table.reserve().unwrap();
+        let reused = Arc::new(AtomicBool::new(false));
+
+        let (t, r) = (table.clone(), reused.clone());
+        let owner = thread::spawn(move || {
+            t.retire(slot); // destroy accepted
+            t.free(slot); // END ran
+            let (s2, g2) = t.reserve().unwrap();
+            assert_eq!(s2, slot, "the freed slot is reused");
+            assert_ne!(g2, old, "with a new generation");
+            r.store(true, Ordering::SeqCst);
+        });
+        let (t, r) = (table.clone(), reused.clone());
+        let observer = thread::spawn(move || {
+            for _ in 0..2 {
+                if r.load(Ordering::SeqCst) {
+                    assert!(!t.is_live(slot, old), "a stale id looks live after its slot was reused (ABA)");
+                }
+                thread::yield_now();
+            }
+        });
+        owner.join().unwrap();
+        observer.join().unwrap();
+        assert!(!table.is_live(slot, old));
+    });
+}
+
+/// (d) The park/wake handshake: a consumer that announces sleep, re-checks
+/// and parks, against a producer that pushes and wakes if it sees the
+/// announcement. A lost wake-up leaves the consumer parked forever, which
+/// loom reports as a deadlock. (`thread::park`/`unpark` stand for the poll
+/// and the eventfd waker: both are sticky.)
+///
+/// Protection: the SeqCst fences of `Sleeper` (Dekker's pattern). Mutant
+/// `sleep_no_fence` weakens them to Relaxed; loom finds the lost wake-up.
+#[test]
+fn park_wake_never_loses_a_wakeup() {
+    loom::model(|| {
+        let q = Arc::new(Inbox::new());
+        let sleeper = Arc::new(Sleeper::new());
+        let (cq, cs) = (q.clone(), sleeper.clone());
+        let consumer = thread::spawn(move || {
+            loop {
+                // SAFETY: this thread is the only consumer.
+                if let Pop::Data(v) = unsafe { cq.pop() } {
+                    assert_eq!(v, 42);
+                    return;
+                }
+                cs.prepare();
+                // SAFETY: sole consumer.
+                if !unsafe { cq.is_empty() } {
+                    cs.awake();
+                    thread::yield_now(); // a producer may be mid-push
+                    continue;
+                }
+                thread::park();
+                cs.awake();
+            }
+        });
+        let consumer_thread = consumer.thread().clone();
+        q.push(42u32);
+        if sleeper.should_wake() {
+            consumer_thread.unpark();
+        }
+        consumer.join().unwrap();
+    });
+}
