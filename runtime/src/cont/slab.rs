@@ -58,12 +58,20 @@ impl<E> Slab<E> {
     }
 
     /// The slot at `index`, growing the slab by whole chunks (rule 3).
+    #[inline]
     pub(crate) fn get_mut(&mut self, index: u32) -> &mut Slot<E> {
         let (c, i) = (index as usize / CHUNK, index as usize % CHUNK);
-        while self.chunks.len() <= c {
-            self.chunks.push((0..CHUNK).map(|_| Slot::Free).collect());
+        if c >= self.chunks.len() {
+            self.grow(c);
         }
         &mut self.chunks[c][i]
+    }
+
+    #[cold]
+    fn grow(&mut self, chunk: usize) {
+        while self.chunks.len() <= chunk {
+            self.chunks.push((0..CHUNK).map(|_| Slot::Free).collect());
+        }
     }
 
     /// Every live continuation's slot index.

@@ -108,7 +108,7 @@ unsafe extern "C" fn host_set_error(
         if let Some(f) = unsafe { frame(ctx) } {
             // SAFETY: the module passes a string readable for `len` bytes.
             let text = unsafe { bytes(msg.cast(), len) }.map(String::from_utf8_lossy).unwrap_or_default();
-            *f.error.borrow_mut() = Some((status, text.into_owned()));
+            f.error.set(Some(Box::new((status, text.into_owned()))));
         }
         status
     })

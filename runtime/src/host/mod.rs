@@ -13,7 +13,7 @@ mod api;
 mod state_store;
 mod user_args;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 
 use molt_abi::ffi::*;
@@ -179,13 +179,15 @@ pub struct CallFrame<'a> {
     pub host: &'a Host,
     /// The environment.
     pub env: CallEnv<'a>,
-    /// The error text the module handed over with set_error.
-    pub(crate) error: RefCell<Option<(molt_status, String)>>,
+    /// The error text the module handed over with set_error (boxed: the
+    /// slot is one word to set up on every call, and errors are rare).
+    pub(crate) error: Cell<Option<Box<(molt_status, String)>>>,
 }
 
 impl CallFrame<'_> {
     /// The error the module handed over, if any.
+    #[inline]
     pub fn take_error(&self) -> Option<(molt_status, String)> {
-        self.error.borrow_mut().take()
+        self.error.take().map(|b| *b)
     }
 }

@@ -1,6 +1,6 @@
 //! [`ModuleVersion`]: one loaded runtime copy of a module, and calls into it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::path::PathBuf;
 
@@ -113,6 +113,7 @@ impl std::fmt::Debug for ModuleVersion {
     }
 }
 
+#[inline]
 /// Run `f` with a ctx for a call into `meta`'s module, with the plugin
 /// context set to it; return `f`'s result and the error text the module
 /// handed over.
@@ -124,7 +125,7 @@ pub(crate) fn with_call<R>(
     self_id: u64,
     f: impl FnOnce(*const molt_ctx) -> R,
 ) -> (R, Option<(molt_status, String)>) {
-    let frame = CallFrame { meta, host, env, error: RefCell::new(None) };
+    let frame = CallFrame { meta, host, env, error: Cell::new(None) };
     let ctx = molt_ctx {
         size: v1_0::CTX_SIZE as u32,
         abi_major: MOLT_ABI_MAJOR,
@@ -209,6 +210,7 @@ impl ModuleVersion {
         (self.meta.callbacks.handle_event, self.instance)
     }
 
+    #[cold]
     fn call_error(&self, callback: &'static str, status: molt_status, err: Option<(molt_status, String)>) -> CallError {
         if status == MOLT_ERR_PANIC {
             self.panicked.store(true, Ordering::Release);
@@ -227,6 +229,7 @@ impl ModuleVersion {
     /// `self_id` (created by this version, or adopted into it), `handler` is
     /// `None` or a handler of this version, and no other call for `self_id`
     /// runs at the same time (actor semantics, header rule 7).
+    #[inline]
     pub unsafe fn handle_event(
         &self,
         env: CallEnv<'_>,

@@ -6,12 +6,13 @@ use molt_abi::ffi::{MOLT_ABI_MAJOR, MOLT_ABI_MINOR, molt_event, molt_handler_fn,
 
 use crate::module::VersionRef;
 
-const INLINE: usize = 40;
+const INLINE: usize = 22;
 
 /// A message payload: small ones inline (no allocation), large ones boxed.
+/// Sized so that an [`Event`] is one 64-byte cache line.
 #[derive(Clone)]
 pub enum Payload {
-    /// Up to 40 bytes, inline.
+    /// Up to 22 bytes, inline.
     Inline {
         /// Used length.
         len: u8,
@@ -51,17 +52,19 @@ pub struct Event {
     pub target: u64,
     /// The sender (0: host).
     pub source: u64,
-    /// `MOLT_EV_*`.
-    pub kind: u32,
-    /// `MOLT_EVF_*`.
-    pub flags: u32,
     /// Tag.
     pub tag: u64,
     /// Kind-specific.
     pub arg0: u64,
+    /// `MOLT_EV_*`.
+    pub kind: u32,
+    /// `MOLT_EVF_*`.
+    pub flags: u32,
     /// Payload.
     pub payload: Payload,
 }
+
+const _: () = assert!(core::mem::size_of::<Event>() <= 64, "an Event is one cache line");
 
 impl Event {
     /// An event with no payload.

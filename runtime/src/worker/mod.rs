@@ -9,7 +9,7 @@
 //!   reap retired module versions (never inside a module call)
 //!   accept the inbox (events, spawns, destroys, timer cancels)
 //!   fire due timers
-//!   dispatch up to BATCH events from the run queue
+//!   dispatch the events queued when the turn began
 //!   idle? spin up to `spin` checking the inbox, then announce sleep,
 //!         re-check, and block in poll until a waker or the next timer tick
 //! ```
@@ -45,8 +45,8 @@ use crate::module::VersionRef;
 use crate::runtime::RuntimeShared;
 use crate::sync::{Arc, AtomicU64, Ordering};
 
-/// Events dispatched per loop turn before the inbox is looked at again.
-const BATCH: usize = 256;
+/// Inbox messages accepted per loop turn (then the run queue gets its turn).
+const BATCH: usize = 1024;
 
 /// Counters of one worker. Each is written by its worker only (a plain
 /// store of load + 1, no read-modify-write), read by anyone for metrics.
@@ -134,6 +134,8 @@ struct TimerPayload {
 struct Local {
     slab: Slab<Event>,
     runq: VecDeque<Event>,
+    /// The previous turn's batch, empty, kept for its capacity.
+    spare: VecDeque<Event>,
     timers: TimerWheel<TimerPayload>,
 }
 
@@ -155,6 +157,7 @@ impl WorkerCore {
             local: RefCell::new(Local {
                 slab: Slab::new(),
                 runq: VecDeque::new(),
+                spare: VecDeque::new(),
                 timers: TimerWheel::new(Instant::now()),
             }),
             current: Cell::new(0),
@@ -231,16 +234,18 @@ impl WorkerCore {
         }
         worked |= self.accept_inbox();
         worked |= self.fire_timers();
-        for _ in 0..BATCH {
-            let ev = self.local.borrow_mut().runq.pop_front();
-            match ev {
-                Some(ev) => {
-                    self.dispatch(ev);
-                    worked = true;
-                }
-                None => break,
-            }
+        // Dispatch what was queued when the turn began; what those calls
+        // queue runs next turn, after the inbox had its say.
+        let mut batch = {
+            let mut l = self.local.borrow_mut();
+            let spare = std::mem::take(&mut l.spare);
+            std::mem::replace(&mut l.runq, spare)
+        };
+        worked |= !batch.is_empty();
+        while let Some(ev) = batch.pop_front() {
+            self.dispatch(ev);
         }
+        self.local.borrow_mut().spare = batch;
         worked
     }
 
@@ -258,7 +263,7 @@ impl WorkerCore {
     fn accept_inbox(&self) -> bool {
         let mut worked = false;
         let mut retries = 0;
-        for _ in 0..BATCH * 4 {
+        for _ in 0..BATCH {
             // SAFETY: this thread is the worker, the inbox's only consumer.
             match unsafe { self.shared.inbox.pop() } {
                 Pop::Data(msg) => {
@@ -345,6 +350,7 @@ impl WorkerCore {
     }
 
     /// Hand one event to its continuation's module.
+    #[inline]
     fn dispatch(&self, ev: Event) {
         let Some(p) = id::decode(ev.target).filter(|p| p.worker == self.index()) else {
             bump(&self.shared.stats.stale_dropped);
@@ -467,6 +473,11 @@ impl WorkerCore {
             self.dispatch(ev);
         }
         self.rt.reap();
+    }
+
+    /// End a continuation of this worker (the caller is this worker): it gets END.
+    pub fn destroy(&self, id: u64) -> ServiceResult<()> {
+        self.destroy_local(id)
     }
 
     /// Create a continuation of `version` on this worker (the caller is this worker).
