@@ -112,6 +112,36 @@ fn tokio_mpsc(rt: &tokio::runtime::Runtime, rounds: u64) -> Vec<u64> {
     })
 }
 
+/// tokio mpsc with each party on its own thread (a current-thread runtime
+/// each), so every round trip crosses threads as molt's does.
+fn tokio_two_threads(rounds: u64) -> Vec<u64> {
+    let (to_b, mut b_rx) = tokio::sync::mpsc::channel::<u64>(1);
+    let (to_a, mut a_rx) = tokio::sync::mpsc::channel::<u64>(1);
+    let b = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async move {
+            while let Some(v) = b_rx.recv().await {
+                if to_a.send(v).await.is_err() {
+                    break;
+                }
+            }
+        });
+    });
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let out = rt.block_on(async move {
+        let mut out = Vec::with_capacity(rounds as usize);
+        for i in 0..rounds {
+            let t = Instant::now();
+            to_b.send(i).await.unwrap();
+            a_rx.recv().await.unwrap();
+            out.push(t.elapsed().as_nanos() as u64);
+        }
+        out
+    });
+    b.join().unwrap();
+    out
+}
+
 fn total(samples: &[u64]) -> Duration {
     Duration::from_nanos(samples.iter().sum())
 }
@@ -123,6 +153,7 @@ fn main() {
     crossbeam(2_000);
     flume(2_000);
     tokio_mpsc(&tokio_rt, 2_000);
+    tokio_two_threads(2_000);
     println!("\ncross-worker round trip, {ROUNDS} round trips each\n{}", Percentiles::header());
     for us in [0u64, 5, 20, 50, 200] {
         let m = Molt::new(Duration::from_micros(us));
@@ -136,6 +167,7 @@ fn main() {
         Percentiles::of("crossbeam-channel bounded(1)", &crossbeam(ROUNDS)),
         Percentiles::of("flume bounded(1)", &flume(ROUNDS)),
         Percentiles::of("tokio mpsc (2 workers)", &tokio_mpsc(&tokio_rt, ROUNDS)),
+        Percentiles::of("tokio mpsc (one thread each)", &tokio_two_threads(ROUNDS)),
     ] {
         println!("{}", p.row());
     }
@@ -150,6 +182,7 @@ fn main() {
     g.bench_function("crossbeam_channel", |b| b.iter_custom(|n| total(&crossbeam(n))));
     g.bench_function("flume", |b| b.iter_custom(|n| total(&flume(n))));
     g.bench_function("tokio_mpsc", |b| b.iter_custom(|n| total(&tokio_mpsc(&tokio_rt, n))));
+    g.bench_function("tokio_mpsc_one_thread_each", |b| b.iter_custom(|n| total(&tokio_two_threads(n))));
     g.finish();
     c.final_summary();
 }
