@@ -1,17 +1,23 @@
-//! [`Runtime`]: workers started together, the loader, the reaper, and the
-//! calls the control plane, tests and benches make from outside the loops.
+//! [`Runtime`]: workers started together, the loader, the registry, the
+//! reaper, and the calls the control plane, tests and benches make from
+//! outside the loops.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 use molt_abi::ffi::*;
 
+use crate::config::ModuleConfig;
 use crate::cont::id;
 use crate::host::{Host, Reply, ServiceResult};
+use crate::module::registry::{Registry, RegistrySettings, ReloadError, ReloadRecord};
 use crate::module::retire::{Reaper, Retiring};
-use crate::module::{LoadError, Loader, ModuleSpec, ModuleVersion, UnloadReport, VersionRef};
+use crate::module::{
+    Holders, LoadError, Loader, ModuleMeta, ModuleSpec, ModuleVersion, UnloadReport, VersionId, VersionRef,
+};
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
 use crate::worker::{self, Event, Payload, Remote, WorkerCore, WorkerShared};
 
@@ -26,6 +32,8 @@ pub struct RuntimeConfig {
     pub run_dir: PathBuf,
     /// Continuation slots per worker.
     pub max_continuations_per_worker: u32,
+    /// Reload policy.
+    pub registry: RegistrySettings,
 }
 
 impl Default for RuntimeConfig {
@@ -35,18 +43,39 @@ impl Default for RuntimeConfig {
             spin: Duration::from_micros(50),
             run_dir: std::env::temp_dir().join(format!("molt-{}", std::process::id())),
             max_continuations_per_worker: 1 << 18,
+            registry: RegistrySettings::default(),
         }
     }
 }
 
-/// What every worker shares.
+/// What the runtime knows of a version it loaded.
+#[derive(Debug, Clone)]
+pub struct VersionRecord {
+    /// The version.
+    pub meta: ModuleMeta,
+    /// What holds it (shared with the version).
+    pub holders: Arc<Holders>,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+    /// Set once it was unloaded (or found pinned).
+    pub unloaded: Option<UnloadReport>,
+}
+
+/// What every worker and the control plane share.
 pub struct RuntimeShared {
     pub(crate) workers: Vec<Arc<WorkerShared>>,
     pub(crate) reaper: Arc<Reaper<ModuleVersion>>,
     pub(crate) replies: Sender<Reply>,
     shutdown: AtomicBool,
     unloads: Mutex<Vec<UnloadReport>>,
+    loader: Loader,
+    registry: Registry,
+    versions: Mutex<BTreeMap<VersionId, VersionRecord>>,
+    run_dir: PathBuf,
 }
+
+/// Unloaded, unpinned version records kept for status.
+const UNLOADED_KEPT: usize = 32;
 
 impl RuntimeShared {
     pub(crate) fn is_shutting_down(&self) -> bool {
@@ -55,12 +84,110 @@ impl RuntimeShared {
 
     /// Unload every version whose last reference went. Runs from a loop's
     /// top or from the control thread, never inside a module call.
-    pub(crate) fn reap(&self) {
+    pub fn reap(&self) {
         for v in self.reaper.collect() {
             let report = v.unload();
-            tracing::info!(module = %report.module, unmapped = report.unmapped, "module version unloaded");
+            tracing::info!(module = %report.module, version = %report.id, unmapped = report.unmapped, pinned = ?report.pinned, "module version unloaded");
+            self.record_unload(&report);
             self.unloads.lock().push(report);
         }
+    }
+
+    fn record_unload(&self, report: &UnloadReport) {
+        let mut versions = self.versions.lock();
+        if let Some(r) = versions.get_mut(&report.id) {
+            r.unloaded = Some(report.clone());
+        }
+        let gone: Vec<VersionId> = versions
+            .iter()
+            .filter(|(_, r)| r.unloaded.as_ref().is_some_and(|u| u.pinned.is_none()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone.iter().take(gone.len().saturating_sub(UNLOADED_KEPT)) {
+            versions.remove(id);
+        }
+    }
+
+    /// Load a module version; the returned reference keeps it loaded.
+    pub fn load(&self, spec: &ModuleSpec) -> Result<VersionRef, LoadError> {
+        let v = self.loader.load(spec)?;
+        let record = VersionRecord {
+            meta: v.meta().clone(),
+            holders: v.holders().clone(),
+            loaded_at: SystemTime::now(),
+            unloaded: None,
+        };
+        self.versions.lock().insert(v.id(), record);
+        Ok(Retiring::new(v, self.reaper.clone()))
+    }
+
+    /// Whether version `id` is still loaded.
+    pub fn is_loaded(&self, id: VersionId) -> bool {
+        self.versions.lock().get(&id).is_some_and(|r| r.unloaded.is_none())
+    }
+
+    /// Loaded versions of module `name`, each with what holds it.
+    pub fn loaded_versions(&self, name: &str) -> Vec<String> {
+        let active = self.registry.active();
+        self.versions
+            .lock()
+            .values()
+            .filter(|r| r.meta.name == name && r.unloaded.is_none())
+            .map(|r| {
+                let in_gen = active.as_ref().is_some_and(|g| g.get(name).is_some_and(|v| v.id() == r.meta.id));
+                format!(
+                    "{} {} ({}) held by {} continuations, {} timers{}",
+                    r.meta.name,
+                    r.meta.version,
+                    r.meta.id,
+                    r.holders.conts.load(Ordering::Relaxed),
+                    r.holders.timers.load(Ordering::Relaxed),
+                    if in_gen { ", the active generation" } else { "" }
+                )
+            })
+            .collect()
+    }
+
+    /// Every version record, by id.
+    pub fn versions(&self) -> Vec<VersionRecord> {
+        self.versions.lock().values().cloned().collect()
+    }
+
+    /// Run `f` on every worker's thread, between events, and collect the results.
+    pub fn broadcast<R: Send + 'static>(&self, f: impl Fn(&WorkerCore) -> R + Send + Sync + 'static) -> Vec<R> {
+        let f = std::sync::Arc::new(f);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for w in &self.workers {
+            let (f, tx) = (f.clone(), tx.clone());
+            let i = w.index();
+            w.post(Remote::Run(Box::new(move |core| {
+                let _ = tx.send((i, f(core)));
+            })));
+        }
+        drop(tx);
+        let mut out: Vec<(u32, R)> = rx.iter().take(self.workers.len()).collect();
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// The workers' shared halves.
+    pub fn workers(&self) -> &[Arc<WorkerShared>] {
+        &self.workers
+    }
+
+    /// The loader.
+    pub fn loader(&self) -> &Loader {
+        &self.loader
     }
 }
 
@@ -68,14 +195,36 @@ impl RuntimeShared {
 pub struct Runtime {
     shared: Arc<RuntimeShared>,
     threads: Vec<JoinHandle<()>>,
-    loader: Loader,
     replies: Receiver<Reply>,
 }
 
+/// Remove runtime copies an earlier process left behind.
+fn sweep_stale_copies(run_dir: &Path) -> std::io::Result<usize> {
+    let dir = run_dir.join("versions");
+    let mut n = 0;
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            if std::fs::remove_dir_all(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
 impl Runtime {
-    /// Start `config.workers` worker threads.
+    /// Start `config.workers` worker threads and the control-plane ticker.
     pub fn start(config: RuntimeConfig) -> std::io::Result<Runtime> {
         let n = config.workers.clamp(1, id::MAX_WORKERS as usize);
+        std::fs::create_dir_all(&config.run_dir)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&config.run_dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let swept = sweep_stale_copies(&config.run_dir)?;
+        if swept > 0 {
+            tracing::info!(run_dir = %config.run_dir.display(), swept, "removed stale runtime copies of an earlier process");
+        }
         let mut polls = Vec::with_capacity(n);
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
@@ -91,9 +240,12 @@ impl Runtime {
             replies: tx,
             shutdown: AtomicBool::new(false),
             unloads: Mutex::new(Vec::new()),
+            loader: Loader::new(Arc::new(Host::default()), &config.run_dir)?,
+            registry: Registry::new(&config.run_dir, config.registry.clone())?,
+            versions: Mutex::new(BTreeMap::new()),
+            run_dir: config.run_dir.clone(),
         });
-        let loader = Loader::new(Arc::new(Host::default()), &config.run_dir)?;
-        let mut threads = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n + 1);
         for (i, poll) in polls.into_iter().enumerate() {
             let ws = shared.workers[i].clone();
             let rt = shared.clone();
@@ -102,7 +254,20 @@ impl Runtime {
                 WorkerCore::new(ws, rt, spin).run(poll);
             })?);
         }
-        Ok(Runtime { shared, threads, loader, replies: rx })
+        let rt = shared.clone();
+        threads.push(std::thread::Builder::new().name("molt-ticker".into()).spawn(move || {
+            while !rt.is_shutting_down() {
+                std::thread::sleep(Duration::from_millis(20));
+                rt.registry.tick(&rt);
+                rt.reap();
+            }
+        })?);
+        Ok(Runtime { shared, threads, replies: rx })
+    }
+
+    /// The shared state (registry, versions, workers).
+    pub fn shared(&self) -> &Arc<RuntimeShared> {
+        &self.shared
     }
 
     /// Number of workers.
@@ -112,13 +277,28 @@ impl Runtime {
 
     /// The loader (and through it the shared host services).
     pub fn loader(&self) -> &Loader {
-        &self.loader
+        &self.shared.loader
     }
 
-    /// Load a module version; the returned reference keeps it loaded.
+    /// Load a module version outside any generation; the returned
+    /// reference keeps it loaded.
     pub fn load(&self, spec: &ModuleSpec) -> Result<VersionRef, LoadError> {
-        let v = self.loader.load(spec)?;
-        Ok(Retiring::new(v, self.shared.reaper.clone()))
+        self.shared.load(spec)
+    }
+
+    /// Make `modules` the active generation (first load or reload).
+    pub fn reload(&self, modules: &[ModuleConfig]) -> Result<ReloadRecord, ReloadError> {
+        self.shared.registry.reload(&self.shared, modules)
+    }
+
+    /// Re-activate the previous generation.
+    pub fn rollback(&self) -> Result<ReloadRecord, ReloadError> {
+        self.shared.registry.rollback(&self.shared)
+    }
+
+    /// The active version of module `name`.
+    pub fn active(&self, name: &str) -> Option<VersionRef> {
+        self.shared.registry.active().and_then(|g| g.get(name).cloned())
     }
 
     /// Create a continuation of `version` on `worker` on the module's behalf
@@ -227,6 +407,8 @@ impl Runtime {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // The active generation's references go last, then everything is reaped.
+        self.shared.registry.clear();
         self.shared.reap();
     }
 }

@@ -77,6 +77,8 @@ pub struct Holders {
 /// How an unload went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnloadReport {
+    /// The version's id.
+    pub id: VersionId,
     /// The module and version, for messages.
     pub module: String,
     /// Whether the copy is no longer mapped in this process.
@@ -96,7 +98,7 @@ pub struct ModuleVersion {
     host: Arc<Host>,
     instance: *mut c_void,
     panicked: AtomicBool,
-    holders: Holders,
+    holders: Arc<Holders>,
     lib: Option<sys::dl::Library>,
 }
 
@@ -173,7 +175,7 @@ impl ModuleVersion {
             host,
             instance,
             panicked: AtomicBool::new(false),
-            holders: Holders::default(),
+            holders: Arc::new(Holders::default()),
             lib: Some(lib),
         }
     }
@@ -194,7 +196,7 @@ impl ModuleVersion {
     }
 
     /// What holds it.
-    pub fn holders(&self) -> &Holders {
+    pub fn holders(&self) -> &Arc<Holders> {
         &self.holders
     }
 
@@ -248,6 +250,41 @@ impl ModuleVersion {
         if status == MOLT_OK { Ok(()) } else { Err(self.call_error("handle_event", status, err)) }
     }
 
+    /// Hand live continuation `self_id` of an older version (its data
+    /// `old_data`, version number `old_version`) to this version's `adopt`;
+    /// returns this version's data and handler for it.
+    ///
+    /// # Safety
+    ///
+    /// The caller is the continuation's home worker between two of its
+    /// events, so no call for `self_id` runs now.
+    pub unsafe fn adopt(
+        &self,
+        env: CallEnv<'_>,
+        self_id: u64,
+        old_data: *mut c_void,
+        old_version: u32,
+    ) -> Result<(*mut c_void, Option<molt_handler_fn>), CallError> {
+        let Some(adopt) = self.meta.callbacks.adopt else {
+            return Err(CallError {
+                module: self.meta.name.clone(),
+                version: self.meta.version.clone(),
+                callback: "adopt",
+                status: MOLT_ERR_UNSUPPORTED,
+                text: "the module has no adopt callback".into(),
+            });
+        };
+        let mut new_data: *mut c_void = core::ptr::null_mut();
+        let mut new_handler: Option<molt_handler_fn> = Some(self.meta.callbacks.handle_event);
+        let (status, err) = with_call(&self.meta, &self.host, self.instance, env, self_id, |ctx| {
+            // SAFETY: `adopt` is this version's callback, its library loaded;
+            // ctx and the out-parameters are valid for the call; exclusivity
+            // for `self_id` is this function's contract.
+            unsafe { adopt(ctx, old_data, old_version, &mut new_data, &mut new_handler) }
+        });
+        if status == MOLT_OK { Ok((new_data, new_handler)) } else { Err(self.call_error("adopt", status, err)) }
+    }
+
     /// Send the module a message from the host (outside any worker) and
     /// collect what it sends back to the host.
     pub fn call_direct(&self, tag: u64, payload: &[u8]) -> Result<Vec<Reply>, CallError> {
@@ -273,9 +310,11 @@ impl ModuleVersion {
     /// and remove it. Never call this on the module's own stack.
     pub fn unload(mut self) -> UnloadReport {
         let module = format!("{} {}", self.meta.name, self.meta.version);
+        let id = self.meta.id;
         let fini_error = self.fini();
         let Some(lib) = self.lib.take() else {
             return UnloadReport {
+                id,
                 module,
                 unmapped: false,
                 pinned: Some("already closed".into()),
@@ -287,6 +326,7 @@ impl ModuleVersion {
             // The module asked never to be unmapped: keep the handle open for good.
             std::mem::forget(lib);
             return UnloadReport {
+                id,
                 module,
                 unmapped: false,
                 pinned: Some("the module sets MOLT_MODULE_NEVER_UNLOAD".into()),
@@ -305,7 +345,7 @@ impl ModuleVersion {
         if let Some(p) = &pinned {
             tracing::warn!(module = %self.meta.name, version = %self.meta.version, copy = %self.meta.copy.display(), "pinned: {p}");
         }
-        UnloadReport { module, unmapped: !mapped, pinned, copy_removed, fini_error }
+        UnloadReport { id, module, unmapped: !mapped, pinned, copy_removed, fini_error }
     }
 
     fn fini(&mut self) -> Option<String> {

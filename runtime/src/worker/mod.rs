@@ -494,6 +494,122 @@ impl WorkerCore {
         Ok(id::encode(self.index(), slot, generation))
     }
 
+    /// Continuations of this worker owned by version `version`.
+    fn conts_of(&self, version: crate::module::VersionId) -> Vec<(u32, u32)> {
+        let mut l = self.local.borrow_mut();
+        let slots = l.slab.live_slots();
+        slots
+            .into_iter()
+            .filter_map(|s| match l.slab.get_mut(s) {
+                Slot::Live(c) if c.version.id() == version && !c.ending => Some((s, c.generation)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Queue a DRAIN event (`arg0`: the deadline in ns from now) to every
+    /// continuation of `version` on this worker; returns how many.
+    pub fn drain_version(&self, version: crate::module::VersionId, deadline_ns: u64) -> usize {
+        let conts = self.conts_of(version);
+        let mut l = self.local.borrow_mut();
+        for &(slot, generation) in &conts {
+            let mut ev = Event::bare(MOLT_EV_DRAIN, id::encode(self.index(), slot, generation), 0, 0);
+            ev.arg0 = deadline_ns;
+            l.runq.push_back(ev);
+        }
+        conts.len()
+    }
+
+    /// End every continuation of `version` on this worker (a forced END
+    /// each) and cancel its timers: the drain deadline passed.
+    pub fn end_version(&self, version: crate::module::VersionId) -> usize {
+        let conts = self.conts_of(version);
+        for &(slot, generation) in &conts {
+            let id = id::encode(self.index(), slot, generation);
+            if self.destroy_local(id).is_ok() {
+                let mut l = self.local.borrow_mut();
+                if let Some(ev) = l.runq.back_mut().filter(|e| e.target == id && e.kind == MOLT_EV_END) {
+                    ev.flags |= MOLT_EVF_FORCED;
+                }
+            }
+        }
+        let cancelled = self.local.borrow_mut().timers.remove_where(|t| t.version.id() == version);
+        for t in cancelled {
+            t.version.holders().timers.fetch_sub(1, Ordering::Relaxed);
+        }
+        conts.len()
+    }
+
+    /// Move every continuation of `old` on this worker to `new` through
+    /// `new`'s adopt (upgrade mode), between their events. Timers charged to
+    /// `old` are recharged to `new`. Returns (adopted, refused).
+    pub fn upgrade_version(&self, old: crate::module::VersionId, new: &VersionRef) -> (usize, usize) {
+        let (mut adopted, mut refused) = (0, 0);
+        for (slot, generation) in self.conts_of(old) {
+            let id = id::encode(self.index(), slot, generation);
+            let (old_ref, old_handler, old_data) = match self.local.borrow_mut().slab.get_mut(slot) {
+                Slot::Live(c) => (c.version.clone(), c.handler, c.data),
+                _ => continue,
+            };
+            let env =
+                CallEnv { services: self, worker: self.index(), replies: Some(&self.rt.replies), owner: Some(new) };
+            self.current.set(id);
+            // SAFETY: we are the home worker between this continuation's events.
+            let r = unsafe { new.adopt(env, id, old_data, old_ref.meta().version_number) };
+            self.current.set(0);
+            let (new_data, new_handler) = match r {
+                Ok(x) => x,
+                Err(e) => {
+                    refused += 1;
+                    tracing::warn!(
+                        worker = self.index(),
+                        cont = id,
+                        "upgrade refused, the continuation stays on its version: {e}"
+                    );
+                    continue;
+                }
+            };
+            if new_data != old_data {
+                // The old version frees its own data: its last event.
+                let mut ev = Event::bare(MOLT_EV_END, id, 0, 0);
+                ev.flags = MOLT_EVF_ADOPTED;
+                let abi = ev.as_abi();
+                let env = CallEnv {
+                    services: self,
+                    worker: self.index(),
+                    replies: Some(&self.rt.replies),
+                    owner: Some(&old_ref),
+                };
+                self.current.set(id);
+                // SAFETY: the old version's handler and data for this
+                // continuation, on its home worker between events.
+                if let Err(e) = unsafe { old_ref.handle_event(env, id, old_handler, old_data, &abi) } {
+                    tracing::warn!(worker = self.index(), cont = id, "END (adopted) to the old version failed: {e}");
+                }
+                self.current.set(0);
+            }
+            if let Slot::Live(c) = self.local.borrow_mut().slab.get_mut(slot) {
+                old_ref.holders().conts.fetch_sub(1, Ordering::Relaxed);
+                new.holders().conts.fetch_add(1, Ordering::Relaxed);
+                c.version = new.clone();
+                c.handler = new_handler;
+                c.data = new_data;
+            }
+            adopted += 1;
+            // `old_ref` drops here, outside any call into the old version.
+        }
+        let moved = self.local.borrow_mut().timers.for_each_mut(|t| {
+            if t.version.id() != old {
+                return false;
+            }
+            t.version.holders().timers.fetch_sub(1, Ordering::Relaxed);
+            t.version = new.clone();
+            true
+        });
+        new.holders().timers.fetch_add(moved, Ordering::Relaxed);
+        (adopted, refused)
+    }
+
     fn check_context(&self, frame: &CallFrame<'_>) {
         if context::current() != Some(frame.meta.id) {
             bump(&self.shared.stats.context_violations);

@@ -137,6 +137,32 @@ impl<T> TimerWheel<T> {
         self.live == 0
     }
 
+    /// Cancel every pending timer whose payload matches, returning the payloads.
+    pub fn remove_where(&mut self, mut pred: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut out = Vec::new();
+        for (i, e) in self.entries.iter_mut().enumerate() {
+            if e.payload.as_ref().is_some_and(&mut pred) {
+                out.extend(e.payload.take());
+                e.generation = e.generation.wrapping_add(1);
+                self.free.push(i as u32);
+                self.live -= 1;
+            }
+        }
+        out
+    }
+
+    /// Visit every pending timer's payload mutably; returns how many `f`
+    /// reported as changed.
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut T) -> bool) -> usize {
+        let mut n = 0;
+        for p in self.entries.iter_mut().filter_map(|e| e.payload.as_mut()) {
+            if f(p) {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Remove every pending timer, returning the payloads.
     pub fn drain(&mut self) -> Vec<T> {
         let mut out = Vec::new();

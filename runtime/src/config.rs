@@ -1,0 +1,365 @@
+//! The runtime's config file (TOML), its defaults, and its errors.
+//!
+//! Every key and its default is documented in `docs/config.md`. Errors name
+//! the file, the line and the key, and say what is accepted.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// How a module's old version gives way to a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SwapMode {
+    /// Old continuations finish on old code; new ones start on new code.
+    #[default]
+    Drain,
+    /// Live continuations move to the new version through its `adopt`.
+    Upgrade,
+}
+
+/// What requests see while a module is failed (used by the proxies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Re-initialise the module (a fresh instance of the same version).
+    #[default]
+    Restart,
+    /// Refuse the work the module would have done.
+    FailClosed,
+    /// Skip the module and go on without it.
+    FailOpen,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// Worker threads; 0 means one per CPU.
+    #[serde(default)]
+    pub workers: usize,
+    /// The run directory: runtime copies, kept copies, the control socket.
+    pub run_dir: Option<PathBuf>,
+    /// Microseconds an idle worker spins before it parks.
+    #[serde(default = "default_spin_us")]
+    pub spin_us: u64,
+    /// Milliseconds a draining version's continuations get before they are ended.
+    #[serde(default = "default_drain_deadline_ms")]
+    pub drain_deadline_ms: u64,
+    /// Loaded versions allowed per module (active, previous, draining).
+    #[serde(default = "default_max_versions")]
+    pub max_versions_per_module: usize,
+    /// Whether reloads are allowed at all.
+    #[serde(default = "default_true")]
+    pub dynamic_reload: bool,
+    /// Continuation slots per worker.
+    #[serde(default = "default_max_conts")]
+    pub max_continuations_per_worker: u32,
+}
+
+fn default_spin_us() -> u64 {
+    50
+}
+fn default_drain_deadline_ms() -> u64 {
+    30_000
+}
+fn default_max_versions() -> usize {
+    4
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_conts() -> u32 {
+    1 << 18
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        RuntimeSection {
+            workers: 0,
+            run_dir: None,
+            spin_us: default_spin_us(),
+            drain_deadline_ms: default_drain_deadline_ms(),
+            max_versions_per_module: default_max_versions(),
+            dynamic_reload: true,
+            max_continuations_per_worker: default_max_conts(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModule {
+    name: Spanned<String>,
+    path: Spanned<PathBuf>,
+    sha256: Option<Spanned<String>>,
+    #[serde(default)]
+    mode: SwapMode,
+    #[serde(default)]
+    failure_policy: FailurePolicy,
+    #[serde(default)]
+    config: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    runtime: RuntimeSection,
+    #[serde(default, rename = "modules")]
+    modules: Vec<Spanned<RawModule>>,
+}
+
+/// One `[[modules]]` entry, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModuleConfig {
+    /// The module's name (must equal its descriptor's name).
+    pub name: String,
+    /// Its file, resolved against the config file's directory.
+    pub path: PathBuf,
+    /// Optional sha256 pin, lowercase hex.
+    pub sha256: Option<String>,
+    /// Swap mode.
+    pub mode: SwapMode,
+    /// Failure policy.
+    pub failure_policy: FailurePolicy,
+    /// Flat key/value config handed to init.
+    pub config: Vec<(String, String)>,
+    /// Where it was declared (`file:line`), for messages.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+/// A whole config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from (a file, or "built-in default").
+    pub source: String,
+    /// `[runtime]`.
+    pub runtime: RuntimeSection,
+    /// `[[modules]]`, in order.
+    pub modules: Vec<ModuleConfig>,
+}
+
+/// A config that cannot be used: the file, line and key, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config {file}:{line}: {message}")]
+pub struct ConfigError {
+    /// The file.
+    pub file: String,
+    /// 1-based line (0 when unknown).
+    pub line: usize,
+    /// What is wrong and what is accepted.
+    pub message: String,
+}
+
+fn line_of(src: &str, offset: usize) -> usize {
+    src[..offset.min(src.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) -> Result<(), String> {
+    match v {
+        toml::Value::String(s) => out.push((prefix.to_owned(), s.clone())),
+        toml::Value::Integer(i) => out.push((prefix.to_owned(), i.to_string())),
+        toml::Value::Float(f) => out.push((prefix.to_owned(), f.to_string())),
+        toml::Value::Boolean(b) => out.push((prefix.to_owned(), b.to_string())),
+        toml::Value::Datetime(d) => out.push((prefix.to_owned(), d.to_string())),
+        toml::Value::Array(a) => {
+            let mut parts = Vec::new();
+            for x in a {
+                match x {
+                    toml::Value::Table(_) | toml::Value::Array(_) => {
+                        return Err(format!("key `{prefix}`: arrays may hold only strings, numbers and booleans"));
+                    }
+                    toml::Value::String(s) => parts.push(s.clone()),
+                    other => parts.push(other.to_string()),
+                }
+            }
+            out.push((prefix.to_owned(), parts.join(",")));
+        }
+        toml::Value::Table(t) => {
+            for (k, x) in t {
+                flatten(&format!("{prefix}.{k}"), x, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            message: format!("cannot read it: {e}"),
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::parse(&src, &file, &base)
+    }
+
+    /// Parse and validate config text; `base` resolves relative module paths.
+    pub fn parse(src: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
+        let err = |line: usize, message: String| ConfigError { file: file.to_owned(), line, message };
+        let raw: RawConfig = toml::from_str(src).map_err(|e| {
+            let line = e.span().map_or(0, |s| line_of(src, s.start));
+            err(line, e.message().to_owned())
+        })?;
+        let rt = &raw.runtime;
+        if rt.max_versions_per_module < 2 {
+            return Err(err(
+                0,
+                "key `runtime.max_versions_per_module`: must be at least 2 (an active and a replaced version)".into(),
+            ));
+        }
+        let mut modules: Vec<ModuleConfig> = Vec::new();
+        for m in raw.modules {
+            let line = line_of(src, m.span().start);
+            let m = m.into_inner();
+            let name_line = line_of(src, m.name.span().start);
+            let name = m.name.into_inner();
+            if name.is_empty()
+                || name.len() > 64
+                || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            {
+                return Err(err(name_line, format!("key `modules.name`: {name:?} must be 1 to 64 of [a-z0-9_-]")));
+            }
+            if modules.iter().any(|x| x.name == name) {
+                return Err(err(name_line, format!("key `modules.name`: module {name:?} is declared twice")));
+            }
+            let sha256 = match m.sha256 {
+                None => None,
+                Some(s) => {
+                    let l = line_of(src, s.span().start);
+                    let v = s.into_inner().to_ascii_lowercase();
+                    if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(err(
+                            l,
+                            format!("key `modules.sha256` of module {name}: expected 64 hex digits, got {v:?}"),
+                        ));
+                    }
+                    Some(v)
+                }
+            };
+            let path = m.path.into_inner();
+            let path = if path.is_absolute() { path } else { base.join(path) };
+            let mut config = Vec::new();
+            for (k, v) in &m.config {
+                flatten(k, v, &mut config).map_err(|e| err(line, format!("module {name} config: {e}")))?;
+            }
+            modules.push(ModuleConfig {
+                name,
+                path,
+                sha256,
+                mode: m.mode,
+                failure_policy: m.failure_policy,
+                config,
+                origin: format!("{file}:{line}"),
+            });
+        }
+        Ok(Config { source: file.to_owned(), runtime: raw.runtime, modules })
+    }
+
+    /// The built-in default: the example modules found in `module_dir` (the
+    /// directory of the molt binary in a cargo build), default settings.
+    pub fn builtin(module_dir: &Path) -> Config {
+        let m = |name: &str, config: Vec<(&str, &str)>| ModuleConfig {
+            name: name.to_owned(),
+            path: module_dir.join(format!("lib{name}.so")),
+            sha256: None,
+            mode: SwapMode::Drain,
+            failure_policy: FailurePolicy::Restart,
+            config: config.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            origin: "built-in default".to_owned(),
+        };
+        Config {
+            source: "built-in default".to_owned(),
+            runtime: RuntimeSection::default(),
+            modules: vec![m("hello", vec![("greeting", "hello")]), m("echo_c", vec![]), m("counter", vec![])],
+        }
+    }
+
+    /// The run directory: configured, or `$XDG_RUNTIME_DIR/molt`, or `/tmp/molt-<uid>`.
+    pub fn run_dir(&self) -> PathBuf {
+        if let Some(d) = &self.runtime.run_dir {
+            return d.clone();
+        }
+        match std::env::var_os("XDG_RUNTIME_DIR") {
+            Some(x) if !x.is_empty() => PathBuf::from(x).join("molt"),
+            _ => std::env::temp_dir().join(format!("molt-{}", crate::sys::files::effective_uid())),
+        }
+    }
+
+    /// The drain deadline.
+    pub fn drain_deadline(&self) -> Duration {
+        Duration::from_millis(self.runtime.drain_deadline_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<Config, ConfigError> {
+        Config::parse(src, "molt.toml", Path::new("/etc/molt"))
+    }
+
+    #[test]
+    fn defaults_and_module_fields() {
+        let c = parse(
+            r#"
+[runtime]
+workers = 2
+
+[[modules]]
+name = "hello"
+path = "lib/libhello.so"
+mode = "upgrade"
+[modules.config]
+greeting = "hi"
+limits = { burst = 10, on = true }
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.runtime.workers, 2);
+        assert_eq!(c.runtime.drain_deadline_ms, 30_000);
+        assert_eq!(c.runtime.max_versions_per_module, 4);
+        assert_eq!(c.modules[0].path, PathBuf::from("/etc/molt/lib/libhello.so"));
+        assert_eq!(c.modules[0].mode, SwapMode::Upgrade);
+        assert_eq!(
+            c.modules[0].config,
+            vec![
+                ("greeting".to_owned(), "hi".to_owned()),
+                ("limits.burst".to_owned(), "10".to_owned()),
+                ("limits.on".to_owned(), "true".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = parse("[runtime]\nworkers = 2\nspin = 3\n").unwrap_err();
+        assert_eq!((e.file.as_str(), e.line), ("molt.toml", 3));
+        assert!(e.message.contains("unknown field `spin`"), "{e}");
+
+        let e = parse("[[modules]]\nname = \"a\"\npath = \"x.so\"\nmode = \"drian\"\n").unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("drian") && e.message.contains("drain"), "{e}");
+
+        let e = parse("[[modules]]\nname = \"a\"\npath = \"x.so\"\nsha256 = \"abc\"\n").unwrap_err();
+        assert_eq!(e.line, 4);
+        assert!(e.to_string().contains("modules.sha256") && e.to_string().contains("64 hex digits"), "{e}");
+
+        let e =
+            parse("[[modules]]\nname = \"a\"\npath = \"x\"\n[[modules]]\nname = \"a\"\npath = \"y\"\n").unwrap_err();
+        assert_eq!(e.line, 5);
+        assert!(e.message.contains("declared twice"), "{e}");
+
+        let e = parse("[[modules]]\nname = \"Bad Name\"\npath = \"x\"\n").unwrap_err();
+        assert!(e.message.contains("[a-z0-9_-]"), "{e}");
+    }
+}

@@ -1,0 +1,477 @@
+//! The registry: which module versions are active, what replaced what, and
+//! reloads and rollbacks between generations.
+//!
+//! A reload builds a candidate generation from a config: a module whose
+//! file (by sha256), config and mode are unchanged keeps its loaded version;
+//! any other is loaded anew from a private copy. Any failure rejects the
+//! whole candidate — the versions it loaded are released (and so finalised
+//! and unloaded) and the active generation is untouched. Success publishes
+//! the candidate under one lock; replaced versions are drained (or upgraded,
+//! in upgrade mode) and unload when their last holder goes. One reload runs
+//! at a time.
+//!
+//! For rollback, the previous generation's module files are kept by content
+//! under `<run_dir>/kept/<sha256>.so`; a rollback is a reload of those, pinned
+//! to their hashes, so it needs nothing that may have changed on disk since.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use super::{LoadError, ModuleSpec, VersionId, VersionRef};
+use crate::config::{ModuleConfig, SwapMode};
+use crate::runtime::RuntimeShared;
+use crate::sync::{Arc, Mutex};
+
+/// One module of a generation.
+#[derive(Clone)]
+pub struct Entry {
+    /// Its config.
+    pub cfg: ModuleConfig,
+    /// The sha256 of the file it was loaded from.
+    pub sha256: String,
+    /// The loaded version.
+    pub version: VersionRef,
+}
+
+/// The module versions of one (re)load.
+pub struct Generation {
+    /// Generation number.
+    pub id: u64,
+    /// The reload that made it.
+    pub reload_id: u64,
+    /// Its modules.
+    pub entries: Vec<Entry>,
+}
+
+impl Generation {
+    /// The version of module `name`.
+    pub fn get(&self, name: &str) -> Option<&VersionRef> {
+        self.entries.iter().find(|e| e.cfg.name == name).map(|e| &e.version)
+    }
+}
+
+/// One reload, for status and metrics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadRecord {
+    /// Reload id (every log line about it carries it).
+    pub id: u64,
+    /// `load`, `reload` or `rollback`.
+    pub kind: &'static str,
+    /// Whether it was published.
+    pub ok: bool,
+    /// When it started (ms since the Unix epoch).
+    pub started_unix_ms: u128,
+    /// How long it took, in microseconds.
+    pub duration_us: u64,
+    /// Why it was refused.
+    pub error: Option<String>,
+    /// Modules loaded anew.
+    pub loaded: Vec<String>,
+    /// Modules that kept their version.
+    pub kept: Vec<String>,
+    /// The generation it published.
+    pub generation: Option<u64>,
+}
+
+/// Why a reload or rollback was refused. The active generation is untouched.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// Another reload is running.
+    #[error("a reload is already running; try again when it finishes")]
+    Busy,
+    /// `runtime.dynamic_reload = false`.
+    #[error("reloads are disabled (runtime.dynamic_reload = false); restart to change modules")]
+    Disabled,
+    /// A module failed to load.
+    #[error("module {module}: {source}")]
+    Load {
+        /// The module.
+        module: String,
+        /// Why.
+        #[source]
+        source: LoadError,
+    },
+    /// The file does not match its pin.
+    #[error("module {module}: {path} has sha256 {actual}, but the config pins {expected}; fix the pin or the file")]
+    Sha256Mismatch {
+        /// The module.
+        module: String,
+        /// The file.
+        path: PathBuf,
+        /// The pin.
+        expected: String,
+        /// The file's hash.
+        actual: String,
+    },
+    /// The descriptor's name differs from the config's.
+    #[error("module {module}: {path} is module {found:?}; rename the config entry or point it at the right file")]
+    NameMismatch {
+        /// The config's name.
+        module: String,
+        /// The file.
+        path: PathBuf,
+        /// The descriptor's name.
+        found: String,
+    },
+    /// Upgrade mode needs adopt.
+    #[error(
+        "module {module}: mode = \"upgrade\" needs an adopt callback, and version {version} has none; use mode = \"drain\""
+    )]
+    UpgradeWithoutAdopt {
+        /// The module.
+        module: String,
+        /// Its version.
+        version: String,
+    },
+    /// Too many loaded versions.
+    #[error(
+        "module {module}: loading another version would exceed max_versions_per_module = {cap}; still loaded: {holders}"
+    )]
+    VersionCap {
+        /// The module.
+        module: String,
+        /// The cap.
+        cap: usize,
+        /// Each loaded version and what holds it.
+        holders: String,
+    },
+    /// Nothing to roll back to.
+    #[error("nothing to roll back to: no earlier generation was replaced yet")]
+    NoPrevious,
+    /// The runtime could not read or keep a file.
+    #[error("module {module}: {what} {path}: {source}")]
+    Io {
+        /// The module.
+        module: String,
+        /// What it was doing.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Registry settings from `[runtime]`.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// Loaded versions allowed per module.
+    pub max_versions_per_module: usize,
+    /// How long replaced versions' continuations get.
+    pub drain_deadline: Duration,
+    /// Whether reloads are allowed after the first load.
+    pub dynamic_reload: bool,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings { max_versions_per_module: 4, drain_deadline: Duration::from_secs(30), dynamic_reload: true }
+    }
+}
+
+/// The registry (see the module docs).
+pub struct Registry {
+    settings: Mutex<RegistrySettings>,
+    kept_dir: PathBuf,
+    active: Mutex<Option<Arc<Generation>>>,
+    previous: Mutex<Option<Vec<ModuleConfig>>>,
+    reload_lock: Mutex<()>,
+    history: Mutex<VecDeque<ReloadRecord>>,
+    counters: Mutex<(u64, u64)>,
+    deadlines: Mutex<Vec<(VersionId, Instant)>>,
+}
+
+const HISTORY: usize = 64;
+
+/// The sha256 of a file, lowercase hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Registry {
+    /// A registry keeping rollback copies under `run_dir/kept`.
+    pub fn new(run_dir: &Path, settings: RegistrySettings) -> std::io::Result<Registry> {
+        let kept_dir = run_dir.join("kept");
+        std::fs::create_dir_all(&kept_dir)?;
+        Ok(Registry {
+            settings: Mutex::new(settings),
+            kept_dir,
+            active: Mutex::new(None),
+            previous: Mutex::new(None),
+            reload_lock: Mutex::new(()),
+            history: Mutex::new(VecDeque::new()),
+            counters: Mutex::new((0, 0)),
+            deadlines: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Replace the settings (a reload of the config may change them).
+    pub fn set_settings(&self, s: RegistrySettings) {
+        *self.settings.lock() = s;
+    }
+
+    /// The active generation.
+    pub fn active(&self) -> Option<Arc<Generation>> {
+        self.active.lock().clone()
+    }
+
+    /// The configs a rollback would load.
+    pub fn previous(&self) -> Option<Vec<ModuleConfig>> {
+        self.previous.lock().clone()
+    }
+
+    /// Reload history, oldest first.
+    pub fn history(&self) -> Vec<ReloadRecord> {
+        self.history.lock().iter().cloned().collect()
+    }
+
+    /// Versions draining with their deadlines.
+    pub fn draining(&self) -> Vec<(VersionId, Instant)> {
+        self.deadlines.lock().clone()
+    }
+
+    fn next_ids(&self) -> (u64, u64) {
+        let mut c = self.counters.lock();
+        c.0 += 1;
+        (c.0, c.1 + 1)
+    }
+
+    /// Load `modules` as the new active generation (the first load, or a reload).
+    pub fn reload(&self, rt: &RuntimeShared, modules: &[ModuleConfig]) -> Result<ReloadRecord, ReloadError> {
+        let first = self.active.lock().is_none();
+        self.apply(rt, modules, if first { "load" } else { "reload" })
+    }
+
+    /// Re-activate the previous generation's modules from their kept copies.
+    pub fn rollback(&self, rt: &RuntimeShared) -> Result<ReloadRecord, ReloadError> {
+        let prev = self.previous.lock().clone().ok_or(ReloadError::NoPrevious)?;
+        self.apply(rt, &prev, "rollback")
+    }
+
+    fn apply(
+        &self,
+        rt: &RuntimeShared,
+        modules: &[ModuleConfig],
+        kind: &'static str,
+    ) -> Result<ReloadRecord, ReloadError> {
+        let Some(_one_at_a_time) = self.reload_lock.try_lock() else {
+            return Err(ReloadError::Busy);
+        };
+        let settings = self.settings.lock().clone();
+        let old = self.active.lock().clone();
+        if old.is_some() && !settings.dynamic_reload {
+            return Err(ReloadError::Disabled);
+        }
+        let (reload_id, generation_id) = self.next_ids();
+        let span = tracing::info_span!("reload", reload_id, kind);
+        let _span = span.enter();
+        let started = SystemTime::now();
+        let t0 = Instant::now();
+        tracing::info!(modules = modules.len(), "reload started");
+        let mut record = ReloadRecord {
+            id: reload_id,
+            kind,
+            ok: false,
+            started_unix_ms: started.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis()),
+            duration_us: 0,
+            error: None,
+            loaded: Vec::new(),
+            kept: Vec::new(),
+            generation: None,
+        };
+        let built = self.build(rt, modules, old.as_deref(), &settings, &mut record);
+        record.duration_us = t0.elapsed().as_micros() as u64;
+        let entries = match built {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(duration_us = record.duration_us, "reload refused, active generation unchanged: {e}");
+                record.error = Some(e.to_string());
+                self.push_history(record);
+                // The candidate's fresh versions were dropped inside build: reap them now.
+                rt.reap();
+                return Err(e);
+            }
+        };
+        let generation = Arc::new(Generation { id: generation_id, reload_id, entries });
+        *self.active.lock() = Some(generation.clone());
+        self.counters.lock().1 = generation_id;
+        record.ok = true;
+        record.generation = Some(generation_id);
+        if let Some(old) = old {
+            *self.previous.lock() = Some(self.kept_configs(&old));
+            self.retire_replaced(rt, &old, &generation, &settings);
+        }
+        self.collect_kept();
+        tracing::info!(duration_us = record.duration_us, generation = generation_id, loaded = ?record.loaded, "reload published");
+        self.push_history(record.clone());
+        rt.reap();
+        Ok(record)
+    }
+
+    fn push_history(&self, r: ReloadRecord) {
+        let mut h = self.history.lock();
+        if h.len() == HISTORY {
+            h.pop_front();
+        }
+        h.push_back(r);
+    }
+
+    fn build(
+        &self,
+        rt: &RuntimeShared,
+        modules: &[ModuleConfig],
+        old: Option<&Generation>,
+        settings: &RegistrySettings,
+        record: &mut ReloadRecord,
+    ) -> Result<Vec<Entry>, ReloadError> {
+        let mut entries = Vec::with_capacity(modules.len());
+        for mc in modules {
+            let module = mc.name.clone();
+            let sha256 = match sha256_file(&mc.path) {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(ReloadError::Load { module, source: LoadError::NotFound { path: mc.path.clone() } });
+                }
+                Err(source) => return Err(ReloadError::Io { module, what: "reading", path: mc.path.clone(), source }),
+            };
+            if let Some(pin) = &mc.sha256 {
+                if *pin != sha256 {
+                    return Err(ReloadError::Sha256Mismatch {
+                        module,
+                        path: mc.path.clone(),
+                        expected: pin.clone(),
+                        actual: sha256,
+                    });
+                }
+            }
+            let prior = old.and_then(|g| g.entries.iter().find(|e| e.cfg.name == mc.name));
+            if let Some(p) = prior.filter(|p| p.sha256 == sha256 && p.cfg.config == mc.config && p.cfg.mode == mc.mode)
+            {
+                record.kept.push(module);
+                entries.push(Entry { cfg: mc.clone(), sha256, version: p.version.clone() });
+                continue;
+            }
+            let loaded = rt.loaded_versions(&mc.name);
+            if loaded.len() + 1 > settings.max_versions_per_module {
+                return Err(ReloadError::VersionCap {
+                    module,
+                    cap: settings.max_versions_per_module,
+                    holders: loaded.join("; "),
+                });
+            }
+            let kept = self.kept_dir.join(format!("{sha256}.so"));
+            if !kept.exists() {
+                std::fs::copy(&mc.path, &kept).map_err(|source| ReloadError::Io {
+                    module: module.clone(),
+                    what: "keeping a rollback copy of",
+                    path: mc.path.clone(),
+                    source,
+                })?;
+            }
+            let spec = ModuleSpec {
+                path: mc.path.clone(),
+                config: mc.config.clone(),
+                previous_version: prior.map_or(0, |p| p.version.meta().version_number),
+            };
+            let version = rt.load(&spec).map_err(|source| ReloadError::Load { module: module.clone(), source })?;
+            let meta = version.meta();
+            if meta.name != mc.name {
+                return Err(ReloadError::NameMismatch { module, path: mc.path.clone(), found: meta.name.clone() });
+            }
+            if mc.mode == SwapMode::Upgrade && meta.callbacks.adopt.is_none() {
+                return Err(ReloadError::UpgradeWithoutAdopt { module, version: meta.version.clone() });
+            }
+            record.loaded.push(format!("{} {} ({})", meta.name, meta.version, meta.id));
+            entries.push(Entry { cfg: mc.clone(), sha256, version });
+        }
+        Ok(entries)
+    }
+
+    /// The old generation's configs, pointing at kept copies and pinned.
+    fn kept_configs(&self, old: &Generation) -> Vec<ModuleConfig> {
+        old.entries
+            .iter()
+            .map(|e| ModuleConfig {
+                path: self.kept_dir.join(format!("{}.so", e.sha256)),
+                sha256: Some(e.sha256.clone()),
+                ..e.cfg.clone()
+            })
+            .collect()
+    }
+
+    /// Drain (or upgrade) every version of `old` that `new` does not keep.
+    fn retire_replaced(&self, rt: &RuntimeShared, old: &Generation, new: &Generation, settings: &RegistrySettings) {
+        for e in &old.entries {
+            let id = e.version.id();
+            if new.entries.iter().any(|n| n.version.id() == id) {
+                continue;
+            }
+            let successor = new.entries.iter().find(|n| n.cfg.name == e.cfg.name);
+            if let Some(n) = successor.filter(|n| n.cfg.mode == SwapMode::Upgrade) {
+                let to = n.version.clone();
+                let results = rt.broadcast(move |w| w.upgrade_version(id, &to));
+                let (a, r) = results.iter().fold((0, 0), |acc, x| (acc.0 + x.0, acc.1 + x.1));
+                tracing::info!(module = %e.cfg.name, from = %id, to = %n.version.id(), adopted = a, refused = r, "upgraded live continuations");
+                if r == 0 {
+                    continue;
+                }
+            }
+            if let Err(err) = e.version.drain(crate::host::CallEnv::detached(None)) {
+                tracing::warn!(module = %e.cfg.name, version = %id, "drain callback failed: {err}");
+            }
+            let ns = settings.drain_deadline.as_nanos() as u64;
+            let n: usize = rt.broadcast(move |w| w.drain_version(id, ns)).into_iter().sum();
+            tracing::info!(module = %e.cfg.name, version = %id, continuations = n, "draining");
+            if n > 0 {
+                self.deadlines.lock().push((id, Instant::now() + settings.drain_deadline));
+            }
+        }
+    }
+
+    /// Remove kept copies no generation may roll back to.
+    fn collect_kept(&self) {
+        let mut wanted: Vec<String> = Vec::new();
+        if let Some(a) = self.active.lock().as_ref() {
+            wanted.extend(a.entries.iter().map(|e| format!("{}.so", e.sha256)));
+        }
+        if let Some(p) = self.previous.lock().as_ref() {
+            wanted.extend(p.iter().filter_map(|c| c.sha256.as_ref().map(|s| format!("{s}.so"))));
+        }
+        if let Ok(dir) = std::fs::read_dir(&self.kept_dir) {
+            for f in dir.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if !wanted.contains(&name) {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+    }
+
+    /// Drop the active generation (shutdown).
+    pub fn clear(&self) {
+        self.active.lock().take();
+        self.deadlines.lock().clear();
+    }
+
+    /// End the continuations of versions whose drain deadline passed.
+    pub fn tick(&self, rt: &RuntimeShared) {
+        let now = Instant::now();
+        let due: Vec<VersionId> = {
+            let mut d = self.deadlines.lock();
+            let due = d.iter().filter(|(_, t)| *t <= now).map(|(id, _)| *id).collect();
+            d.retain(|(id, t)| *t > now && rt.is_loaded(*id));
+            due
+        };
+        for id in due {
+            let n: usize = rt.broadcast(move |w| w.end_version(id)).into_iter().sum();
+            tracing::warn!(version = %id, continuations = n, "drain deadline passed: continuations ended");
+        }
+    }
+}
