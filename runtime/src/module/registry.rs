@@ -93,7 +93,7 @@ pub enum ReloadError {
         module: String,
         /// Why.
         #[source]
-        source: LoadError,
+        source: Box<LoadError>,
     },
     /// The file does not match its pin.
     #[error("module {module}: {path} has sha256 {actual}, but the config pins {expected}; fix the pin or the file")]
@@ -337,7 +337,10 @@ impl Registry {
             let sha256 = match sha256_file(&mc.path) {
                 Ok(s) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(ReloadError::Load { module, source: LoadError::NotFound { path: mc.path.clone() } });
+                    return Err(ReloadError::Load {
+                        module,
+                        source: Box::new(LoadError::NotFound { path: mc.path.clone() }),
+                    });
                 }
                 Err(source) => return Err(ReloadError::Io { module, what: "reading", path: mc.path.clone(), source }),
             };
@@ -380,7 +383,8 @@ impl Registry {
                 config: mc.config.clone(),
                 previous_version: prior.map_or(0, |p| p.version.meta().version_number),
             };
-            let version = rt.load(&spec).map_err(|source| ReloadError::Load { module: module.clone(), source })?;
+            let version =
+                rt.load(&spec).map_err(|e| ReloadError::Load { module: module.clone(), source: Box::new(e) })?;
             let meta = version.meta();
             if meta.name != mc.name {
                 return Err(ReloadError::NameMismatch { module, path: mc.path.clone(), found: meta.name.clone() });
