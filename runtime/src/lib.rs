@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod cont;
+pub mod ctl;
 pub mod host;
 pub mod module;
 pub mod runtime;

@@ -4,9 +4,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use std::time::{Duration, Instant};
+
 use clap::{Parser, Subcommand};
+use molt_runtime::config::Config;
+use molt_runtime::ctl::{ConfigSource, ControlServer, client};
 use molt_runtime::host::Host;
+use molt_runtime::module::registry::RegistrySettings;
 use molt_runtime::module::{Loader, ModuleSpec};
+use molt_runtime::{Runtime, RuntimeConfig};
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +27,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the runtime: load the modules of the config (or of the built-in
+    /// default), serve the control socket, reload on SIGHUP, stop on
+    /// SIGINT or SIGTERM.
+    Run {
+        /// The config file (TOML, see docs/config.md). Without it, the
+        /// built-in default: the example modules next to the molt binary.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Stop by itself after this many seconds.
+        #[arg(long = "for", value_name = "SECS")]
+        run_for: Option<u64>,
+    },
+    /// Talk to a running molt through its control socket.
+    Ctl {
+        /// status, reload, rollback or metrics.
+        #[arg(value_parser = ["status", "reload", "rollback", "metrics"])]
+        cmd: String,
+        /// Print the JSON reply instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The control socket (default: ctl.sock in the run directory).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Find the run directory from this config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Load a module the way the runtime does, send it one message, unload it,
     /// and report what happened (handshake, init, reply, unmap).
     Check {
@@ -48,6 +81,144 @@ fn main() -> ExitCode {
         .init();
     match Cli::parse().command {
         Command::Check { module, config, message, tag } => check(module, config, message, tag),
+        Command::Run { config, run_for } => run(config, run_for),
+        Command::Ctl { cmd, json, socket, config } => ctl(&cmd, json, socket, config),
+    }
+}
+
+fn module_dir() -> PathBuf {
+    std::env::current_exe().ok().and_then(|p| p.parent().map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn source_of(config: Option<PathBuf>) -> ConfigSource {
+    match config {
+        Some(p) => ConfigSource::File(p),
+        None => ConfigSource::Builtin(module_dir()),
+    }
+}
+
+fn run(config: Option<PathBuf>, run_for: Option<u64>) -> ExitCode {
+    let source = source_of(config);
+    let cfg = match source.read() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("molt: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let r = &cfg.runtime;
+    let rc = RuntimeConfig {
+        workers: if r.workers == 0 { RuntimeConfig::default().workers } else { r.workers },
+        spin: Duration::from_micros(r.spin_us),
+        run_dir: cfg.run_dir(),
+        max_continuations_per_worker: r.max_continuations_per_worker,
+        registry: RegistrySettings {
+            max_versions_per_module: r.max_versions_per_module,
+            drain_deadline: cfg.drain_deadline(),
+            dynamic_reload: r.dynamic_reload,
+        },
+    };
+    let rt = match Runtime::start(rc.clone()) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("molt: cannot start in run directory {}: {e}", rc.run_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = rt.reload(&cfg.modules) {
+        eprintln!("molt: loading the modules of {} failed: {e}", source.describe());
+        if matches!(source, ConfigSource::Builtin(_)) {
+            eprintln!(
+                "molt: the built-in default loads the example modules next to the binary: build them with `cargo build --release --workspace`"
+            );
+        }
+        return ExitCode::FAILURE;
+    }
+    let ctl = match ControlServer::start(rt.shared().clone(), source.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("molt: cannot open the control socket in {}: {e}", rc.run_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let names: Vec<String> = rt
+        .shared()
+        .registry()
+        .active()
+        .map(|g| g.entries.iter().map(|e| format!("{} {}", e.cfg.name, e.version.meta().version)).collect())
+        .unwrap_or_default();
+    println!("molt {} running: {} workers, modules: {}", env!("CARGO_PKG_VERSION"), rt.workers(), names.join(", "));
+    println!("control socket: {}", ctl.path().display());
+    println!("status:  molt ctl status --socket {}", ctl.path().display());
+    println!("reload:  molt ctl reload --socket {}   (or kill -HUP {})", ctl.path().display(), std::process::id());
+    println!("stop:    Ctrl-C (or kill {})", std::process::id());
+
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]);
+    let mut signals = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("molt: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let deadline = run_for.map(|s| Instant::now() + Duration::from_secs(s));
+    'serve: loop {
+        for sig in signals.pending() {
+            match sig {
+                signal_hook::consts::SIGHUP => match molt_runtime::ctl::server::reload(rt.shared(), &source) {
+                    Ok(_) => tracing::info!("SIGHUP reload published"),
+                    Err(e) => tracing::warn!("SIGHUP reload refused: {e}"),
+                },
+                _ => break 'serve,
+            }
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(ctl);
+    let reports = rt.shutdown();
+    let pinned = reports.iter().filter(|r| r.pinned.is_some()).count();
+    println!("molt stopped: {} module versions unloaded, {pinned} pinned", reports.len());
+    ExitCode::SUCCESS
+}
+
+fn ctl(cmd: &str, json: bool, socket: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
+    let socket = match socket {
+        Some(s) => s,
+        None => {
+            let cfg = match config.as_deref().map(Config::load).transpose() {
+                Ok(c) => c.unwrap_or_else(|| Config::builtin(&module_dir())),
+                Err(e) => {
+                    eprintln!("molt ctl: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            cfg.run_dir().join("ctl.sock")
+        }
+    };
+    match client::request(&socket, cmd) {
+        Err(e) => {
+            eprintln!("molt ctl {cmd}: {e}");
+            ExitCode::FAILURE
+        }
+        Ok(v) => {
+            if json {
+                println!("{v}");
+            } else {
+                match cmd {
+                    "status" => print!("{}", client::render_status(&v)),
+                    "metrics" => print!("{}", v.as_str().unwrap_or_default()),
+                    _ => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+                }
+            }
+            ExitCode::SUCCESS
+        }
     }
 }
 

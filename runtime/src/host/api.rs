@@ -164,7 +164,7 @@ unsafe extern "C" fn host_cont_send(
             // SAFETY: the ctx of a running call is readable.
             let from = unsafe { (*ctx).self_ };
             if let Some(sink) = f.env.replies {
-                sink.reply(Reply { from, tag, data: payload.to_vec() });
+                sink.reply(Reply { from, version: f.meta.id, tag, data: payload.to_vec() });
             }
             return MOLT_OK;
         }

@@ -53,6 +53,8 @@ pub struct Host {
 pub struct Reply {
     /// The continuation that sent it (0 outside handle_event).
     pub from: u64,
+    /// The module version whose code sent it.
+    pub version: crate::module::VersionId,
     /// Its tag.
     pub tag: u64,
     /// Its payload.

@@ -32,8 +32,32 @@ pub struct Entry {
     pub cfg: ModuleConfig,
     /// The sha256 of the file it was loaded from.
     pub sha256: String,
+    /// The file's identity when it was hashed, to skip rehashing an untouched file.
+    pub file_id: Option<FileId>,
     /// The loaded version.
     pub version: VersionRef,
+}
+
+/// A file's identity: what changes when it is replaced or rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl FileId {
+    fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })
+    }
 }
 
 /// The module versions of one (re)load.
@@ -334,7 +358,13 @@ impl Registry {
         let mut entries = Vec::with_capacity(modules.len());
         for mc in modules {
             let module = mc.name.clone();
-            let sha256 = match sha256_file(&mc.path) {
+            let prior = old.and_then(|g| g.entries.iter().find(|e| e.cfg.name == mc.name));
+            let file_id = FileId::of(&mc.path);
+            // The same path with the same inode, size and mtime: the hash is known.
+            let known = prior
+                .filter(|p| p.cfg.path == mc.path && file_id.is_some() && p.file_id == file_id)
+                .map(|p| p.sha256.clone());
+            let sha256 = match known.map_or_else(|| sha256_file(&mc.path), Ok) {
                 Ok(s) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(ReloadError::Load {
@@ -354,11 +384,10 @@ impl Registry {
                     });
                 }
             }
-            let prior = old.and_then(|g| g.entries.iter().find(|e| e.cfg.name == mc.name));
             if let Some(p) = prior.filter(|p| p.sha256 == sha256 && p.cfg.config == mc.config && p.cfg.mode == mc.mode)
             {
                 record.kept.push(module);
-                entries.push(Entry { cfg: mc.clone(), sha256, version: p.version.clone() });
+                entries.push(Entry { cfg: mc.clone(), sha256, file_id, version: p.version.clone() });
                 continue;
             }
             let loaded = rt.loaded_versions(&mc.name);
@@ -393,7 +422,7 @@ impl Registry {
                 return Err(ReloadError::UpgradeWithoutAdopt { module, version: meta.version.clone() });
             }
             record.loaded.push(format!("{} {} ({})", meta.name, meta.version, meta.id));
-            entries.push(Entry { cfg: mc.clone(), sha256, version });
+            entries.push(Entry { cfg: mc.clone(), sha256, file_id, version });
         }
         Ok(entries)
     }

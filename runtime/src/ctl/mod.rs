@@ -1,0 +1,10 @@
+//! The control plane: a Unix socket speaking newline-delimited JSON, and
+//! its client `molt ctl`. The protocol is documented in `docs/control.md`.
+//!
+//! Built on the core (registry, runtime); the core never imports it.
+
+pub mod client;
+pub mod server;
+pub mod status;
+
+pub use server::{ConfigSource, ControlServer};
