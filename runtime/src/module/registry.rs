@@ -32,13 +32,12 @@ pub struct Entry {
     pub cfg: ModuleConfig,
     /// The sha256 of the file it was loaded from.
     pub sha256: String,
-    /// The file's identity when it was hashed, to skip rehashing an untouched file.
-    pub file_id: Option<FileId>,
     /// The loaded version.
     pub version: VersionRef,
 }
 
-/// A file's identity: what changes when it is replaced or rewritten.
+/// A file's identity: what changes when it is replaced or rewritten. A
+/// reload rehashes a module file only when its identity changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileId {
     dev: u64,
@@ -207,9 +206,11 @@ pub struct Registry {
     history: Mutex<VecDeque<ReloadRecord>>,
     counters: Mutex<(u64, u64)>,
     deadlines: Mutex<Vec<(VersionId, Instant)>>,
+    hashes: Mutex<Vec<(PathBuf, FileId, String)>>,
 }
 
 const HISTORY: usize = 64;
+const HASHES: usize = 64;
 
 /// The sha256 of a file, lowercase hex.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
@@ -233,6 +234,7 @@ impl Registry {
             history: Mutex::new(VecDeque::new()),
             counters: Mutex::new((0, 0)),
             deadlines: Mutex::new(Vec::new()),
+            hashes: Mutex::new(Vec::new()),
         })
     }
 
@@ -360,11 +362,7 @@ impl Registry {
             let module = mc.name.clone();
             let prior = old.and_then(|g| g.entries.iter().find(|e| e.cfg.name == mc.name));
             let file_id = FileId::of(&mc.path);
-            // The same path with the same inode, size and mtime: the hash is known.
-            let known = prior
-                .filter(|p| p.cfg.path == mc.path && file_id.is_some() && p.file_id == file_id)
-                .map(|p| p.sha256.clone());
-            let sha256 = match known.map_or_else(|| sha256_file(&mc.path), Ok) {
+            let sha256 = match self.hash(&mc.path, file_id) {
                 Ok(s) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(ReloadError::Load {
@@ -387,7 +385,7 @@ impl Registry {
             if let Some(p) = prior.filter(|p| p.sha256 == sha256 && p.cfg.config == mc.config && p.cfg.mode == mc.mode)
             {
                 record.kept.push(module);
-                entries.push(Entry { cfg: mc.clone(), sha256, file_id, version: p.version.clone() });
+                entries.push(Entry { cfg: mc.clone(), sha256, version: p.version.clone() });
                 continue;
             }
             let loaded = rt.loaded_versions(&mc.name);
@@ -422,9 +420,28 @@ impl Registry {
                 return Err(ReloadError::UpgradeWithoutAdopt { module, version: meta.version.clone() });
             }
             record.loaded.push(format!("{} {} ({})", meta.name, meta.version, meta.id));
-            entries.push(Entry { cfg: mc.clone(), sha256, file_id, version });
+            entries.push(Entry { cfg: mc.clone(), sha256, version });
         }
         Ok(entries)
+    }
+
+    /// The sha256 of `path`, reusing the last hash of the same path whose
+    /// inode, size and mtime are unchanged.
+    fn hash(&self, path: &Path, id: Option<FileId>) -> std::io::Result<String> {
+        if let Some(id) = id {
+            if let Some((_, _, h)) = self.hashes.lock().iter().find(|(p, i, _)| p == path && *i == id) {
+                return Ok(h.clone());
+            }
+        }
+        let h = sha256_file(path)?;
+        if let Some(id) = id {
+            let mut c = self.hashes.lock();
+            if c.len() >= HASHES {
+                c.remove(0);
+            }
+            c.push((path.to_owned(), id, h.clone()));
+        }
+        Ok(h)
     }
 
     /// The old generation's configs, pointing at kept copies and pinned.

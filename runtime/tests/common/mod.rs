@@ -69,3 +69,42 @@ fn uuid_like() -> u64 {
 pub fn mapped(path: &Path) -> bool {
     molt_runtime::sys::maps::is_mapped(path).expect("read /proc/self/maps")
 }
+
+/// A copy of module `name`'s library that differs from the original (and
+/// from other variants) only by trailing bytes: a distinct file to swap in,
+/// as a rebuilt module would be.
+pub fn variant(dir: &Path, name: &str, n: u32) -> PathBuf {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dst = dir.join(format!("lib{name}-v{n}.so"));
+    std::fs::copy(module_lib(name), &dst).expect("copy module");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&dst).expect("open variant");
+    write!(f, "\0molt-test-variant-{n}\0").expect("append");
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dst
+}
+
+/// A module config entry.
+pub fn module_cfg(name: &str, path: &Path, config: &[(&str, &str)]) -> molt_runtime::config::ModuleConfig {
+    molt_runtime::config::ModuleConfig {
+        name: name.to_owned(),
+        path: path.to_owned(),
+        sha256: None,
+        mode: molt_runtime::config::SwapMode::Drain,
+        failure_policy: molt_runtime::config::FailurePolicy::Restart,
+        config: config.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        origin: "test".to_owned(),
+    }
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+/// Resident set size of this process, in bytes.
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
