@@ -97,10 +97,13 @@ pub fn status(rt: &RuntimeShared, started: Instant, config: &str) -> Value {
     })
 }
 
+/// A per-worker counter: its metric name, help text, and how to read it.
+type Counter = (&'static str, &'static str, fn(&crate::worker::WorkerStats) -> u64);
+
 /// Metrics in the Prometheus text format.
 pub fn metrics(rt: &RuntimeShared) -> String {
     let mut out = String::new();
-    let counters: [(&str, &str, fn(&crate::worker::WorkerStats) -> u64); 5] = [
+    let counters: [Counter; 5] = [
         ("molt_dispatch_total", "Events handed to modules.", |s| s.dispatched.load(Ordering::Relaxed)),
         ("molt_errors_total", "Module calls that returned an error.", |s| s.errors.load(Ordering::Relaxed)),
         ("molt_panics_total", "Module calls that panicked.", |s| s.panics.load(Ordering::Relaxed)),
