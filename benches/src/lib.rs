@@ -32,6 +32,17 @@ pub fn module_lib(name: &str) -> PathBuf {
     profile_dir().join(format!("lib{name}.so"))
 }
 
+/// A copy of module `name` differing only by trailing bytes: a distinct
+/// file to swap in, as a rebuilt module would be.
+pub fn variant(dir: &Path, name: &str, n: u32) -> PathBuf {
+    use std::io::Write;
+    let dst = dir.join(format!("lib{name}-v{n}.so"));
+    std::fs::copy(module_lib(name), &dst).expect("copy module");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&dst).expect("open variant");
+    write!(f, "\0molt-bench-variant-{n}\0").expect("append");
+    dst
+}
+
 /// A runtime with `workers` workers and the probe module loaded.
 pub fn probe_runtime(workers: usize) -> (Runtime, VersionRef) {
     probe_runtime_spin(workers, RuntimeConfig::default().spin)
