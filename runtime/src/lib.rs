@@ -11,6 +11,7 @@ pub mod ctl;
 pub mod host;
 pub mod module;
 pub mod runtime;
+pub mod state;
 pub mod sync;
 pub mod sys;
 pub mod worker;

@@ -90,9 +90,11 @@ pub fn status(rt: &RuntimeShared, started: Instant, config: &str) -> Value {
         "previous": previous,
         "versions": versions,
         "reloads": reg.history(),
-        "state_blocks": host.state.blocks().iter().map(|b| json!({
-            "owner": b.owner, "name": b.name, "schema": b.schema, "len": b.len,
-        })).collect::<Vec<_>>(),
+        "state": {
+            "path": host.state.path(),
+            "usage": host.state.usage(),
+        },
+        "state_blocks": host.state.blocks(),
         "user_args": host.user_args.names(),
     })
 }

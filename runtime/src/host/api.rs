@@ -5,7 +5,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use molt_abi::ffi::*;
 
-use super::state_store::Opened;
+use crate::state::Opened;
 use super::{CallFrame, Reply};
 
 /// The table every module receives (in `molt_host_info.api` and `molt_ctx.api`).
@@ -71,6 +71,12 @@ unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
     }
     // SAFETY: per this function's contract.
     Some(unsafe { core::slice::from_raw_parts(ptr, len) })
+}
+
+/// Fail with a reason the calling module's init will report (set_error on its behalf).
+fn set_and_fail(frame: &CallFrame<'_>, (status, msg): (molt_status, String)) -> molt_status {
+    frame.error.set(Some(Box::new((status, msg))));
+    status
 }
 
 fn fail(frame: &CallFrame<'_>, (status, msg): (molt_status, String)) -> molt_status {
@@ -225,14 +231,20 @@ unsafe extern "C" fn host_state_open(
         }
         let owner = &f.meta.name;
         let store = &f.host.state;
-        let (handle, len, created) = match store.open(owner, name, schema, min_len) {
+        let (handle, len, created) = match store.open_block(owner, name, schema, min_len) {
             Err(e) => return fail(f, e),
             Ok(Opened::Existing { handle, len }) => (handle, len, false),
             Ok(Opened::Created { handle, len }) => (handle, len, true),
-            Ok(Opened::NeedsMigration { src, dst, from_schema }) => {
-                match migrate_block(f, ctx, name, src, dst, from_schema, schema) {
+            Ok(Opened::NeedsMigration { src, dst, from_schema, down }) => {
+                match migrate_block(f, ctx, name, (src, dst), from_schema, schema, down) {
                     Ok(len) => (dst, len, false),
-                    Err(status) => return status,
+                    Err(status) => {
+                        // The old block stays live and intact; the new one is forgotten.
+                        if let Err((_, e)) = store.abort_migration(dst) {
+                            tracing::error!(module = %owner, block = name, "aborting a failed migration: {e}");
+                        }
+                        return status;
+                    }
                 }
             }
         };
@@ -244,39 +256,31 @@ unsafe extern "C" fn host_state_open(
     })
 }
 
-/// Run the module's migrate from block `src` into `dst`, then commit.
+/// Migrate block `src` into `dst` (up with the calling version's migrate,
+/// down with the newer version's, through the runtime), then commit.
 fn migrate_block(
     f: &CallFrame<'_>,
     ctx: *const molt_ctx,
     name: &str,
-    src: u64,
-    dst: u64,
+    (src, dst): (u64, u64),
     from_schema: u32,
     to_schema: u32,
+    down: bool,
 ) -> Result<u64, molt_status> {
     let owner = &f.meta.name;
-    let Some(migrate) = f.meta.callbacks.migrate else {
-        return Err(fail(
-            f,
-            (
-                MOLT_ERR_SCHEMA,
-                format!(
-                    "state block {owner}/{name} has schema {from_schema}, version {} speaks {to_schema} and has no migrate callback",
-                    f.meta.version
-                ),
-            ),
-        ));
-    };
     let store = &f.host.state;
     let (Some((src_ptr, src_len)), Some((dst_ptr, dst_len))) = (store.ptr(owner, src), store.ptr(owner, dst)) else {
         return Err(MOLT_ERR_FAILED);
     };
+    if let Some(h) = f.host.hooks() {
+        h.quiesce(owner, f.meta.id).map_err(|e| set_and_fail(f, e))?;
+    }
     let cname = CString::new(name).unwrap_or_default();
     let m = molt_migration {
         size: v1_0::MIGRATION_SIZE as u32,
         abi_major: MOLT_ABI_MAJOR,
         abi_minor: MOLT_ABI_MINOR,
-        direction: MOLT_MIGRATE_UP,
+        direction: if down { MOLT_MIGRATE_DOWN } else { MOLT_MIGRATE_UP },
         from_schema,
         to_schema,
         reserved: 0,
@@ -286,14 +290,32 @@ fn migrate_block(
         dst: dst_ptr.cast(),
         dst_len,
     };
-    // SAFETY: `migrate` is the module's callback from its descriptor (the
-    // library is loaded: we are inside one of its calls); `ctx` is the ctx of
-    // that call, still live; `m` and the buffers it points to outlive the call.
-    let status = unsafe { migrate(ctx, &m) };
-    if status != MOLT_OK {
-        return Err(status);
+    if down {
+        let hooks = f.host.hooks().ok_or(MOLT_ERR_SCHEMA)?;
+        hooks.migrate_down(owner, &m).map_err(|e| set_and_fail(f, e))?;
+    } else {
+        let Some(migrate) = f.meta.callbacks.migrate else {
+            return Err(set_and_fail(
+                f,
+                (
+                    MOLT_ERR_SCHEMA,
+                    format!(
+                        "state block {owner}/{name} has schema {from_schema}, version {} speaks {to_schema} and has no migrate callback",
+                        f.meta.version
+                    ),
+                ),
+            ));
+        };
+        // SAFETY: `migrate` is the module's callback from its descriptor (the
+        // library is loaded: we are inside one of its calls); `ctx` is the
+        // ctx of that call, still live; `m` and the buffers it points to
+        // outlive the call.
+        let status = unsafe { migrate(ctx, &m) };
+        if status != MOLT_OK {
+            return Err(status);
+        }
     }
-    store.commit_migration(src, dst);
+    store.commit_migration(src, dst).map_err(|e| set_and_fail(f, e))?;
     tracing::info!(module = %owner, version = %f.meta.version, block = name, from_schema, to_schema, "state block migrated");
     Ok(dst_len)
 }

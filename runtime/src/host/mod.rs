@@ -10,7 +10,6 @@
 //! runtime calls a module outside any worker).
 
 mod api;
-mod state_store;
 mod user_args;
 
 use std::cell::{Cell, RefCell};
@@ -19,10 +18,10 @@ use std::ffi::c_void;
 use molt_abi::ffi::*;
 
 pub use api::HOST_API;
-pub use state_store::StateStore;
 pub use user_args::{USER_ARGS_MAX, UserArgs};
 
 use crate::module::{ModuleMeta, VersionRef};
+use crate::state::Region;
 
 /// What this host provides, in `MOLT_HOST_CAP_*` bits.
 pub const HOST_CAPS: u64 = MOLT_HOST_CAP_CONT | MOLT_HOST_CAP_TIMERS | MOLT_HOST_CAP_STATE | MOLT_HOST_CAP_USER_ARGS;
@@ -37,14 +36,59 @@ pub const HOST_CAP_NAMES: &[(&str, u64)] = &[
     ("adopt", MOLT_HOST_CAP_ADOPT),
 ];
 
-/// Runtime-wide services shared by every module version: state blocks and
-/// user-arg slots.
-#[derive(Debug, Default)]
+/// Runtime-wide services shared by every module version: the state
+/// region and user-arg slots.
+#[derive(Debug)]
 pub struct Host {
-    /// State blocks.
-    pub state: StateStore,
+    /// The state region.
+    pub state: Region,
     /// User-arg slots reserved by name.
     pub user_args: UserArgs,
+    /// What the runtime does around state migrations (quiesce, down-migrate).
+    hooks: std::sync::OnceLock<Box<dyn StateHooks>>,
+}
+
+/// Default size of an anonymous region (tools, tests).
+pub const ANON_STATE_SIZE: u64 = 16 << 20;
+
+impl Default for Host {
+    /// A host whose state lives in anonymous memory (for tools like `molt check`).
+    fn default() -> Host {
+        Host::new(Region::anonymous(ANON_STATE_SIZE).expect("anonymous state region"))
+    }
+}
+
+impl Host {
+    /// A host over `state`.
+    pub fn new(state: Region) -> Host {
+        Host { state, user_args: UserArgs::default(), hooks: std::sync::OnceLock::new() }
+    }
+
+    /// Install the runtime's state hooks (once).
+    pub fn set_hooks(&self, hooks: Box<dyn StateHooks>) {
+        let _ = self.hooks.set(hooks);
+    }
+
+    pub(crate) fn hooks(&self) -> Option<&dyn StateHooks> {
+        self.hooks.get().map(|b| b.as_ref())
+    }
+}
+
+/// What a state migration needs from the runtime around it.
+pub trait StateHooks: Send + Sync {
+    /// Stop module `module`'s other versions from running (their events are
+    /// held, their in-flight calls finish) before its block is migrated.
+    /// `caller` is the version migrating.
+    fn quiesce(&self, module: &str, caller: crate::module::VersionId) -> Result<(), (molt_status, String)>;
+    /// Down-migrate `module`'s block with a loaded version that knows
+    /// schema `m.from_schema` (a rollback).
+    fn migrate_down(&self, module: &str, m: &molt_migration) -> Result<(), (molt_status, String)>;
+}
+
+impl std::fmt::Debug for dyn StateHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateHooks")
+    }
 }
 
 /// A message a module sent to the host (target 0): the reply to an event the

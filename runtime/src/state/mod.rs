@@ -1,0 +1,380 @@
+//! The state region: one file (or anonymous memory) mapped shared, holding
+//! named, schema-versioned blocks that outlive module code.
+//!
+//! Crash safety rests on three rules, cited below:
+//!
+//! 1. The directory is the only metadata (the allocator derives free space
+//!    from it). A change is written whole to the inactive copy with a larger
+//!    sequence number and a checksum, flushed, and only then used: a crash
+//!    at any instant leaves the old copy valid, or the new one.
+//! 2. Opening reads with `pread` and validates the superblock and both
+//!    copies before mapping anything; it takes the newest valid copy, and
+//!    refuses a file with none, without writing a byte.
+//! 3. A block being filled by a migration is committed as `MIGRATING`
+//!    first, and `LIVE` (its source `RETIRED`) only after the migration
+//!    returned: a crash in between reopens with the old block live and the
+//!    half-filled one discarded.
+//!
+//! Block contents are the modules' (atomics, offsets): the runtime never
+//! reads them. Writes to a `MAP_SHARED` file mapping are in the page cache
+//! the moment they are made, so a crash of the process loses none of them;
+//! surviving a machine crash needs the flush the runtime does on stop.
+
+pub mod format;
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use format::{DATA, DIR0, DIR1, DIR_BYTES, Directory, Entry, F_LIVE, F_MIGRATING, F_RETIRED, PAGE, Superblock};
+use memmap2::MmapRaw;
+use molt_abi::ffi::{MOLT_ERR_INVALID_ARG, MOLT_ERR_NO_MEMORY, molt_status};
+
+use crate::sync::Mutex;
+
+/// Why a state file cannot be used. The file was left as it was.
+#[derive(Debug, thiserror::Error)]
+#[error("state file {path}: {what}; it was left untouched. {fix}")]
+pub struct StateError {
+    /// The file (or "anonymous memory").
+    pub path: String,
+    /// What is wrong.
+    pub what: String,
+    /// What to do.
+    pub fix: &'static str,
+}
+
+const FIX_CORRUPT: &str = "Restore it from a backup, or start with --reset-state to discard its contents.";
+
+/// What [`Region::open_block`] found or made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// The block exists with the asked schema.
+    Existing {
+        /// Handle (the block's offset).
+        handle: u64,
+        /// Length.
+        len: u64,
+    },
+    /// The block was created, zero-filled.
+    Created {
+        /// Handle.
+        handle: u64,
+        /// Length.
+        len: u64,
+    },
+    /// The block exists with another schema: migrate `src` into the new,
+    /// zero-filled `dst` (committed as migrating), then
+    /// [`Region::commit_migration`] or [`Region::abort_migration`].
+    NeedsMigration {
+        /// The old block.
+        src: u64,
+        /// The new block.
+        dst: u64,
+        /// The old schema.
+        from_schema: u32,
+        /// Whether the old schema is newer (a rollback: migrate down).
+        down: bool,
+    },
+}
+
+/// A block, for status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BlockInfo {
+    /// The owning module.
+    pub owner: String,
+    /// The block name.
+    pub name: String,
+    /// Its schema version.
+    pub schema: u32,
+    /// Its length in bytes.
+    pub len: u64,
+    /// `live`, `retired` or `migrating`.
+    pub state: &'static str,
+}
+
+/// Size, used and free bytes of block space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// The file's size.
+    pub size: u64,
+    /// Bytes in blocks.
+    pub used: u64,
+    /// Bytes of block space not in blocks.
+    pub free: u64,
+}
+
+struct Active {
+    dir: Directory,
+    copy: usize,
+}
+
+/// The mapped region.
+pub struct Region {
+    map: MmapRaw,
+    /// The open file (it holds the advisory lock), if file-backed.
+    file: Option<File>,
+    path: Option<PathBuf>,
+    size: u64,
+    active: Mutex<Active>,
+}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region").field("path", &self.path).field("size", &self.size).finish()
+    }
+}
+
+/// The smallest region: header and one page of blocks.
+pub const MIN_SIZE: u64 = DATA + PAGE;
+
+fn err(path: &Path, what: impl Into<String>, fix: &'static str) -> StateError {
+    StateError { path: path.display().to_string(), what: what.into(), fix }
+}
+
+impl Region {
+    /// Open (or create, `size` bytes) the state file at `path`; with
+    /// `reset`, discard an existing file's contents first.
+    pub fn open_file(path: &Path, size: u64, reset: bool) -> Result<Region, StateError> {
+        let size = size.max(MIN_SIZE).div_ceil(PAGE) * PAGE;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| err(path, format!("cannot open it: {e}"), "Check the path and its permissions."))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(err(path, "another molt process has it open", "Stop that process, or give this one another state_file."));
+            }
+            Err(e) => return Err(err(path, format!("cannot lock it: {e}"), "Check the file system supports flock.")),
+        }
+        let len = file.metadata().map_err(|e| err(path, format!("cannot stat it: {e}"), ""))?.len();
+        if len == 0 || reset {
+            file.set_len(0).and_then(|()| file.set_len(size)).map_err(|e| err(path, format!("cannot size it: {e}"), ""))?;
+            Self::format_into(&file, size).map_err(|e| err(path, format!("cannot write it: {e}"), ""))?;
+            tracing::info!(path = %path.display(), size, reset, "state file created");
+        }
+        let len = file.metadata().map_err(|e| err(path, format!("cannot stat it: {e}"), ""))?.len();
+        // Rule 2: validate with pread before mapping.
+        let mut head = vec![0u8; DATA.min(len) as usize];
+        file.read_exact_at(&mut head, 0).map_err(|e| err(path, format!("cannot read it: {e}"), ""))?;
+        let (sb, dir, copy) = Self::validate(&head, len).map_err(|what| err(path, what, FIX_CORRUPT))?;
+        let active = Active { dir, copy };
+        let map = MmapRaw::map_raw(&file).map_err(|e| err(path, format!("cannot map it: {e}"), ""))?;
+        tracing::info!(path = %path.display(), size = sb.file_size, blocks = active.dir.entries.len(), seq = active.dir.seq, "state file opened");
+        Ok(Region { map, file: Some(file), path: Some(path.to_owned()), size: sb.file_size, active: Mutex::new(active) })
+    }
+
+    /// A region in anonymous memory (tools and tests; gone with the process).
+    pub fn anonymous(size: u64) -> Result<Region, StateError> {
+        let size = size.max(MIN_SIZE).div_ceil(PAGE) * PAGE;
+        let anon = Path::new("anonymous memory");
+        let mm = memmap2::MmapMut::map_anon(size as usize).map_err(|e| err(anon, format!("cannot map: {e}"), ""))?;
+        let map = MmapRaw::from(mm);
+        let r = Region {
+            map,
+            file: None,
+            path: None,
+            size,
+            active: Mutex::new(Active { dir: Directory { seq: 1, entries: vec![] }, copy: 0 }),
+        };
+        r.write(0, &format::encode_superblock(&Superblock { file_size: size }));
+        r.write(DIR0, &format::encode_directory(&Directory { seq: 1, entries: vec![] }));
+        Ok(r)
+    }
+
+    fn format_into(file: &File, size: u64) -> std::io::Result<()> {
+        file.write_all_at(&format::encode_superblock(&Superblock { file_size: size }), 0)?;
+        file.write_all_at(&format::encode_directory(&Directory { seq: 1, entries: vec![] }), DIR0)?;
+        file.write_all_at(&vec![0u8; DIR_BYTES as usize], DIR1)?;
+        file.sync_all()
+    }
+
+    /// Check a file's first `DATA` bytes: the superblock, then both
+    /// directory copies; the newest valid copy wins.
+    pub fn validate(head: &[u8], len: u64) -> Result<(Superblock, Directory, usize), String> {
+        let sb = format::decode_superblock(head, len)?;
+        let mut best: Option<(Directory, usize)> = None;
+        let mut reasons = Vec::new();
+        for (i, at) in [DIR0, DIR1].into_iter().enumerate() {
+            let bytes = head.get(at as usize..(at + DIR_BYTES) as usize).ok_or("truncated directory")?;
+            match format::decode_directory(bytes, sb.file_size) {
+                Ok(Some(d)) => {
+                    if best.as_ref().is_none_or(|(b, _)| d.seq > b.seq) {
+                        best = Some((d, i));
+                    }
+                }
+                Ok(None) => reasons.push(format!("copy {i}: never written")),
+                Err(e) => reasons.push(format!("copy {i}: {e}")),
+            }
+        }
+        let (mut dir, copy) = best.ok_or_else(|| format!("no valid directory copy ({})", reasons.join("; ")))?;
+        // Rule 3: a half-filled migration target is discarded; retired
+        // blocks belonged to code of the previous process.
+        dir.entries.retain(|e| e.flags & F_LIVE != 0 && e.flags & (F_MIGRATING | F_RETIRED) == 0);
+        Ok((sb, dir, copy))
+    }
+
+    fn write(&self, at: u64, bytes: &[u8]) {
+        debug_assert!(at + bytes.len() as u64 <= self.size);
+        // SAFETY: `at..at + len` lies inside the mapping (header areas are
+        // fixed offsets below DATA, checked against the size at open), and
+        // the header areas are written only under the `active` lock.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.map.as_mut_ptr().add(at as usize), bytes.len()) };
+    }
+
+    /// Rule 1: write the new directory to the inactive copy, flush, switch.
+    fn commit(&self, a: &mut Active, entries: Vec<Entry>) -> Result<(), (molt_status, String)> {
+        let dir = Directory { seq: a.dir.seq + 1, entries };
+        let copy = 1 - a.copy;
+        let at = if copy == 0 { DIR0 } else { DIR1 };
+        self.write(at, &format::encode_directory(&dir));
+        if self.file.is_some() {
+            self.map
+                .flush_range(at as usize, DIR_BYTES as usize)
+                .map_err(|e| (molt_abi::ffi::MOLT_ERR_FAILED, format!("state directory flush failed: {e}")))?;
+        }
+        *a = Active { dir, copy };
+        Ok(())
+    }
+
+    /// Open `owner`'s block `name` with `schema`, at least `min_len` bytes.
+    pub fn open_block(&self, owner: &str, name: &str, schema: u32, min_len: u64) -> Result<Opened, (molt_status, String)> {
+        if name.is_empty() || name.len() > format::NAME_MAX || owner.is_empty() || owner.len() > format::NAME_MAX {
+            return Err((MOLT_ERR_INVALID_ARG, format!("state block name {name:?} must be 1 to 64 bytes")));
+        }
+        let mut a = self.active.lock();
+        let live = a.dir.entries.iter().find(|e| e.owner == owner && e.name == name && e.flags == F_LIVE).cloned();
+        let Some(b) = live else {
+            let (offset, len) = self.alloc(&a, owner, name, min_len)?;
+            let mut entries = a.dir.entries.clone();
+            entries.push(Entry { owner: owner.into(), name: name.into(), schema, flags: F_LIVE, offset, len });
+            self.zero(offset, len);
+            self.commit(&mut a, entries)?;
+            return Ok(Opened::Created { handle: offset, len });
+        };
+        if b.schema == schema {
+            if b.len < min_len {
+                return Err((
+                    MOLT_ERR_INVALID_ARG,
+                    format!("state block {owner}/{name} holds {} bytes, the module asks for {min_len}: a larger block needs a new schema version and a migrate", b.len),
+                ));
+            }
+            return Ok(Opened::Existing { handle: b.offset, len: b.len });
+        }
+        let (offset, len) = self.alloc(&a, owner, name, min_len.max(b.len))?;
+        self.zero(offset, len);
+        let mut entries = a.dir.entries.clone();
+        entries.push(Entry { owner: owner.into(), name: name.into(), schema, flags: F_LIVE | F_MIGRATING, offset, len });
+        self.commit(&mut a, entries)?;
+        Ok(Opened::NeedsMigration { src: b.offset, dst: offset, from_schema: b.schema, down: b.schema > schema })
+    }
+
+    fn alloc(&self, a: &Active, owner: &str, name: &str, len: u64) -> Result<(u64, u64), (molt_status, String)> {
+        let len = len.max(1).div_ceil(format::ALIGN) * format::ALIGN;
+        if a.dir.entries.len() >= format::DIR_CAPACITY {
+            return Err((MOLT_ERR_NO_MEMORY, format!("state directory full ({} blocks): cannot add {owner}/{name}", format::DIR_CAPACITY)));
+        }
+        let offset = format::allocate(&a.dir.entries, len, self.size).ok_or_else(|| {
+            let u = self.usage_of(a);
+            (MOLT_ERR_NO_MEMORY, format!("state region full: {owner}/{name} needs {len} bytes, {} of {} are free (raise state_size)", u.free, u.size))
+        })?;
+        Ok((offset, len))
+    }
+
+    fn zero(&self, offset: u64, len: u64) {
+        // SAFETY: `offset..offset+len` was just allocated inside the block
+        // space (format::allocate bounds it by the size), and no module has
+        // its address yet.
+        unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(offset as usize), 0, len as usize) };
+    }
+
+    /// Rule 3: the migration into `dst` finished: `dst` becomes live, `src` retired.
+    pub fn commit_migration(&self, src: u64, dst: u64) -> Result<(), (molt_status, String)> {
+        let mut a = self.active.lock();
+        let mut entries = a.dir.entries.clone();
+        for e in &mut entries {
+            if e.offset == dst {
+                e.flags = F_LIVE;
+            } else if e.offset == src {
+                e.flags = F_RETIRED;
+            }
+        }
+        self.commit(&mut a, entries)
+    }
+
+    /// The migration into `dst` failed: forget `dst`; `src` stays live.
+    pub fn abort_migration(&self, dst: u64) -> Result<(), (molt_status, String)> {
+        let mut a = self.active.lock();
+        let entries = a.dir.entries.iter().filter(|e| e.offset != dst).cloned().collect();
+        self.commit(&mut a, entries)
+    }
+
+    /// Free `owner`'s retired blocks of `schema` (no code of that schema runs any more).
+    pub fn release_retired(&self, owner: &str, schema: u32) {
+        let mut a = self.active.lock();
+        if !a.dir.entries.iter().any(|e| e.owner == owner && e.schema == schema && e.flags == F_RETIRED) {
+            return;
+        }
+        let entries = a.dir.entries.iter().filter(|e| !(e.owner == owner && e.schema == schema && e.flags == F_RETIRED)).cloned().collect();
+        if let Err((_, e)) = self.commit(&mut a, entries) {
+            tracing::warn!(owner, schema, "releasing retired state blocks failed: {e}");
+        }
+    }
+
+    /// The address and length of block `handle`, if it is `owner`'s.
+    pub fn ptr(&self, owner: &str, handle: u64) -> Option<(*mut u8, u64)> {
+        let a = self.active.lock();
+        let e = a.dir.entries.iter().find(|e| e.offset == handle && e.owner == owner)?;
+        // SAFETY: directory entries lie inside the block space (validated
+        // at open, allocated within the size since), so the address is in
+        // the mapping, which lives as long as `self`.
+        Some((unsafe { self.map.as_mut_ptr().add(e.offset as usize) }, e.len))
+    }
+
+    /// Every block.
+    pub fn blocks(&self) -> Vec<BlockInfo> {
+        let a = self.active.lock();
+        a.dir
+            .entries
+            .iter()
+            .map(|e| BlockInfo {
+                owner: e.owner.clone(),
+                name: e.name.clone(),
+                schema: e.schema,
+                len: e.len,
+                state: if e.flags & F_MIGRATING != 0 {
+                    "migrating"
+                } else if e.flags & F_RETIRED != 0 {
+                    "retired"
+                } else {
+                    "live"
+                },
+            })
+            .collect()
+    }
+
+    fn usage_of(&self, a: &Active) -> Usage {
+        let used: u64 = a.dir.entries.iter().map(|e| e.len).sum();
+        Usage { size: self.size, used, free: self.size - DATA - used }
+    }
+
+    /// Size, used and free bytes.
+    pub fn usage(&self) -> Usage {
+        self.usage_of(&self.active.lock())
+    }
+
+    /// The file, if file-backed.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Flush every dirty page to the file (on stop).
+    pub fn flush(&self) -> std::io::Result<()> {
+        if self.file.is_some() { self.map.flush() } else { Ok(()) }
+    }
+}
+
