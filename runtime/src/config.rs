@@ -58,6 +58,15 @@ pub struct RuntimeSection {
     /// Continuation slots per worker.
     #[serde(default = "default_max_conts")]
     pub max_continuations_per_worker: u32,
+    /// The state file; default `<run_dir>/state.molt` (`/dev/shm/...` is the fast choice).
+    pub state_file: Option<PathBuf>,
+    /// Size of a newly created state file, in MiB.
+    #[serde(default = "default_state_mb")]
+    pub state_size_mb: u64,
+}
+
+fn default_state_mb() -> u64 {
+    64
 }
 
 fn default_spin_us() -> u64 {
@@ -86,6 +95,8 @@ impl Default for RuntimeSection {
             max_versions_per_module: default_max_versions(),
             dynamic_reload: true,
             max_continuations_per_worker: default_max_conts(),
+            state_file: None,
+            state_size_mb: default_state_mb(),
         }
     }
 }

@@ -38,6 +38,9 @@ enum Command {
         /// Stop by itself after this many seconds.
         #[arg(long = "for", value_name = "SECS")]
         run_for: Option<u64>,
+        /// Discard the state file's contents and start with an empty region.
+        #[arg(long)]
+        reset_state: bool,
     },
     /// Talk to a running molt through its control socket.
     Ctl {
@@ -81,7 +84,7 @@ fn main() -> ExitCode {
         .init();
     match Cli::parse().command {
         Command::Check { module, config, message, tag } => check(module, config, message, tag),
-        Command::Run { config, run_for } => run(config, run_for),
+        Command::Run { config, run_for, reset_state } => run(config, run_for, reset_state),
         Command::Ctl { cmd, json, socket, config } => ctl(&cmd, json, socket, config),
     }
 }
@@ -97,7 +100,7 @@ fn source_of(config: Option<PathBuf>) -> ConfigSource {
     }
 }
 
-fn run(config: Option<PathBuf>, run_for: Option<u64>) -> ExitCode {
+fn run(config: Option<PathBuf>, run_for: Option<u64>, reset_state: bool) -> ExitCode {
     let source = source_of(config);
     let cfg = match source.read() {
         Ok(c) => c,
@@ -117,11 +120,16 @@ fn run(config: Option<PathBuf>, run_for: Option<u64>) -> ExitCode {
             drain_deadline: cfg.drain_deadline(),
             dynamic_reload: r.dynamic_reload,
         },
+        state: molt_runtime::runtime::StateConfig {
+            path: r.state_file.clone(),
+            size: r.state_size_mb << 20,
+            reset: reset_state,
+        },
     };
     let rt = match Runtime::start(rc.clone()) {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("molt: cannot start in run directory {}: {e}", rc.run_dir.display());
+            eprintln!("molt: cannot start (run directory {}): {e}", rc.run_dir.display());
             return ExitCode::FAILURE;
         }
     };

@@ -12,12 +12,13 @@ use molt_abi::ffi::*;
 
 use crate::config::ModuleConfig;
 use crate::cont::id;
-use crate::host::{Host, Reply, ServiceResult};
+use crate::host::{Host, Reply, ServiceResult, StateHooks};
 use crate::module::registry::{Registry, RegistrySettings, ReloadError, ReloadRecord};
 use crate::module::retire::{Reaper, Retiring};
 use crate::module::{
     Holders, LoadError, Loader, ModuleMeta, ModuleSpec, ModuleVersion, UnloadReport, VersionId, VersionRef,
 };
+use crate::state::Region;
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
 use crate::worker::{self, Event, Payload, Remote, WorkerCore, WorkerShared};
 
@@ -34,6 +35,25 @@ pub struct RuntimeConfig {
     pub max_continuations_per_worker: u32,
     /// Reload policy.
     pub registry: RegistrySettings,
+    /// The state region.
+    pub state: StateConfig,
+}
+
+/// Where module state lives.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// The state file; `None`: `<run_dir>/state.molt`.
+    pub path: Option<PathBuf>,
+    /// Its size when created.
+    pub size: u64,
+    /// Discard an existing file's contents (`molt run --reset-state`).
+    pub reset: bool,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { path: None, size: 64 << 20, reset: false }
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -44,6 +64,7 @@ impl Default for RuntimeConfig {
             run_dir: std::env::temp_dir().join(format!("molt-{}", std::process::id())),
             max_continuations_per_worker: 1 << 18,
             registry: RegistrySettings::default(),
+            state: StateConfig::default(),
         }
     }
 }
@@ -72,6 +93,10 @@ pub struct RuntimeShared {
     registry: Registry,
     versions: Mutex<BTreeMap<VersionId, VersionRecord>>,
     run_dir: PathBuf,
+    /// Versions whose events are held for a state migration.
+    held: Mutex<Vec<VersionId>>,
+    /// Migrations committed by the reload in progress (module, src, dst).
+    migrations: Mutex<Vec<(String, u64, u64)>>,
 }
 
 /// Unloaded, unpinned version records kept for status.
@@ -86,11 +111,49 @@ impl RuntimeShared {
     /// top or from the control thread, never inside a module call.
     pub fn reap(&self) {
         for v in self.reaper.collect() {
+            let (module, schema) = (v.meta().name.clone(), v.meta().state_schema);
             let report = v.unload();
             tracing::info!(module = %report.module, version = %report.id, unmapped = report.unmapped, pinned = ?report.pinned, "module version unloaded");
             self.record_unload(&report);
             self.unloads.lock().push(report);
+            // Blocks retired by a migration away from `schema` are freed
+            // once no loaded version of the module speaks it.
+            let still = self
+                .versions
+                .lock()
+                .values()
+                .any(|r| r.unloaded.is_none() && r.meta.name == module && r.meta.state_schema == schema);
+            if !still {
+                self.loader.host().state.release_retired(&module, schema);
+            }
         }
+    }
+
+    /// Release every hold taken for a state migration: held events run,
+    /// on whatever version their continuation has now.
+    pub(crate) fn release_holds(&self) {
+        if std::mem::take(&mut *self.held.lock()).is_empty() {
+            return;
+        }
+        let n: usize = self.broadcast(|w| w.unhold()).into_iter().sum();
+        tracing::info!(events = n, "state migration done: held events released");
+    }
+
+    /// Undo the migrations of a refused reload.
+    pub(crate) fn revert_migrations(&self) {
+        for (module, src, dst) in std::mem::take(&mut *self.migrations.lock()).into_iter().rev() {
+            match self.loader.host().state.revert_migration(src, dst) {
+                Ok(()) => {
+                    tracing::warn!(module = %module, "reload refused: state migration reverted, the old block is live again")
+                }
+                Err((_, e)) => tracing::error!(module = %module, "reverting a state migration failed: {e}"),
+            }
+        }
+    }
+
+    /// Forget the migrations of a published reload.
+    pub(crate) fn keep_migrations(&self) -> Vec<String> {
+        std::mem::take(&mut *self.migrations.lock()).into_iter().map(|(m, _, _)| m).collect()
     }
 
     fn record_unload(&self, report: &UnloadReport) {
@@ -212,6 +275,73 @@ fn sweep_stale_copies(run_dir: &Path) -> std::io::Result<usize> {
     Ok(n)
 }
 
+fn open_state(config: &RuntimeConfig) -> std::io::Result<Region> {
+    let path = config.state.path.clone().unwrap_or_else(|| config.run_dir.join("state.molt"));
+    Region::open_file(&path, config.state.size, config.state.reset).map_err(std::io::Error::other)
+}
+
+/// The runtime's side of state migrations (see [`StateHooks`]).
+#[cfg(not(molt_loom))]
+struct Hooks(std::sync::Weak<RuntimeShared>);
+
+#[cfg(not(molt_loom))]
+impl StateHooks for Hooks {
+    fn quiesce(&self, module: &str, caller: VersionId) -> Result<(), (molt_status, String)> {
+        let rt = self.0.upgrade().ok_or((MOLT_ERR_SHUTDOWN, "the runtime is stopping".to_owned()))?;
+        let versions = rt.versions();
+        let others: Vec<&VersionRecord> =
+            versions.iter().filter(|r| r.unloaded.is_none() && r.meta.name == module && r.meta.id != caller).collect();
+        let live: usize = others.iter().map(|r| r.holders.conts.load(Ordering::Relaxed)).sum();
+        let adopts = versions.iter().any(|r| r.meta.id == caller && r.meta.callbacks.adopt.is_some());
+        if live > 0 && !adopts {
+            return Err((
+                MOLT_ERR_SCHEMA,
+                format!(
+                    "changing module {module}'s state schema with {live} live continuations of its older versions needs an adopt callback in the new version (they must move to it: old code may not touch migrated state); this version has none"
+                ),
+            ));
+        }
+        let ids: Vec<VersionId> = others.iter().map(|r| r.meta.id).collect();
+        if !ids.is_empty() {
+            let hold = ids.clone();
+            rt.broadcast(move |w| w.hold(&hold));
+            tracing::info!(module, versions = ?ids, "module quiesced for a state migration: its events are held");
+            rt.held.lock().extend(ids);
+        }
+        Ok(())
+    }
+
+    fn migrate_down(&self, module: &str, m: &molt_migration) -> Result<(), (molt_status, String)> {
+        let rt = self.0.upgrade().ok_or((MOLT_ERR_SHUTDOWN, "the runtime is stopping".to_owned()))?;
+        let newer = rt.registry.active().and_then(|g| g.get(module).cloned());
+        let Some(v) = newer.filter(|v| v.meta().state_schema == m.from_schema) else {
+            return Err((
+                MOLT_ERR_SCHEMA,
+                format!("no loaded version of {module} speaks schema {} to migrate it down", m.from_schema),
+            ));
+        };
+        if v.meta().module_caps & MOLT_MOD_CAP_MIGRATE_DOWN == 0 || v.meta().callbacks.migrate.is_none() {
+            return Err((
+                MOLT_ERR_SCHEMA,
+                format!(
+                    "going back from schema {} to {} needs {} {}'s down-migration, and it does not offer one (MOLT_MOD_CAP_MIGRATE_DOWN)",
+                    m.from_schema,
+                    m.to_schema,
+                    module,
+                    v.meta().version
+                ),
+            ));
+        }
+        v.migrate(m).map_err(|e| (e.status, e.to_string()))
+    }
+
+    fn migrated(&self, module: &str, src: u64, dst: u64) {
+        if let Some(rt) = self.0.upgrade() {
+            rt.migrations.lock().push((module.to_owned(), src, dst));
+        }
+    }
+}
+
 impl Runtime {
     /// Start `config.workers` worker threads and the control-plane ticker.
     pub fn start(config: RuntimeConfig) -> std::io::Result<Runtime> {
@@ -240,11 +370,15 @@ impl Runtime {
             replies: tx,
             shutdown: AtomicBool::new(false),
             unloads: Mutex::new(Vec::new()),
-            loader: Loader::new(Arc::new(Host::default()), &config.run_dir)?,
+            loader: Loader::new(Arc::new(Host::new(open_state(&config)?)), &config.run_dir)?,
             registry: Registry::new(&config.run_dir, config.registry.clone())?,
             versions: Mutex::new(BTreeMap::new()),
             run_dir: config.run_dir.clone(),
+            held: Mutex::new(Vec::new()),
+            migrations: Mutex::new(Vec::new()),
         });
+        #[cfg(not(molt_loom))]
+        shared.loader.host().set_hooks(Box::new(Hooks(Arc::downgrade(&shared))));
         let mut threads = Vec::with_capacity(n + 1);
         for (i, poll) in polls.into_iter().enumerate() {
             let ws = shared.workers[i].clone();
@@ -410,6 +544,9 @@ impl Runtime {
         // The active generation's references go last, then everything is reaped.
         self.shared.registry.clear();
         self.shared.reap();
+        if let Err(e) = self.shared.loader.host().state.flush() {
+            tracing::error!("flushing the state file failed: {e}");
+        }
     }
 }
 

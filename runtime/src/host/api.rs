@@ -5,8 +5,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use molt_abi::ffi::*;
 
-use crate::state::Opened;
 use super::{CallFrame, Reply};
+use crate::state::Opened;
 
 /// The table every module receives (in `molt_host_info.api` and `molt_ctx.api`).
 pub static HOST_API: molt_host_api = molt_host_api {
@@ -74,13 +74,13 @@ unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
 }
 
 /// Fail with a reason the calling module's init will report (set_error on its behalf).
-fn set_and_fail(frame: &CallFrame<'_>, (status, msg): (molt_status, String)) -> molt_status {
-    frame.error.set(Some(Box::new((status, msg))));
-    status
+fn set_and_fail(frame: &CallFrame<'_>, e: (molt_status, String)) -> molt_status {
+    fail(frame, e)
 }
 
 fn fail(frame: &CallFrame<'_>, (status, msg): (molt_status, String)) -> molt_status {
     tracing::debug!(module = %frame.meta.name, version = %frame.meta.version, status, "{msg}");
+    frame.host_error.set(Some(Box::new(msg)));
     status
 }
 
@@ -316,6 +316,9 @@ fn migrate_block(
         }
     }
     store.commit_migration(src, dst).map_err(|e| set_and_fail(f, e))?;
+    if let Some(h) = f.host.hooks() {
+        h.migrated(owner, src, dst);
+    }
     tracing::info!(module = %owner, version = %f.meta.version, block = name, from_schema, to_schema, "state block migrated");
     Ok(dst_len)
 }

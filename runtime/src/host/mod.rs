@@ -83,6 +83,8 @@ pub trait StateHooks: Send + Sync {
     /// Down-migrate `module`'s block with a loaded version that knows
     /// schema `m.from_schema` (a rollback).
     fn migrate_down(&self, module: &str, m: &molt_migration) -> Result<(), (molt_status, String)>;
+    /// A migration of `module`'s block `src` into `dst` was committed.
+    fn migrated(&self, module: &str, src: u64, dst: u64);
 }
 
 impl std::fmt::Debug for dyn StateHooks {
@@ -228,12 +230,19 @@ pub struct CallFrame<'a> {
     /// The error text the module handed over with set_error (boxed: the
     /// slot is one word to set up on every call, and errors are rare).
     pub(crate) error: Cell<Option<Box<(molt_status, String)>>>,
+    /// Why the host refused the module's last failed host call, if one did.
+    pub(crate) host_error: Cell<Option<Box<String>>>,
 }
 
 impl CallFrame<'_> {
-    /// The error the module handed over, if any.
+    /// The error the module handed over, if any, with the reason of a host
+    /// call it failed on appended (a module often reports only the status).
     #[inline]
     pub fn take_error(&self) -> Option<(molt_status, String)> {
-        self.error.take().map(|b| *b)
+        let e = self.error.take().map(|b| *b);
+        match (e, self.host_error.take()) {
+            (Some((s, t)), Some(h)) if !t.contains(h.as_str()) => Some((s, format!("{t} (host: {h})"))),
+            (e, _) => e,
+        }
     }
 }

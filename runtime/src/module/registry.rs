@@ -320,6 +320,9 @@ impl Registry {
                 tracing::warn!(duration_us = record.duration_us, "reload refused, active generation unchanged: {e}");
                 record.error = Some(e.to_string());
                 self.push_history(record);
+                // Old code resumes on the old blocks, exactly as they were.
+                rt.revert_migrations();
+                rt.release_holds();
                 // The candidate's fresh versions were dropped inside build: reap them now.
                 rt.reap();
                 return Err(e);
@@ -330,10 +333,17 @@ impl Registry {
         self.counters.lock().1 = generation_id;
         record.ok = true;
         record.generation = Some(generation_id);
+        let migrated = rt.keep_migrations();
         if let Some(old) = old {
             *self.previous.lock() = Some(self.kept_configs(&old));
-            self.retire_replaced(rt, &old, &generation, &settings);
+            self.retire_replaced(rt, &old, &generation, &settings, &migrated);
         }
+        for m in &migrated {
+            if let Some(to) = generation.get(m) {
+                self.adopt_all(rt, m, to);
+            }
+        }
+        rt.release_holds();
         self.collect_kept();
         tracing::info!(duration_us = record.duration_us, generation = generation_id, loaded = ?record.loaded, "reload published");
         self.push_history(record.clone());
@@ -457,14 +467,24 @@ impl Registry {
     }
 
     /// Drain (or upgrade) every version of `old` that `new` does not keep.
-    fn retire_replaced(&self, rt: &RuntimeShared, old: &Generation, new: &Generation, settings: &RegistrySettings) {
+    fn retire_replaced(
+        &self,
+        rt: &RuntimeShared,
+        old: &Generation,
+        new: &Generation,
+        settings: &RegistrySettings,
+        migrated: &[String],
+    ) {
         for e in &old.entries {
             let id = e.version.id();
             if new.entries.iter().any(|n| n.version.id() == id) {
                 continue;
             }
             let successor = new.entries.iter().find(|n| n.cfg.name == e.cfg.name);
-            if let Some(n) = successor.filter(|n| n.cfg.mode == SwapMode::Upgrade) {
+            // After a schema change no old code may touch state: its
+            // continuations move to the new version whatever the mode.
+            let must_adopt = migrated.contains(&e.cfg.name);
+            if let Some(n) = successor.filter(|n| n.cfg.mode == SwapMode::Upgrade || must_adopt) {
                 let to = n.version.clone();
                 let results = rt.broadcast(move |w| w.upgrade_version(id, &to));
                 let (a, r) = results.iter().fold((0, 0), |acc, x| (acc.0 + x.0, acc.1 + x.1));
@@ -482,6 +502,29 @@ impl Registry {
             if n > 0 {
                 self.deadlines.lock().push((id, Instant::now() + settings.drain_deadline));
             }
+        }
+    }
+
+    /// After a schema change of `module`, every older version still holding
+    /// continuations (drained generations too) hands them to `to`.
+    fn adopt_all(&self, rt: &RuntimeShared, module: &str, to: &VersionRef) {
+        let older: Vec<VersionId> = rt
+            .versions()
+            .into_iter()
+            .filter(|r| r.unloaded.is_none() && r.meta.name == module && r.meta.id != to.id())
+            .filter(|r| r.holders.conts.load(crate::sync::Ordering::Relaxed) > 0)
+            .map(|r| r.meta.id)
+            .collect();
+        for id in older {
+            let to2 = to.clone();
+            let (a, r): (usize, usize) = rt
+                .broadcast(move |w| w.upgrade_version(id, &to2))
+                .into_iter()
+                .fold((0, 0), |x, y| (x.0 + y.0, x.1 + y.1));
+            if r > 0 {
+                tracing::error!(module, version = %id, refused = r, "after a schema change, adopt refused continuations: they stay on old code over the retired block");
+            }
+            tracing::info!(module, from = %id, to = %to.id(), adopted = a, "schema change: live continuations moved to the new version");
         }
     }
 

@@ -127,7 +127,7 @@ pub(crate) fn with_call<R>(
     self_id: u64,
     f: impl FnOnce(*const molt_ctx) -> R,
 ) -> (R, Option<(molt_status, String)>) {
-    let frame = CallFrame { meta, host, env, error: Cell::new(None) };
+    let frame = CallFrame { meta, host, env, error: Cell::new(None), host_error: Cell::new(None) };
     let ctx = molt_ctx {
         size: v1_0::CTX_SIZE as u32,
         abi_major: MOLT_ABI_MAJOR,
@@ -294,6 +294,26 @@ impl ModuleVersion {
         // descriptor's handler, and id 0, which no other call can be for.
         unsafe { self.handle_event(CallEnv::detached(Some(&replies)), 0, None, core::ptr::null_mut(), &ev) }?;
         Ok(replies.into_inner())
+    }
+
+    /// Run this version's migrate on `m` (a down-migration for a rollback),
+    /// outside any worker.
+    pub fn migrate(&self, m: &molt_migration) -> Result<(), CallError> {
+        let Some(f) = self.meta.callbacks.migrate else {
+            return Err(CallError {
+                module: self.meta.name.clone(),
+                version: self.meta.version.clone(),
+                callback: "migrate",
+                status: MOLT_ERR_UNSUPPORTED,
+                text: "the module has no migrate callback".into(),
+            });
+        };
+        let (status, err) = with_call(&self.meta, &self.host, self.instance, CallEnv::detached(None), 0, |ctx| {
+            // SAFETY: this version's migrate, its library loaded; `m` and its
+            // buffers outlive the call; the module is quiesced by the caller.
+            unsafe { f(ctx, m) }
+        });
+        if status == MOLT_OK { Ok(()) } else { Err(self.call_error("migrate", status, err)) }
     }
 
     /// Tell the instance it is being replaced.

@@ -135,7 +135,9 @@ pub fn decode_superblock(b: &[u8], actual_len: u64) -> Result<Superblock, String
     }
     let format = u32_at(b, sb::FORMAT).unwrap_or(0);
     if format > FORMAT_VERSION {
-        return Err(format!("format version {format} is newer than this molt's {FORMAT_VERSION}: upgrade molt to open it"));
+        return Err(format!(
+            "format version {format} is newer than this molt's {FORMAT_VERSION}: upgrade molt to open it"
+        ));
     }
     if format != FORMAT_VERSION {
         return Err(format!("unknown format version {format}"));
@@ -145,13 +147,23 @@ pub fn decode_superblock(b: &[u8], actual_len: u64) -> Result<Superblock, String
         return Err("superblock checksum mismatch: the superblock is corrupt".into());
     }
     let page = u32_at(b, sb::PAGE).unwrap_or(0);
-    let layout = (u64_at(b, sb::DIR0), u64_at(b, sb::DIR1), u64_at(b, sb::DATA), u32_at(b, sb::DIR_CAPACITY), u32_at(b, sb::ENTRY_BYTES));
-    if page as u64 != PAGE || layout != (Some(DIR0), Some(DIR1), Some(DATA), Some(DIR_CAPACITY as u32), Some(ENTRY_BYTES as u32)) {
+    let layout = (
+        u64_at(b, sb::DIR0),
+        u64_at(b, sb::DIR1),
+        u64_at(b, sb::DATA),
+        u32_at(b, sb::DIR_CAPACITY),
+        u32_at(b, sb::ENTRY_BYTES),
+    );
+    if page as u64 != PAGE
+        || layout != (Some(DIR0), Some(DIR1), Some(DATA), Some(DIR_CAPACITY as u32), Some(ENTRY_BYTES as u32))
+    {
         return Err("superblock describes a layout this molt does not write".into());
     }
     let file_size = u64_at(b, sb::FILE_SIZE).unwrap_or(0);
     if file_size != actual_len {
-        return Err(format!("size mismatch: the superblock says {file_size} bytes, the file has {actual_len} (truncated or extended)"));
+        return Err(format!(
+            "size mismatch: the superblock says {file_size} bytes, the file has {actual_len} (truncated or extended)"
+        ));
     }
     Ok(Superblock { file_size })
 }
@@ -212,7 +224,11 @@ pub fn decode_directory(b: &[u8], file_size: u64) -> Result<Option<Directory>, S
     let seq = u64_at(b, 0).ok_or("short header")?;
     let count = u32_at(b, 8).ok_or("short header")? as usize;
     if seq == 0 {
-        return if b[..DIR_HEADER_BYTES].iter().all(|x| *x == 0) { Ok(None) } else { Err("sequence 0 with a non-empty header".into()) };
+        return if b[..DIR_HEADER_BYTES].iter().all(|x| *x == 0) {
+            Ok(None)
+        } else {
+            Err("sequence 0 with a non-empty header".into())
+        };
     }
     if count > DIR_CAPACITY {
         return Err(format!("{count} entries, more than the {DIR_CAPACITY} a directory holds"));
@@ -237,7 +253,10 @@ pub fn decode_directory(b: &[u8], file_size: u64) -> Result<Option<Directory>, S
         }
         let end = e.offset.checked_add(e.len);
         if e.offset < DATA || e.offset % ALIGN != 0 || e.len == 0 || end.is_none_or(|x| x > file_size) {
-            return Err(format!("entry {i} ({}/{}): block {}+{} lies outside the block space", e.owner, e.name, e.offset, e.len));
+            return Err(format!(
+                "entry {i} ({}/{}): block {}+{} lies outside the block space",
+                e.owner, e.name, e.offset, e.len
+            ));
         }
         if let Some(o) = entries.iter().find(|o| e.offset < o.offset + o.len && o.offset < e.offset + e.len) {
             return Err(format!("entry {i} ({}/{}) overlaps {}/{}", e.owner, e.name, o.owner, o.name));
@@ -251,7 +270,8 @@ pub fn decode_directory(b: &[u8], file_size: u64) -> Result<Option<Directory>, S
 /// `[DATA, file_size)`; `None` when no gap is large enough.
 pub fn allocate(entries: &[Entry], len: u64, file_size: u64) -> Option<u64> {
     let len = len.max(1).div_ceil(ALIGN) * ALIGN;
-    let mut used: Vec<(u64, u64)> = entries.iter().map(|e| (e.offset, e.offset + e.len.div_ceil(ALIGN) * ALIGN)).collect();
+    let mut used: Vec<(u64, u64)> =
+        entries.iter().map(|e| (e.offset, e.offset + e.len.div_ceil(ALIGN) * ALIGN)).collect();
     used.sort_unstable();
     let mut at = DATA;
     for (start, end) in used {
@@ -275,7 +295,10 @@ mod tests {
     fn round_trips() {
         let s = Superblock { file_size: DATA + (1 << 20) };
         assert_eq!(decode_superblock(&encode_superblock(&s), s.file_size).unwrap(), s);
-        let d = Directory { seq: 7, entries: vec![entry("counter", "count", DATA, 64), entry("rl", "buckets", DATA + 64, 4096)] };
+        let d = Directory {
+            seq: 7,
+            entries: vec![entry("counter", "count", DATA, 64), entry("rl", "buckets", DATA + 64, 4096)],
+        };
         assert_eq!(decode_directory(&encode_directory(&d), DATA + 8192).unwrap(), Some(d));
         assert_eq!(decode_directory(&vec![0; DIR_BYTES as usize], DATA).unwrap(), None);
     }

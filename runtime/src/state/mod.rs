@@ -26,7 +26,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use format::{DATA, DIR0, DIR1, DIR_BYTES, Directory, Entry, F_LIVE, F_MIGRATING, F_RETIRED, PAGE, Superblock};
+use format::{DATA, DIR_BYTES, DIR0, DIR1, Directory, Entry, F_LIVE, F_MIGRATING, F_RETIRED, PAGE, Superblock};
 use memmap2::MmapRaw;
 use molt_abi::ffi::{MOLT_ERR_INVALID_ARG, MOLT_ERR_NO_MEMORY, molt_status};
 
@@ -147,13 +147,19 @@ impl Region {
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(rustix::io::Errno::WOULDBLOCK) => {
-                return Err(err(path, "another molt process has it open", "Stop that process, or give this one another state_file."));
+                return Err(err(
+                    path,
+                    "another molt process has it open",
+                    "Stop that process, or give this one another state_file.",
+                ));
             }
             Err(e) => return Err(err(path, format!("cannot lock it: {e}"), "Check the file system supports flock.")),
         }
         let len = file.metadata().map_err(|e| err(path, format!("cannot stat it: {e}"), ""))?.len();
         if len == 0 || reset {
-            file.set_len(0).and_then(|()| file.set_len(size)).map_err(|e| err(path, format!("cannot size it: {e}"), ""))?;
+            file.set_len(0)
+                .and_then(|()| file.set_len(size))
+                .map_err(|e| err(path, format!("cannot size it: {e}"), ""))?;
             Self::format_into(&file, size).map_err(|e| err(path, format!("cannot write it: {e}"), ""))?;
             tracing::info!(path = %path.display(), size, reset, "state file created");
         }
@@ -165,7 +171,13 @@ impl Region {
         let active = Active { dir, copy };
         let map = MmapRaw::map_raw(&file).map_err(|e| err(path, format!("cannot map it: {e}"), ""))?;
         tracing::info!(path = %path.display(), size = sb.file_size, blocks = active.dir.entries.len(), seq = active.dir.seq, "state file opened");
-        Ok(Region { map, file: Some(file), path: Some(path.to_owned()), size: sb.file_size, active: Mutex::new(active) })
+        Ok(Region {
+            map,
+            file: Some(file),
+            path: Some(path.to_owned()),
+            size: sb.file_size,
+            active: Mutex::new(active),
+        })
     }
 
     /// A region in anonymous memory (tools and tests; gone with the process).
@@ -242,7 +254,13 @@ impl Region {
     }
 
     /// Open `owner`'s block `name` with `schema`, at least `min_len` bytes.
-    pub fn open_block(&self, owner: &str, name: &str, schema: u32, min_len: u64) -> Result<Opened, (molt_status, String)> {
+    pub fn open_block(
+        &self,
+        owner: &str,
+        name: &str,
+        schema: u32,
+        min_len: u64,
+    ) -> Result<Opened, (molt_status, String)> {
         if name.is_empty() || name.len() > format::NAME_MAX || owner.is_empty() || owner.len() > format::NAME_MAX {
             return Err((MOLT_ERR_INVALID_ARG, format!("state block name {name:?} must be 1 to 64 bytes")));
         }
@@ -260,7 +278,10 @@ impl Region {
             if b.len < min_len {
                 return Err((
                     MOLT_ERR_INVALID_ARG,
-                    format!("state block {owner}/{name} holds {} bytes, the module asks for {min_len}: a larger block needs a new schema version and a migrate", b.len),
+                    format!(
+                        "state block {owner}/{name} holds {} bytes, the module asks for {min_len}: a larger block needs a new schema version and a migrate",
+                        b.len
+                    ),
                 ));
             }
             return Ok(Opened::Existing { handle: b.offset, len: b.len });
@@ -268,7 +289,14 @@ impl Region {
         let (offset, len) = self.alloc(&a, owner, name, min_len.max(b.len))?;
         self.zero(offset, len);
         let mut entries = a.dir.entries.clone();
-        entries.push(Entry { owner: owner.into(), name: name.into(), schema, flags: F_LIVE | F_MIGRATING, offset, len });
+        entries.push(Entry {
+            owner: owner.into(),
+            name: name.into(),
+            schema,
+            flags: F_LIVE | F_MIGRATING,
+            offset,
+            len,
+        });
         self.commit(&mut a, entries)?;
         Ok(Opened::NeedsMigration { src: b.offset, dst: offset, from_schema: b.schema, down: b.schema > schema })
     }
@@ -276,11 +304,20 @@ impl Region {
     fn alloc(&self, a: &Active, owner: &str, name: &str, len: u64) -> Result<(u64, u64), (molt_status, String)> {
         let len = len.max(1).div_ceil(format::ALIGN) * format::ALIGN;
         if a.dir.entries.len() >= format::DIR_CAPACITY {
-            return Err((MOLT_ERR_NO_MEMORY, format!("state directory full ({} blocks): cannot add {owner}/{name}", format::DIR_CAPACITY)));
+            return Err((
+                MOLT_ERR_NO_MEMORY,
+                format!("state directory full ({} blocks): cannot add {owner}/{name}", format::DIR_CAPACITY),
+            ));
         }
         let offset = format::allocate(&a.dir.entries, len, self.size).ok_or_else(|| {
             let u = self.usage_of(a);
-            (MOLT_ERR_NO_MEMORY, format!("state region full: {owner}/{name} needs {len} bytes, {} of {} are free (raise state_size)", u.free, u.size))
+            (
+                MOLT_ERR_NO_MEMORY,
+                format!(
+                    "state region full: {owner}/{name} needs {len} bytes, {} of {} are free (raise state_size)",
+                    u.free, u.size
+                ),
+            )
         })?;
         Ok((offset, len))
     }
@@ -313,13 +350,39 @@ impl Region {
         self.commit(&mut a, entries)
     }
 
+    /// Undo a committed migration (the swap that made it was refused):
+    /// `src` is live again, `dst` is forgotten.
+    pub fn revert_migration(&self, src: u64, dst: u64) -> Result<(), (molt_status, String)> {
+        let mut a = self.active.lock();
+        let entries = a
+            .dir
+            .entries
+            .iter()
+            .filter(|e| e.offset != dst)
+            .cloned()
+            .map(|mut e| {
+                if e.offset == src {
+                    e.flags = F_LIVE;
+                }
+                e
+            })
+            .collect();
+        self.commit(&mut a, entries)
+    }
+
     /// Free `owner`'s retired blocks of `schema` (no code of that schema runs any more).
     pub fn release_retired(&self, owner: &str, schema: u32) {
         let mut a = self.active.lock();
         if !a.dir.entries.iter().any(|e| e.owner == owner && e.schema == schema && e.flags == F_RETIRED) {
             return;
         }
-        let entries = a.dir.entries.iter().filter(|e| !(e.owner == owner && e.schema == schema && e.flags == F_RETIRED)).cloned().collect();
+        let entries = a
+            .dir
+            .entries
+            .iter()
+            .filter(|e| !(e.owner == owner && e.schema == schema && e.flags == F_RETIRED))
+            .cloned()
+            .collect();
         if let Err((_, e)) = self.commit(&mut a, entries) {
             tracing::warn!(owner, schema, "releasing retired state blocks failed: {e}");
         }
@@ -377,4 +440,3 @@ impl Region {
         if self.file.is_some() { self.map.flush() } else { Ok(()) }
     }
 }
-

@@ -147,6 +147,10 @@ pub struct WorkerCore {
     /// The continuation being dispatched (0: none).
     current: Cell<u64>,
     spin: Duration,
+    /// Versions whose events are held (a state migration of their module).
+    held: RefCell<Vec<crate::module::VersionId>>,
+    /// Events held for them, in arrival order.
+    parked: RefCell<VecDeque<Event>>,
 }
 
 impl WorkerCore {
@@ -162,6 +166,8 @@ impl WorkerCore {
             }),
             current: Cell::new(0),
             spin,
+            held: RefCell::new(Vec::new()),
+            parked: RefCell::new(VecDeque::new()),
         }
     }
 
@@ -365,6 +371,11 @@ impl WorkerCore {
                         bump(&self.shared.stats.stale_dropped);
                         return;
                     }
+                    if !self.held.borrow().is_empty() && self.held.borrow().contains(&c.version.id()) {
+                        drop(l);
+                        self.parked.borrow_mut().push_back(ev);
+                        return;
+                    }
                     (&raw const c.version, c.handler, c.data)
                 }
                 Slot::Reserved { generation, pending } if *generation == p.generation => {
@@ -505,6 +516,24 @@ impl WorkerCore {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Hold the events of `versions` (between events: no call into them is
+    /// in flight when this returns); they wait until [`WorkerCore::unhold`].
+    pub fn hold(&self, versions: &[crate::module::VersionId]) {
+        self.held.borrow_mut().extend_from_slice(versions);
+    }
+
+    /// Release every hold: held events run next, in their order.
+    pub fn unhold(&self) -> usize {
+        self.held.borrow_mut().clear();
+        let parked = std::mem::take(&mut *self.parked.borrow_mut());
+        let n = parked.len();
+        let mut l = self.local.borrow_mut();
+        for ev in parked.into_iter().rev() {
+            l.runq.push_front(ev);
+        }
+        n
     }
 
     /// Queue a DRAIN event (`arg0`: the deadline in ns from now) to every
