@@ -286,14 +286,13 @@ struct Hooks(std::sync::Weak<RuntimeShared>);
 
 #[cfg(not(molt_loom))]
 impl StateHooks for Hooks {
-    fn quiesce(&self, module: &str, caller: VersionId) -> Result<(), (molt_status, String)> {
+    fn quiesce(&self, module: &str, caller: VersionId, caller_adopts: bool) -> Result<(), (molt_status, String)> {
         let rt = self.0.upgrade().ok_or((MOLT_ERR_SHUTDOWN, "the runtime is stopping".to_owned()))?;
         let versions = rt.versions();
         let others: Vec<&VersionRecord> =
             versions.iter().filter(|r| r.unloaded.is_none() && r.meta.name == module && r.meta.id != caller).collect();
         let live: usize = others.iter().map(|r| r.holders.conts.load(Ordering::Relaxed)).sum();
-        let adopts = versions.iter().any(|r| r.meta.id == caller && r.meta.callbacks.adopt.is_some());
-        if live > 0 && !adopts {
+        if live > 0 && !caller_adopts {
             return Err((
                 MOLT_ERR_SCHEMA,
                 format!(

@@ -3,6 +3,8 @@
 //! Block `count` (schema 1) holds one `u64` at offset 0. A message with tag
 //! [`TAG_INCREMENT`] adds one and replies with the new count; tag
 //! [`TAG_READ`] replies with the count. Replies are 8 bytes, native-endian.
+//! Its continuations carry no data, so it adopts them across versions (and
+//! across schema changes, which move every live continuation).
 #![forbid(unsafe_code)]
 
 use core::ffi::CStr;
@@ -27,6 +29,7 @@ impl Module for Counter {
     const VERSION_NUMBER: u32 = 1;
     const STATE_SCHEMA: u32 = 1;
     const REQUIRED_HOST_CAPS: u64 = molt_abi::ffi::MOLT_HOST_CAP_STATE;
+    const HAS_ADOPT: bool = true;
     type Cont = ();
 
     fn init(ctx: &Ctx<'_, Self>, _config: &Config<'_>) -> Result<Self> {
@@ -45,6 +48,11 @@ impl Module for Counter {
             other => return Err(Error::failed(format!("counter: unknown tag {other} (1 increments, 2 reads)"))),
         };
         ctx.reply(event, &value.to_ne_bytes())
+    }
+
+    /// Counter continuations carry no data: the count is in the block.
+    fn adopt(&self, _ctx: &Ctx<'_, Self>, _old_version: u32) -> Result<Option<Box<()>>> {
+        Ok(None)
     }
 }
 

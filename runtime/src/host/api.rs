@@ -80,7 +80,7 @@ fn set_and_fail(frame: &CallFrame<'_>, e: (molt_status, String)) -> molt_status 
 
 fn fail(frame: &CallFrame<'_>, (status, msg): (molt_status, String)) -> molt_status {
     tracing::debug!(module = %frame.meta.name, version = %frame.meta.version, status, "{msg}");
-    frame.host_error.set(Some(Box::new(msg)));
+    frame.host_error.set(Some(msg));
     status
 }
 
@@ -273,7 +273,7 @@ fn migrate_block(
         return Err(MOLT_ERR_FAILED);
     };
     if let Some(h) = f.host.hooks() {
-        h.quiesce(owner, f.meta.id).map_err(|e| set_and_fail(f, e))?;
+        h.quiesce(owner, f.meta.id, f.meta.callbacks.adopt.is_some()).map_err(|e| set_and_fail(f, e))?;
     }
     let cname = CString::new(name).unwrap_or_default();
     let m = molt_migration {

@@ -78,8 +78,14 @@ impl Host {
 pub trait StateHooks: Send + Sync {
     /// Stop module `module`'s other versions from running (their events are
     /// held, their in-flight calls finish) before its block is migrated.
-    /// `caller` is the version migrating.
-    fn quiesce(&self, module: &str, caller: crate::module::VersionId) -> Result<(), (molt_status, String)>;
+    /// `caller` is the version migrating (still in its init), and
+    /// `caller_adopts` whether it has an adopt callback.
+    fn quiesce(
+        &self,
+        module: &str,
+        caller: crate::module::VersionId,
+        caller_adopts: bool,
+    ) -> Result<(), (molt_status, String)>;
     /// Down-migrate `module`'s block with a loaded version that knows
     /// schema `m.from_schema` (a rollback).
     fn migrate_down(&self, module: &str, m: &molt_migration) -> Result<(), (molt_status, String)>;
@@ -231,7 +237,7 @@ pub struct CallFrame<'a> {
     /// slot is one word to set up on every call, and errors are rare).
     pub(crate) error: Cell<Option<Box<(molt_status, String)>>>,
     /// Why the host refused the module's last failed host call, if one did.
-    pub(crate) host_error: Cell<Option<Box<String>>>,
+    pub(crate) host_error: Cell<Option<String>>,
 }
 
 impl CallFrame<'_> {
