@@ -92,11 +92,22 @@ pub fn render_status(v: &Value) -> String {
             s(r, "error")
         );
     }
+    let st = &v["state"];
+    o += &format!(
+        "\nstate region {}  size {}  used {}  free {}\n",
+        s(st, "path"),
+        s(&st["usage"], "size"),
+        s(&st["usage"], "used"),
+        s(&st["usage"], "free")
+    );
     let blocks = v["state_blocks"].as_array().cloned().unwrap_or_default();
     if !blocks.is_empty() {
-        o += "\nstate blocks\n  owner            name             schema  bytes\n";
+        o += "  owner            name             schema  bytes       state\n";
         for b in &blocks {
-            o += &format!("  {:<16} {:<16} {:>6}  {}\n", s(b, "owner"), s(b, "name"), s(b, "schema"), s(b, "len"));
+            o += &format!(
+                "  {:<16} {:<16} {:>6}  {:<10}  {}\n",
+                s(b, "owner"), s(b, "name"), s(b, "schema"), s(b, "len"), s(b, "state")
+            );
         }
     }
     o
