@@ -23,8 +23,10 @@ pub use user_args::{USER_ARGS_MAX, UserArgs};
 use crate::module::{ModuleMeta, VersionRef};
 use crate::state::Region;
 
-/// What this host provides, in `MOLT_HOST_CAP_*` bits.
-pub const HOST_CAPS: u64 = MOLT_HOST_CAP_CONT | MOLT_HOST_CAP_TIMERS | MOLT_HOST_CAP_STATE | MOLT_HOST_CAP_USER_ARGS;
+/// What every host of this build provides, in `MOLT_HOST_CAP_*` bits
+/// ([`Host::caps`] adds `STATE_PERSISTENT` when the region is a file).
+pub const HOST_CAPS: u64 =
+    MOLT_HOST_CAP_CONT | MOLT_HOST_CAP_TIMERS | MOLT_HOST_CAP_STATE | MOLT_HOST_CAP_USER_ARGS | MOLT_HOST_CAP_ADOPT;
 
 /// The name and bit of every host capability this host knows, for messages.
 pub const HOST_CAP_NAMES: &[(&str, u64)] = &[
@@ -62,6 +64,11 @@ impl Host {
     /// A host over `state`.
     pub fn new(state: Region) -> Host {
         Host { state, user_args: UserArgs::default(), hooks: std::sync::OnceLock::new() }
+    }
+
+    /// The capabilities this host offers modules.
+    pub fn caps(&self) -> u64 {
+        if self.state.path().is_some() { HOST_CAPS | MOLT_HOST_CAP_STATE_PERSISTENT } else { HOST_CAPS }
     }
 
     /// Install the runtime's state hooks (once).

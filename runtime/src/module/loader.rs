@@ -7,7 +7,7 @@ use molt_abi::ffi::*;
 
 use super::version::{Callbacks, ModuleMeta, ModuleVersion, with_call};
 use super::{LoadError, VersionId};
-use crate::host::{CallEnv, HOST_API, HOST_CAP_NAMES, HOST_CAPS, Host};
+use crate::host::{CallEnv, HOST_API, HOST_CAP_NAMES, Host};
 use crate::sync::statics::AtomicU64;
 use crate::sync::{Arc, Ordering};
 use crate::sys;
@@ -97,7 +97,7 @@ impl Loader {
         // we load it under.
         let entry: molt_module_entry_fn =
             unsafe { std::mem::transmute::<*mut std::ffi::c_void, molt_module_entry_fn>(entry) };
-        match handshake(&path, copy, entry) {
+        match handshake(&path, copy, entry, self.host.caps()) {
             Ok(meta) => self.init(spec, meta, lib),
             Err(e) => {
                 let _ = lib.close();
@@ -185,13 +185,13 @@ fn check_file(path: &Path) -> Result<(), LoadError> {
 }
 
 /// Call the entry with our host info and validate the descriptor it returns.
-fn handshake(path: &Path, copy: &Path, entry: molt_module_entry_fn) -> Result<ModuleMeta, LoadError> {
+fn handshake(path: &Path, copy: &Path, entry: molt_module_entry_fn, host_caps: u64) -> Result<ModuleMeta, LoadError> {
     let path = path.to_owned();
     let info = molt_host_info {
         size: v1_0::HOST_INFO_SIZE as u32,
         abi_major: MOLT_ABI_MAJOR,
         abi_minor: MOLT_ABI_MINOR,
-        host_caps: HOST_CAPS,
+        host_caps,
         host_name: HOST_NAME.as_ptr(),
         host_version: HOST_VERSION.as_ptr(),
         api: &HOST_API,
@@ -238,7 +238,7 @@ fn handshake(path: &Path, copy: &Path, entry: molt_module_entry_fn) -> Result<Mo
         let which = if d.init.is_none() { "init" } else { "handle_event" };
         return Err(bad(format!("module {name}: the required callback {which} is NULL")));
     };
-    let missing = d.required_host_caps & !HOST_CAPS;
+    let missing = d.required_host_caps & !host_caps;
     if missing != 0 {
         return Err(LoadError::MissingCapability { path, module: name, missing: cap_names(missing) });
     }
