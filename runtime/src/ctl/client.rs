@@ -106,7 +106,11 @@ pub fn render_status(v: &Value) -> String {
         for b in &blocks {
             o += &format!(
                 "  {:<16} {:<16} {:>6}  {:<10}  {}\n",
-                s(b, "owner"), s(b, "name"), s(b, "schema"), s(b, "len"), s(b, "state")
+                s(b, "owner"),
+                s(b, "name"),
+                s(b, "schema"),
+                s(b, "len"),
+                s(b, "state")
             );
         }
     }
