@@ -212,6 +212,18 @@ impl ModuleVersion {
         (self.meta.callbacks.handle_event, self.instance)
     }
 
+    /// The error for an optional callback the module does not have.
+    #[cold]
+    fn missing(&self, callback: &'static str) -> CallError {
+        CallError {
+            module: self.meta.name.clone(),
+            version: self.meta.version.clone(),
+            callback,
+            status: MOLT_ERR_UNSUPPORTED,
+            text: format!("the module has no {callback} callback"),
+        }
+    }
+
     #[cold]
     fn call_error(&self, callback: &'static str, status: molt_status, err: Option<(molt_status, String)>) -> CallError {
         if status == MOLT_ERR_PANIC {
@@ -266,13 +278,7 @@ impl ModuleVersion {
         old_version: u32,
     ) -> Result<(*mut c_void, Option<molt_handler_fn>), CallError> {
         let Some(adopt) = self.meta.callbacks.adopt else {
-            return Err(CallError {
-                module: self.meta.name.clone(),
-                version: self.meta.version.clone(),
-                callback: "adopt",
-                status: MOLT_ERR_UNSUPPORTED,
-                text: "the module has no adopt callback".into(),
-            });
+            return Err(self.missing("adopt"));
         };
         let mut new_data: *mut c_void = core::ptr::null_mut();
         let mut new_handler: Option<molt_handler_fn> = Some(self.meta.callbacks.handle_event);
@@ -300,13 +306,7 @@ impl ModuleVersion {
     /// outside any worker.
     pub fn migrate(&self, m: &molt_migration) -> Result<(), CallError> {
         let Some(f) = self.meta.callbacks.migrate else {
-            return Err(CallError {
-                module: self.meta.name.clone(),
-                version: self.meta.version.clone(),
-                callback: "migrate",
-                status: MOLT_ERR_UNSUPPORTED,
-                text: "the module has no migrate callback".into(),
-            });
+            return Err(self.missing("migrate"));
         };
         let (status, err) = with_call(&self.meta, &self.host, self.instance, CallEnv::detached(None), 0, |ctx| {
             // SAFETY: this version's migrate, its library loaded; `m` and its
