@@ -185,8 +185,15 @@ fn another_uid_cannot_use_the_control_socket() {
     let server =
         ControlServer::start(Arc::clone(rt.shared()), ConfigSource::Builtin(PathBuf::from("/nonexistent"))).unwrap();
     let socket = server.path().to_owned();
-    let as_nobody =
-        || Command::new(MOLT).args(["ctl", "status", "--socket"]).arg(&socket).uid(65534).gid(65534).output().unwrap();
+    // A copy of the client that uid 65534 can reach, wherever the build tree lives.
+    let client_dir = RunDir::new("ctl-uid-client");
+    std::fs::set_permissions(client_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let client = client_dir.path().join("molt");
+    std::fs::copy(MOLT, &client).unwrap();
+    std::fs::set_permissions(&client, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = || {
+        Command::new(&client).args(["ctl", "status", "--socket"]).arg(&socket).uid(65534).gid(65534).output().unwrap()
+    };
     // The owner may.
     assert!(ctl(&socket, "status").status.success());
     // Another uid cannot even reach it: 0700 run directory, 0600 socket.
