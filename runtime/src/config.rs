@@ -117,11 +117,41 @@ struct RawModule {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawTcp {
+    listen: Spanned<String>,
+    upstreams: Spanned<Vec<String>>,
+    #[serde(default = "default_connect_ms")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_idle_ms")]
+    idle_timeout_ms: u64,
+    #[serde(default = "default_retry_ms")]
+    retry_after_ms: u64,
+    #[serde(default = "default_max_conns")]
+    max_connections: usize,
+}
+
+fn default_connect_ms() -> u64 {
+    3_000
+}
+fn default_idle_ms() -> u64 {
+    60_000
+}
+fn default_retry_ms() -> u64 {
+    5_000
+}
+fn default_max_conns() -> usize {
+    10_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
     runtime: RuntimeSection,
     #[serde(default, rename = "modules")]
     modules: Vec<Spanned<RawModule>>,
+    #[serde(default)]
+    tcp: Vec<RawTcp>,
 }
 
 /// One `[[modules]]` entry, resolved.
@@ -153,6 +183,8 @@ pub struct Config {
     pub runtime: RuntimeSection,
     /// `[[modules]]`, in order.
     pub modules: Vec<ModuleConfig>,
+    /// `[[tcp]]` proxy routes.
+    pub tcp: Vec<crate::net::TcpRoute>,
 }
 
 /// A config that cannot be used: the file, line and key, and what is wrong.
@@ -272,7 +304,37 @@ impl Config {
                 origin: format!("{file}:{line}"),
             });
         }
-        Ok(Config { source: file.to_owned(), runtime: raw.runtime, modules })
+        let mut tcp = Vec::new();
+        for t in raw.tcp {
+            let addr = |s: &Spanned<String>, key: &str| -> Result<std::net::SocketAddr, ConfigError> {
+                s.get_ref().parse().map_err(|_| {
+                    err(
+                        line_of(src, s.span().start),
+                        format!("key `tcp.{key}`: {:?} is not an address like 127.0.0.1:9000", s.get_ref()),
+                    )
+                })
+            };
+            let listen = addr(&t.listen, "listen")?;
+            let up_line = line_of(src, t.upstreams.span().start);
+            let mut upstreams = Vec::new();
+            for u in t.upstreams.get_ref() {
+                upstreams.push(u.parse().map_err(|_| {
+                    err(up_line, format!("key `tcp.upstreams`: {u:?} is not an address like 127.0.0.1:9000"))
+                })?);
+            }
+            if upstreams.is_empty() {
+                return Err(err(up_line, "key `tcp.upstreams`: at least one upstream is needed".into()));
+            }
+            tcp.push(crate::net::TcpRoute {
+                listen,
+                upstreams,
+                connect_timeout: Duration::from_millis(t.connect_timeout_ms),
+                idle_timeout: Duration::from_millis(t.idle_timeout_ms),
+                retry_after: Duration::from_millis(t.retry_after_ms),
+                max_connections: t.max_connections,
+            });
+        }
+        Ok(Config { source: file.to_owned(), runtime: raw.runtime, modules, tcp })
     }
 
     /// The built-in default: the example modules found in `module_dir` (the
@@ -291,6 +353,7 @@ impl Config {
             source: "built-in default".to_owned(),
             runtime: RuntimeSection::default(),
             modules: vec![m("hello", vec![("greeting", "hello")]), m("echo_c", vec![]), m("counter", vec![])],
+            tcp: Vec::new(),
         }
     }
 

@@ -10,6 +10,7 @@ pub mod cont;
 pub mod ctl;
 pub mod host;
 pub mod module;
+pub mod net;
 pub mod runtime;
 pub mod state;
 pub mod sync;

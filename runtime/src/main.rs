@@ -125,6 +125,7 @@ fn run(config: Option<PathBuf>, run_for: Option<u64>, reset_state: bool) -> Exit
             size: r.state_size_mb << 20,
             reset: reset_state,
         },
+        tcp: cfg.tcp.clone(),
     };
     let rt = match Runtime::start(rc.clone()) {
         Ok(rt) => rt,
@@ -156,6 +157,12 @@ fn run(config: Option<PathBuf>, run_for: Option<u64>, reset_state: bool) -> Exit
         .map(|g| g.entries.iter().map(|e| format!("{} {}", e.cfg.name, e.version.meta().version)).collect())
         .unwrap_or_default();
     println!("molt {} running: {} workers, modules: {}", env!("CARGO_PKG_VERSION"), rt.workers(), names.join(", "));
+    for (route, addr) in cfg.tcp.iter().zip(rt.tcp_addrs()) {
+        println!(
+            "tcp proxy: {addr} -> {}",
+            route.upstreams.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        );
+    }
     println!("control socket: {}", ctl.path().display());
     println!("status:  molt ctl status --socket {}", ctl.path().display());
     println!("reload:  molt ctl reload --socket {}   (or kill -HUP {})", ctl.path().display(), std::process::id());

@@ -37,6 +37,8 @@ pub struct RuntimeConfig {
     pub registry: RegistrySettings,
     /// The state region.
     pub state: StateConfig,
+    /// TCP proxy routes.
+    pub tcp: Vec<crate::net::TcpRoute>,
 }
 
 /// Where module state lives.
@@ -65,6 +67,7 @@ impl Default for RuntimeConfig {
             max_continuations_per_worker: 1 << 18,
             registry: RegistrySettings::default(),
             state: StateConfig::default(),
+            tcp: Vec::new(),
         }
     }
 }
@@ -259,6 +262,7 @@ pub struct Runtime {
     shared: Arc<RuntimeShared>,
     threads: Vec<JoinHandle<()>>,
     replies: Receiver<Reply>,
+    tcp_addrs: Vec<std::net::SocketAddr>,
 }
 
 /// Remove runtime copies an earlier process left behind.
@@ -378,13 +382,29 @@ impl Runtime {
         });
         #[cfg(not(molt_loom))]
         shared.loader.host().set_hooks(Box::new(Hooks(Arc::downgrade(&shared))));
+        // Each worker binds every TCP route itself (SO_REUSEPORT); port 0
+        // is resolved by the first bind and reused by the others.
+        let mut tcp_addrs = Vec::with_capacity(config.tcp.len());
+        let mut per_worker: Vec<Vec<(crate::net::TcpRoute, std::net::TcpListener)>> =
+            (0..n).map(|_| Vec::new()).collect();
+        for route in &config.tcp {
+            let mut addr = route.listen;
+            for (w, list) in per_worker.iter_mut().enumerate() {
+                let l = crate::net::bind_reuseport(addr).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("TCP route: cannot listen on {addr} (worker {w}): {e}"))
+                })?;
+                addr = l.local_addr()?;
+                list.push((route.clone(), l));
+            }
+            tcp_addrs.push(addr);
+        }
         let mut threads = Vec::with_capacity(n + 1);
-        for (i, poll) in polls.into_iter().enumerate() {
+        for (i, (poll, tcp)) in polls.into_iter().zip(per_worker).enumerate() {
             let ws = shared.workers[i].clone();
             let rt = shared.clone();
             let spin = config.spin;
             threads.push(std::thread::Builder::new().name(format!("molt-worker-{i}")).spawn(move || {
-                WorkerCore::new(ws, rt, spin).run(poll);
+                WorkerCore::new(ws, rt, spin).run(poll, tcp);
             })?);
         }
         let rt = shared.clone();
@@ -395,7 +415,12 @@ impl Runtime {
                 rt.reap();
             }
         })?);
-        Ok(Runtime { shared, threads, replies: rx })
+        Ok(Runtime { shared, threads, replies: rx, tcp_addrs })
+    }
+
+    /// The addresses the TCP routes listen on, in config order (port 0 resolved).
+    pub fn tcp_addrs(&self) -> &[std::net::SocketAddr] {
+        &self.tcp_addrs
     }
 
     /// The shared state (registry, versions, workers).

@@ -76,6 +76,8 @@ fn bump(c: &AtomicU64) {
 /// The part of a worker other threads see.
 pub struct WorkerShared {
     index: u32,
+    /// The TCP proxy's counters on this worker.
+    tcp: std::sync::Arc<crate::net::TcpStats>,
     inbox: Inbox<Remote>,
     sleeper: CachePadded<Sleeper>,
     waker: mio::Waker,
@@ -87,6 +89,7 @@ impl WorkerShared {
     pub(crate) fn new(index: u32, waker: mio::Waker, capacity: u32) -> WorkerShared {
         WorkerShared {
             index,
+            tcp: std::sync::Arc::default(),
             inbox: Inbox::new(),
             sleeper: CachePadded::new(Sleeper::new()),
             waker,
@@ -103,6 +106,11 @@ impl WorkerShared {
     /// Its counters.
     pub fn stats(&self) -> &WorkerStats {
         &self.stats
+    }
+
+    /// Its TCP proxy counters.
+    pub fn tcp(&self) -> &crate::net::TcpStats {
+        &self.tcp
     }
 
     /// Its slot table.
@@ -187,11 +195,29 @@ impl WorkerCore {
     }
 
     /// Run the loop until the runtime shuts down, then end every continuation.
-    pub(crate) fn run(&self, mut poll: mio::Poll) {
-        let mut events = mio::Events::with_capacity(64);
+    pub(crate) fn run(&self, mut poll: mio::Poll, tcp: Vec<(crate::net::TcpRoute, std::net::TcpListener)>) {
+        let mut events = mio::Events::with_capacity(256);
         let mut idle_since: Option<Instant> = None;
+        let mut net = match crate::net::Net::new(poll.registry(), tcp, self.shared.tcp.clone()) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(worker = self.index(), "cannot register listeners: {e}");
+                crate::net::Net::new(poll.registry(), Vec::new(), self.shared.tcp.clone()).expect("an empty net")
+            }
+        };
         loop {
-            let worked = self.turn();
+            let mut worked = false;
+            if net.is_active() {
+                // Sockets are edge-triggered: a zero-timeout poll each turn.
+                if poll.poll(&mut events, Some(Duration::ZERO)).is_ok() {
+                    for ev in events.iter() {
+                        worked = true;
+                        net.on_event(poll.registry(), ev.token());
+                    }
+                }
+                net.sweep(poll.registry());
+            }
+            worked |= self.turn();
             if self.rt.is_shutting_down() {
                 break;
             }
@@ -210,12 +236,20 @@ impl WorkerCore {
                 self.shared.sleeper.awake();
                 continue;
             }
-            let timeout = self.local.borrow().timers.timeout(Instant::now());
+            let mut timeout = self.local.borrow().timers.timeout(Instant::now());
+            if net.is_active() {
+                // Wake for the idle sweep.
+                timeout = Some(timeout.map_or(Duration::from_millis(50), |t| t.min(Duration::from_millis(50))));
+            }
             bump(&self.shared.stats.parks);
-            if let Err(e) = poll.poll(&mut events, timeout) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    tracing::error!(worker = self.index(), "poll failed: {e}");
+            match poll.poll(&mut events, timeout) {
+                Ok(()) => {
+                    for ev in events.iter() {
+                        net.on_event(poll.registry(), ev.token());
+                    }
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => tracing::error!(worker = self.index(), "poll failed: {e}"),
             }
             self.shared.sleeper.awake();
             idle_since = None;

@@ -1,0 +1,184 @@
+//! The TCP proxy with real sockets on 127.0.0.1.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{RunDir, rss_bytes};
+use molt_runtime::net::TcpRoute;
+use molt_runtime::sync::Ordering;
+use molt_runtime::{Runtime, RuntimeConfig};
+
+/// An echo server: every connection gets back what it sends, and its write
+/// half closed after the client's EOF.
+fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = s.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// An address nothing listens on.
+fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn route(upstreams: Vec<SocketAddr>, idle: Duration) -> TcpRoute {
+    TcpRoute {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstreams,
+        connect_timeout: Duration::from_secs(2),
+        idle_timeout: idle,
+        retry_after: Duration::from_secs(5),
+        max_connections: 1000,
+    }
+}
+
+fn runtime(dir: &RunDir, routes: Vec<TcpRoute>) -> Runtime {
+    Runtime::start(RuntimeConfig {
+        workers: 2,
+        run_dir: dir.path().to_owned(),
+        tcp: routes,
+        ..RuntimeConfig::default()
+    })
+    .unwrap()
+}
+
+/// Send `data`, half-close, read everything back.
+fn round_trip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut r = s.try_clone().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        out
+    });
+    s.write_all(data).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    reader.join().unwrap()
+}
+
+#[test]
+fn many_connections_echo_through_both_workers() {
+    let dir = RunDir::new("tcp-many");
+    let rt = runtime(&dir, vec![route(vec![echo_server()], Duration::from_secs(30))]);
+    let addr = rt.tcp_addrs()[0];
+    let clients: Vec<_> = (0..40u32)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let data: Vec<u8> =
+                    (0..(1 << 20)).map(|i| (i as u32).wrapping_mul(2654435761).wrapping_add(c) as u8).collect();
+                assert!(round_trip(addr, &data) == data, "connection {c}: bytes differ");
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let accepted: u64 = (0..2).map(|w| rt.shared().workers()[w].tcp().accepted.load(Ordering::Relaxed)).sum();
+    let up: u64 = (0..2).map(|w| rt.shared().workers()[w].tcp().bytes_up.load(Ordering::Relaxed)).sum();
+    assert_eq!(accepted, 40);
+    assert_eq!(up, 40 << 20, "every byte went up");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (0..2).map(|w| rt.shared().workers()[w].tcp().open.load(Ordering::Relaxed)).sum::<u64>() > 0 {
+        assert!(Instant::now() < deadline, "pairs were not closed after both sides finished");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_failed_upstream_is_skipped_and_all_down_closes_the_client() {
+    let dir = RunDir::new("tcp-failover");
+    let rt = runtime(
+        &dir,
+        vec![
+            route(vec![dead_addr(), echo_server()], Duration::from_secs(30)),
+            route(vec![dead_addr()], Duration::from_secs(30)),
+        ],
+    );
+    for i in 0..6u8 {
+        assert_eq!(round_trip(rt.tcp_addrs()[0], &[i; 1000]), vec![i; 1000], "failover to the live upstream");
+    }
+    let failures: u64 = (0..2).map(|w| rt.shared().workers()[w].tcp().upstream_failures.load(Ordering::Relaxed)).sum();
+    assert!(failures >= 1, "the dead upstream was tried and marked");
+    // Every upstream down: the client sees its connection closed, promptly.
+    let t = Instant::now();
+    let mut s = TcpStream::connect(rt.tcp_addrs()[1]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = [0u8; 1];
+    let r = s.write_all(b"x").and_then(|()| s.read(&mut b));
+    assert!(matches!(r, Ok(0) | Err(_)), "closed, not answered: {r:?}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn idle_connections_are_closed() {
+    let dir = RunDir::new("tcp-idle");
+    let rt = runtime(&dir, vec![route(vec![echo_server()], Duration::from_millis(200))]);
+    let mut s = TcpStream::connect(rt.tcp_addrs()[0]).unwrap();
+    s.write_all(b"ping").unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).unwrap();
+    let t = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(s.read(&mut b).unwrap_or(0), 0, "closed by the proxy");
+    let idle = t.elapsed();
+    assert!(idle >= Duration::from_millis(150) && idle < Duration::from_secs(2), "closed after {idle:?}");
+    let closed: u64 = (0..2).map(|w| rt.shared().workers()[w].tcp().idle_closed.load(Ordering::Relaxed)).sum();
+    assert_eq!(closed, 1);
+}
+
+/// 256 MiB through one connection: memory stays bounded (two 64 KiB
+/// buffers per pair; the bound checked is 32 MiB of RSS growth).
+#[test]
+fn large_streams_use_bounded_memory() {
+    let dir = RunDir::new("tcp-large");
+    let rt = runtime(&dir, vec![route(vec![echo_server()], Duration::from_secs(30))]);
+    let addr = rt.tcp_addrs()[0];
+    let before = rss_bytes();
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut r = s.try_clone().unwrap();
+    const TOTAL: usize = 256 << 20;
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let (mut got, mut sum) = (0usize, 0u64);
+        while got < TOTAL {
+            let n = r.read(&mut buf).unwrap();
+            assert!(n > 0, "early EOF at {got}");
+            sum = buf[..n].iter().fold(sum, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(*b)));
+            got += n;
+        }
+        sum
+    });
+    let chunk: Vec<u8> = (0..(1 << 16)).map(|i| (i * 7) as u8).collect();
+    let mut sum = 0u64;
+    for _ in 0..TOTAL / chunk.len() {
+        s.write_all(&chunk).unwrap();
+        sum = chunk.iter().fold(sum, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(*b)));
+    }
+    assert_eq!(reader.join().unwrap(), sum, "every byte came back in order");
+    let growth = rss_bytes().saturating_sub(before);
+    assert!(growth < 32 << 20, "RSS grew {} MiB for a 256 MiB stream", growth >> 20);
+}
