@@ -9,6 +9,7 @@ pub mod config;
 pub mod cont;
 pub mod ctl;
 pub mod host;
+pub mod http;
 pub mod module;
 pub mod net;
 pub mod runtime;

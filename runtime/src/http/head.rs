@@ -1,0 +1,346 @@
+//! Request and response heads: parsing with httparse, and the checks that
+//! keep a proxy from being smuggled through.
+//!
+//! Refused (400): malformed syntax; obsolete line folding (httparse refuses
+//! it in requests); a `Content-Length` that is not a plain decimal number, or
+//! two that differ; `Transfer-Encoding` together with `Content-Length`; a
+//! transfer coding other than a single `chunked`; `Transfer-Encoding` in
+//! HTTP/1.0; an HTTP/1.1 request without exactly one `Host`. Refused (431):
+//! a head over the byte limit or with too many headers.
+
+/// Head size limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest head, request line and headers, in bytes.
+    pub max_head_bytes: usize,
+    /// Most header fields.
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_head_bytes: 16 * 1024, max_headers: 100 }
+    }
+}
+
+/// How a message's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// No body.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the connection closes (responses only).
+    UntilClose,
+}
+
+/// Why a head was refused, with the status to answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// 400: bad syntax or a smuggling attempt.
+    #[error("400 Bad Request: {0}")]
+    Bad(String),
+    /// 431: too large.
+    #[error("431 Request Header Fields Too Large: {0}")]
+    TooLarge(String),
+}
+
+impl HeadError {
+    /// The status code to answer with.
+    pub fn status(&self) -> u16 {
+        match self {
+            HeadError::Bad(_) => 400,
+            HeadError::TooLarge(_) => 431,
+        }
+    }
+}
+
+/// One header field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The name as sent.
+    pub name: String,
+    /// The value bytes.
+    pub value: Vec<u8>,
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Method.
+    pub method: String,
+    /// Request target.
+    pub target: String,
+    /// Minor version: 0 or 1.
+    pub minor: u8,
+    /// Header fields in order.
+    pub headers: Vec<Header>,
+    /// The body.
+    pub body: Body,
+    /// Whether the connection may carry another request after this one.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
+    /// The `Host` value.
+    pub host: Option<String>,
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// Status code.
+    pub status: u16,
+    /// Reason phrase.
+    pub reason: String,
+    /// Minor version.
+    pub minor: u8,
+    /// Header fields in order.
+    pub headers: Vec<Header>,
+    /// The body.
+    pub body: Body,
+    /// Whether the upstream connection may be reused.
+    pub keep_alive: bool,
+}
+
+fn eq(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// Headers that describe one hop, not the message: never forwarded.
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Whether `name` is hop-by-hop here: in [`HOP_BY_HOP`] or listed in a `Connection` header.
+pub fn is_hop_by_hop(name: &str, headers: &[Header]) -> bool {
+    HOP_BY_HOP.iter().any(|h| eq(h, name))
+        || headers
+            .iter()
+            .filter(|h| eq(&h.name, "connection"))
+            .any(|h| String::from_utf8_lossy(&h.value).split(',').any(|t| eq(t.trim(), name)))
+}
+
+fn tokens<'a>(headers: &'a [Header], name: &'a str) -> impl Iterator<Item = String> + 'a {
+    headers
+        .iter()
+        .filter(move |h| eq(&h.name, name))
+        .flat_map(|h| {
+            String::from_utf8_lossy(&h.value).split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>()
+        })
+        .filter(|t| !t.is_empty())
+}
+
+/// The body framing from `Content-Length` and `Transfer-Encoding`, with
+/// the smuggling checks.
+fn framing(headers: &[Header], minor: u8) -> Result<Option<Body>, HeadError> {
+    let mut length: Option<u64> = None;
+    for h in headers.iter().filter(|h| eq(&h.name, "content-length")) {
+        let v = std::str::from_utf8(&h.value).map_err(|_| HeadError::Bad("Content-Length is not ASCII".into()))?;
+        for part in v.split(',') {
+            let part = part.trim();
+            if part.is_empty() || part.len() > 19 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HeadError::Bad(format!("Content-Length {v:?} is not a decimal number")));
+            }
+            let n: u64 = part.parse().map_err(|_| HeadError::Bad(format!("Content-Length {v:?} is too large")))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HeadError::Bad("conflicting Content-Length values".into()));
+            }
+            length = Some(n);
+        }
+    }
+    let codings: Vec<String> = tokens(headers, "transfer-encoding").collect();
+    let has_te = headers.iter().any(|h| eq(&h.name, "transfer-encoding"));
+    if has_te {
+        if length.is_some() {
+            return Err(HeadError::Bad("Transfer-Encoding together with Content-Length".into()));
+        }
+        if minor == 0 {
+            return Err(HeadError::Bad("Transfer-Encoding in an HTTP/1.0 message".into()));
+        }
+        if codings != ["chunked"] {
+            return Err(HeadError::Bad(format!(
+                "unsupported Transfer-Encoding {codings:?}: only a single chunked is accepted"
+            )));
+        }
+        return Ok(Some(Body::Chunked));
+    }
+    Ok(length.map(Body::Length))
+}
+
+fn keep_alive(headers: &[Header], minor: u8) -> bool {
+    let conn: Vec<String> = tokens(headers, "connection").collect();
+    if minor == 0 { conn.iter().any(|t| t == "keep-alive") } else { !conn.iter().any(|t| t == "close") }
+}
+
+fn collect(raw: &[httparse::Header<'_>]) -> Result<Vec<Header>, HeadError> {
+    raw.iter()
+        .map(|h| {
+            if h.value.iter().any(|b| *b == b'\r' || *b == b'\n' || *b == 0) {
+                return Err(HeadError::Bad(format!("header {} has a control character in its value", h.name)));
+            }
+            Ok(Header { name: h.name.to_owned(), value: h.value.to_vec() })
+        })
+        .collect()
+}
+
+fn map_err(e: httparse::Error) -> HeadError {
+    match e {
+        httparse::Error::TooManyHeaders => HeadError::TooLarge("too many header fields".into()),
+        e => HeadError::Bad(format!("malformed head: {e}")),
+    }
+}
+
+/// Parse a request head at the start of `buf`: `Ok(None)` when more bytes
+/// are needed, else the head and how many bytes it took.
+pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, HeadError> {
+    let mut raw = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut req = httparse::Request::new(&mut raw);
+    let status = req.parse(buf).map_err(map_err)?;
+    let httparse::Status::Complete(n) = status else {
+        if buf.len() > limits.max_head_bytes {
+            return Err(HeadError::TooLarge(format!("head over {} bytes", limits.max_head_bytes)));
+        }
+        return Ok(None);
+    };
+    if n > limits.max_head_bytes {
+        return Err(HeadError::TooLarge(format!("head of {n} bytes, over {}", limits.max_head_bytes)));
+    }
+    let minor = req.version.unwrap_or(1);
+    let headers = collect(req.headers)?;
+    let body = framing(&headers, minor)?.unwrap_or(Body::None);
+    let hosts: Vec<&Header> = headers.iter().filter(|h| eq(&h.name, "host")).collect();
+    if minor == 1 && hosts.len() != 1 {
+        return Err(HeadError::Bad(format!(
+            "an HTTP/1.1 request needs exactly one Host header, it has {}",
+            hosts.len()
+        )));
+    }
+    let host = hosts.first().map(|h| String::from_utf8_lossy(&h.value).into_owned());
+    let expect_continue =
+        headers.iter().any(|h| eq(&h.name, "expect") && h.value.eq_ignore_ascii_case(b"100-continue"));
+    Ok(Some((
+        RequestHead {
+            method: req.method.unwrap_or_default().to_owned(),
+            target: req.path.unwrap_or_default().to_owned(),
+            minor,
+            keep_alive: keep_alive(&headers, minor),
+            expect_continue,
+            host,
+            body,
+            headers,
+        },
+        n,
+    )))
+}
+
+/// Parse a response head to a request with method `method`.
+pub fn parse_response(buf: &[u8], limits: &Limits, method: &str) -> Result<Option<(ResponseHead, usize)>, HeadError> {
+    let mut raw = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut res = httparse::Response::new(&mut raw);
+    let httparse::Status::Complete(n) = res.parse(buf).map_err(map_err)? else {
+        if buf.len() > limits.max_head_bytes {
+            return Err(HeadError::TooLarge(format!("response head over {} bytes", limits.max_head_bytes)));
+        }
+        return Ok(None);
+    };
+    let minor = res.version.unwrap_or(1);
+    let status = res.code.unwrap_or(0);
+    let headers = collect(res.headers)?;
+    let no_body = method.eq_ignore_ascii_case("HEAD") || (100..200).contains(&status) || status == 204 || status == 304;
+    let framed = framing(&headers, minor)?;
+    let body = if no_body { Body::None } else { framed.unwrap_or(Body::UntilClose) };
+    let keep_alive = keep_alive(&headers, minor) && body != Body::UntilClose;
+    Ok(Some((
+        ResponseHead { status, reason: res.reason.unwrap_or_default().to_owned(), minor, headers, body, keep_alive },
+        n,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(s: &str) -> Result<Option<(RequestHead, usize)>, HeadError> {
+        parse_request(s.as_bytes(), &Limits::default())
+    }
+
+    #[test]
+    fn framing_keep_alive_and_expect() {
+        let msg = "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello";
+        let (h, n) = req(msg).unwrap().unwrap();
+        assert_eq!((h.body, h.keep_alive, h.expect_continue), (Body::Length(5), true, true));
+        assert_eq!(&msg[n..], "hello", "the head ends where the body begins");
+        let (h, _) = req("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.body, h.keep_alive), (Body::Chunked, false));
+        let (h, _) = req("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert_eq!((h.body, h.keep_alive, h.host), (Body::None, false, None));
+        assert_eq!(req("GET / HTTP/1.1\r\nHost: x\r\n").unwrap(), None, "incomplete");
+        let (h, _) = req("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 7, 7\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.body, Body::Length(7), "identical repeated lengths are one length");
+    }
+
+    #[test]
+    fn smuggling_attempts_are_refused() {
+        for (bad, words) in [
+            (
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+                "conflicting Content-Length",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "Transfer-Encoding together with Content-Length",
+            ),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "unsupported Transfer-Encoding"),
+            (
+                "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "unsupported Transfer-Encoding",
+            ),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "HTTP/1.0"),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n", "not a decimal number"),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n", "not a decimal number"),
+            ("GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n", "malformed head"),
+            ("GET / HTTP/1.1\r\n\r\n", "exactly one Host"),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "exactly one Host"),
+            ("GET / HTTP/1.1 junk\r\nHost: a\r\n\r\n", "malformed head"),
+        ] {
+            let e = req(bad).expect_err(bad);
+            assert_eq!(e.status(), 400, "{bad}");
+            assert!(e.to_string().contains(words), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn oversized_heads_are_431() {
+        let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{}\r\n", "X-A: b\r\n".repeat(101));
+        assert_eq!(req(&many).unwrap_err().status(), 431);
+        let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n", "a".repeat(17 * 1024));
+        assert_eq!(req(&long).unwrap_err().status(), 431, "incomplete and already over the limit");
+    }
+
+    #[test]
+    fn responses_and_hop_by_hop() {
+        let l = Limits::default();
+        let (r, _) = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", &l, "GET").unwrap().unwrap();
+        assert_eq!((r.status, r.body, r.keep_alive), (200, Body::Length(3), true));
+        let (r, _) = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", &l, "HEAD").unwrap().unwrap();
+        assert_eq!(r.body, Body::None);
+        let (r, _) = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", &l, "GET").unwrap().unwrap();
+        assert_eq!((r.body, r.keep_alive), (Body::UntilClose, false));
+        let (r, _) = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", &l, "GET").unwrap().unwrap();
+        assert_eq!(r.body, Body::None);
+        let hs = vec![Header { name: "Connection".into(), value: b"close, X-Secret".to_vec() }];
+        assert!(is_hop_by_hop("x-secret", &hs) && is_hop_by_hop("Keep-Alive", &hs) && !is_hop_by_hop("X-Other", &hs));
+    }
+}
