@@ -176,7 +176,16 @@ impl RuntimeShared {
 
     /// Load a module version; the returned reference keeps it loaded.
     pub fn load(&self, spec: &ModuleSpec) -> Result<VersionRef, LoadError> {
-        let v = self.loader.load(spec)?;
+        let loaded = self.loader.load(spec);
+        if !self.registry.is_reloading() {
+            // A load outside a reload owns the holds and migrations its init
+            // made: nobody else will release them. (Its module's older
+            // continuations are not adopted: a reload is the way to change
+            // a schema under live continuations.)
+            self.keep_migrations();
+            self.release_holds();
+        }
+        let v = loaded?;
         let record = VersionRecord {
             meta: v.meta().clone(),
             holders: v.holders().clone(),

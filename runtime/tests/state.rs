@@ -546,3 +546,18 @@ fn the_runtime_survives_200_sigkills_during_swaps() {
     }
     assert!(last_ack >= 200, "the children made progress ({last_ack} increments)");
 }
+
+/// Regression: a migration made by a module loaded outside any reload
+/// (`Runtime::load`) used to leave its module's other versions held, their
+/// events parked forever.
+#[test]
+fn a_migration_outside_a_reload_does_not_hold_events_forever() {
+    let dir = RunDir::new("state-outside");
+    let rt = runtime(dir.path());
+    let v1 = rt.load(&molt_runtime::module::ModuleSpec::new(module_lib("counter"))).unwrap();
+    let c1 = rt.spawn(&v1, 0, 0).unwrap();
+    let _v2 = rt.load(&molt_runtime::module::ModuleSpec::new(module_lib("counter_v2"))).unwrap();
+    rt.send(c1, 2, &[]).unwrap();
+    let r = rt.next_reply(Duration::from_secs(5)).expect("the old version's event is not held forever");
+    assert_eq!(r.from, c1);
+}

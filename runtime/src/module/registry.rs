@@ -547,6 +547,11 @@ impl Registry {
         }
     }
 
+    /// Whether a reload or rollback is running now.
+    pub fn is_reloading(&self) -> bool {
+        self.reload_lock.try_lock().is_none()
+    }
+
     /// Drop the active generation (shutdown).
     pub fn clear(&self) {
         self.active.lock().take();
