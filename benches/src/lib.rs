@@ -24,6 +24,10 @@ pub fn module_lib(name: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "--workspace", "--lib"]);
+        // Build into the target directory these tests run from, however it was chosen.
+        if let Some(target) = profile_dir().parent() {
+            cmd.arg("--target-dir").arg(target);
+        }
         if profile_dir().file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
