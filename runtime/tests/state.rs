@@ -313,6 +313,7 @@ fn valid_image() -> Vec<u8> {
 /// state file named by `MOLT_STATE_CRASH_FILE` until it is killed; prints
 /// `ack <count>` after each increment is in the mapping.
 #[test]
+#[ignore = "the child process of the_region_survives_200_sigkills, run by it"]
 fn crash_child() {
     let Some(path) = std::env::var_os("MOLT_STATE_CRASH_FILE") else { return };
     let r = Region::open_file(Path::new(&path), 1 << 20, false).unwrap();
@@ -364,6 +365,50 @@ fn crash_child() {
     }
 }
 
+/// One crash round: run crash child `test` with `env`, read its `ack N`
+/// lines until `acks` of them (or until `wait` after the last one read),
+/// SIGKILL it, and return the last acknowledged count (`last` if none came).
+fn crash_round(test: &str, env: (&str, &Path), acks: u64, wait: Duration, mut last: u64) -> u64 {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(env.0, env.1)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let (mut line, mut seen) = (String::new(), 0);
+    while seen < acks {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(n) = line.trim().strip_prefix("ack ") {
+            last = n.parse().unwrap();
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "the crash child {test} acknowledged nothing");
+    std::thread::sleep(wait);
+    child.kill().unwrap();
+    // Acks printed before the kill landed are still in the pipe.
+    for l in reader.lines().map_while(Result::ok) {
+        if let Some(n) = l.trim().strip_prefix("ack ") {
+            last = n.parse().unwrap();
+        }
+    }
+    child.wait().unwrap();
+    last
+}
+
+/// A tiny xorshift for crash timing, reproducible per test.
+fn next(rng: &mut u64) -> u64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    *rng
+}
+
 /// SIGKILL at random points of increments, allocations and migrations, 200
 /// times: the file always reopens valid, with the count's block in the old
 /// or the new schema, and the count at the last acknowledgement (or one
@@ -372,44 +417,11 @@ fn crash_child() {
 fn the_region_survives_200_sigkills() {
     let dir = RunDir::new("state-crash");
     let path = dir.path().join("state.molt");
-    let me = std::env::current_exe().unwrap();
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut last_ack = 0u64;
     for round in 0..200 {
-        let mut child = Command::new(&me)
-            .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
-            .env("MOLT_STATE_CRASH_FILE", &path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let lines_before_kill = 1 + rng % 40;
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let mut seen = 0;
-        while seen < lines_before_kill {
-            line.clear();
-            if reader.read_line(&mut line).unwrap() == 0 {
-                break;
-            }
-            if let Some(n) = line.trim().strip_prefix("ack ") {
-                last_ack = n.parse().unwrap();
-                seen += 1;
-            }
-        }
-        assert!(seen > 0, "round {round}: the crash child acknowledged nothing");
-        child.kill().unwrap();
-        // Acks printed before the kill landed are still in the pipe.
-        for l in reader.lines().map_while(Result::ok) {
-            if let Some(n) = l.trim().strip_prefix("ack ") {
-                last_ack = n.parse().unwrap();
-            }
-        }
-        child.wait().unwrap();
+        let acks = 1 + next(&mut rng) % 40;
+        last_ack = crash_round("crash_child", ("MOLT_STATE_CRASH_FILE", &path), acks, Duration::ZERO, last_ack);
         let r = Region::open_file(&path, 1 << 20, false).unwrap_or_else(|e| panic!("round {round}: {e}"));
         let b = r.blocks().into_iter().find(|b| b.name == "count").expect("count block");
         assert!(b.schema == 1 || b.schema == 2);
@@ -441,6 +453,7 @@ fn the_region_survives_200_sigkills() {
 /// schema-changing reload (counter 1 <-> 2: block allocation, migration,
 /// adoption) every few increments, until it is killed.
 #[test]
+#[ignore = "the child process of the_runtime_survives_200_sigkills_during_swaps, run by it"]
 fn runtime_crash_child() {
     let Some(dir) = std::env::var_os("MOLT_RT_CRASH_DIR") else { return };
     let dir = Path::new(&dir);
@@ -487,43 +500,13 @@ fn the_runtime_survives_200_sigkills_during_swaps() {
     std::fs::copy(module_lib("counter"), dir.path().join("libcounter-v1.so")).unwrap();
     std::fs::copy(module_lib("counter_v2"), dir.path().join("libcounter-v2.so")).unwrap();
     let state = dir.path().join("run/state.molt");
-    let me = std::env::current_exe().unwrap();
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let mut last_ack = 0u64;
     for round in 0..200 {
-        let mut child = Command::new(&me)
-            .args(["runtime_crash_child", "--exact", "--nocapture", "--test-threads=1"])
-            .env("MOLT_RT_CRASH_DIR", dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let acks_before_kill = 1 + rng % 12;
-        let mut reader = BufReader::new(child.stdout.take().unwrap());
-        let (mut line, mut seen) = (String::new(), 0);
-        while seen < acks_before_kill {
-            line.clear();
-            if reader.read_line(&mut line).unwrap() == 0 {
-                break;
-            }
-            if let Some(n) = line.trim().strip_prefix("ack ") {
-                last_ack = n.parse().unwrap();
-                seen += 1;
-            }
-        }
-        assert!(seen > 0, "round {round}: the runtime acknowledged nothing");
+        let acks = 1 + next(&mut rng) % 12;
         // Kill at a random instant after the last read acknowledgement.
-        std::thread::sleep(Duration::from_micros(rng % 3000));
-        child.kill().unwrap();
-        for l in reader.lines().map_while(Result::ok) {
-            if let Some(n) = l.trim().strip_prefix("ack ") {
-                last_ack = n.parse().unwrap();
-            }
-        }
-        child.wait().unwrap();
+        let wait = Duration::from_micros(next(&mut rng) % 3000);
+        last_ack = crash_round("runtime_crash_child", ("MOLT_RT_CRASH_DIR", dir.path()), acks, wait, last_ack);
         let r = Region::open_file(&state, 1 << 20, false).unwrap_or_else(|e| panic!("round {round}: {e}"));
         let b = r.blocks().into_iter().find(|b| b.owner == "counter" && b.name == "count").expect("count block");
         let Opened::Existing { handle, .. } = r.open_block("counter", "count", b.schema, 64).unwrap() else { panic!() };
