@@ -5,6 +5,7 @@
 //! which holds everything that touches the OS. See DESIGN.md for the words.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod config;
 pub mod cont;
 pub mod ctl;

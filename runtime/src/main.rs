@@ -42,6 +42,17 @@ enum Command {
         #[arg(long)]
         reset_state: bool,
     },
+    /// Measure dispatch latency of a module next to other mechanisms, or swap latency.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+    /// (internal) The RPC child of `molt bench dispatch`.
+    #[command(hide = true)]
+    BenchServe { module: PathBuf, socket: PathBuf, config: Vec<String> },
+    /// (internal) The per-call child of `molt bench dispatch --process-per-call`.
+    #[command(hide = true)]
+    BenchOnce { module: PathBuf, config: Vec<String> },
     /// Talk to a running molt through its control socket.
     Ctl {
         /// status, reload, rollback or metrics.
@@ -74,6 +85,110 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Dispatch latency of a module, next to a direct call, a cross-worker
+    /// round trip, RPC to a child process, and (opt-in) a process per call.
+    Dispatch {
+        /// The module's library.
+        #[arg(long)]
+        module: PathBuf,
+        /// Module config entries, as key=value (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// Events per mechanism, after warm-up.
+        #[arg(long, default_value_t = 20_000)]
+        events: u64,
+        /// Stop each mechanism after this many seconds.
+        #[arg(long, value_name = "SECS")]
+        duration: Option<f64>,
+        /// Payload bytes per event.
+        #[arg(long, default_value_t = 16)]
+        payload: usize,
+        /// Workers of the runtime.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Fixed rate (events/s) for the round-trip mechanisms; latency
+        /// counts from each event's intended send time.
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Also start a process per call (slow: at most 50 calls).
+        #[arg(long)]
+        process_per_call: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Swap latency: reload request to the first event handled by the new
+    /// version, over COUNT swaps.
+    Swap {
+        /// The module's library.
+        #[arg(long)]
+        module: PathBuf,
+        /// Swaps.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn pairs(config: &[String]) -> Result<Vec<(String, String)>, String> {
+    config
+        .iter()
+        .map(|c| {
+            c.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or(format!("config entry {c:?} is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+fn bench(what: BenchCmd) -> ExitCode {
+    let molt = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("molt"));
+    let result = match what {
+        BenchCmd::Dispatch { module, config, events, duration, payload, workers, rate, process_per_call, json } => {
+            pairs(&config).and_then(|config| {
+                let opts = molt_runtime::bench::DispatchOptions {
+                    module,
+                    config,
+                    events: events.max(1),
+                    duration: duration.map(Duration::from_secs_f64),
+                    payload,
+                    workers,
+                    rate,
+                    process_per_call,
+                    progress: !json,
+                    molt,
+                };
+                let rows = molt_runtime::bench::dispatch(&opts)?;
+                if json {
+                    println!("{}", molt_runtime::bench::to_json(&opts, &rows));
+                } else {
+                    eprint!("\r");
+                    print!("{}", molt_runtime::bench::to_table(&opts, &rows));
+                }
+                Ok(())
+            })
+        }
+        BenchCmd::Swap { module, count, json } => molt_runtime::bench::swap(&module, count.max(1)).map(|v| {
+            if json {
+                println!("{v}");
+            } else {
+                println!("{}", molt_runtime::bench::swap_table(&v));
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("molt bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -86,6 +201,25 @@ fn main() -> ExitCode {
         Command::Check { module, config, message, tag } => check(module, config, message, tag),
         Command::Run { config, run_for, reset_state } => run(config, run_for, reset_state),
         Command::Ctl { cmd, json, socket, config } => ctl(&cmd, json, socket, config),
+        Command::Bench { what } => bench(what),
+        Command::BenchServe { module, socket, config } => {
+            match pairs(&config).and_then(|c| molt_runtime::bench::serve(&module, &socket, c)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("molt bench-serve: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::BenchOnce { module, config } => {
+            match pairs(&config).and_then(|c| molt_runtime::bench::once(&module, c)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("molt bench-once: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

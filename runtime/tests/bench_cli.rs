@@ -1,0 +1,88 @@
+//! `molt bench` as users run it: the real binary, real modules, JSON out.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::module_lib;
+use serde_json::Value;
+
+const MOLT: &str = env!("CARGO_BIN_EXE_molt");
+
+/// Run molt with `args`; fail (never hang) past `limit`.
+fn molt(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(MOLT).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("molt {args:?} hung past {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn dispatch_json_has_every_mechanism_with_ordered_percentiles() {
+    let hello = module_lib("hello");
+    let out = molt(
+        &["bench", "dispatch", "--module", hello.to_str().unwrap(), "--events", "500", "--json"],
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(v["machine"]["cpus"].as_u64().unwrap() >= 1);
+    assert_eq!(v["payload_bytes"], 16);
+    let names: Vec<&str> =
+        v["mechanisms"].as_array().unwrap().iter().map(|m| m["mechanism"].as_str().unwrap()).collect();
+    assert_eq!(names, ["direct", "in_process", "cross_worker", "socket_rpc"]);
+    for m in v["mechanisms"].as_array().unwrap() {
+        let q: Vec<u64> =
+            ["p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"].iter().map(|k| m[*k].as_u64().unwrap()).collect();
+        assert!(q[0] > 0, "{m}");
+        assert!(q.windows(2).all(|w| w[0] <= w[1]), "percentiles ordered: {m}");
+        assert_eq!(m["samples"], 500, "{m}");
+        assert!(m["throughput_per_s"].as_f64().unwrap() > 0.0);
+    }
+    eprintln!("{}", serde_json::to_string_pretty(&v["mechanisms"]).unwrap());
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_a_non_zero_exit() {
+    let limit = Duration::from_secs(60);
+    let out = molt(&["bench", "dispatch", "--module", "/nonexistent/libx.so"], limit);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/libx.so: not found"));
+
+    let fails = module_lib("fixture_init_fails");
+    let out = molt(&["bench", "dispatch", "--module", fails.to_str().unwrap()], limit);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused:") && err.contains("init returned MOLT_ERR_NOT_FOUND"), "{err}");
+
+    // counter refuses the bench's message tag: its handler errors.
+    let counter = module_lib("counter");
+    let out = molt(&["bench", "dispatch", "--module", counter.to_str().unwrap()], limit);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the module's handler failed") && err.contains("unknown tag 7"), "{err}");
+}
+
+#[test]
+fn swap_json_reports_latencies() {
+    let echo = module_lib("echo_c");
+    let out = molt(
+        &["bench", "swap", "--module", echo.to_str().unwrap(), "--count", "10", "--json"],
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["swaps"], 10);
+    for k in ["to_first_event", "reload_call"] {
+        let x = &v[k];
+        assert_eq!(x["samples"], 10);
+        assert!(x["p50_ns"].as_u64().unwrap() > 0 && x["p50_ns"].as_u64() <= x["max_ns"].as_u64(), "{x}");
+    }
+}
