@@ -466,7 +466,27 @@ pub fn swap(module: &Path, count: usize) -> BenchResult<Value> {
         }]
     };
     rt.reload(&cfg(&files[0])).map_err(|e| e.to_string())?;
+    // A continuation of the first version: its events are in flight while
+    // later versions are swapped in (drain mode keeps it on its version).
+    let inflight = rt.spawn(&rt.active(&name).ok_or("no active version")?, 0, 0).map_err(|(_, e)| e)?;
+    let round_trip = |rt: &Runtime| -> BenchResult<Duration> {
+        let t = Instant::now();
+        rt.send(inflight, 9, b"x").map_err(|(_, e)| e)?;
+        loop {
+            let r = rt
+                .next_reply(Duration::from_secs(5))
+                .ok_or("the module did not answer within 5 s (round trips need a module that answers messages)")?;
+            if r.from == inflight && r.tag == 9 {
+                return Ok(t.elapsed());
+            }
+        }
+    };
+    let mut steady = hist();
+    for _ in 0..2000 {
+        record(&mut steady, round_trip(&rt)?);
+    }
     let (mut to_first, mut reload) = (hist(), hist());
+    let mut during = hist();
     for s in 1..=count {
         let t = Instant::now();
         rt.reload(&cfg(&files[s % 2])).map_err(|e| format!("swap {s}: {e}"))?;
@@ -484,13 +504,23 @@ pub fn swap(module: &Path, count: usize) -> BenchResult<Value> {
         }
         record(&mut to_first, t.elapsed());
         let _ = rt.destroy(c);
+        // Events in flight right after the swap, on the old version.
+        for _ in 0..20 {
+            record(&mut during, round_trip(&rt)?);
+        }
     }
     rt.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
     let q = |h: &Histogram<u64>| json!({"p50_ns": h.value_at_quantile(0.5), "p99_ns": h.value_at_quantile(0.99), "max_ns": h.max(), "samples": h.len()});
-    Ok(
-        json!({"module": module, "swaps": count, "machine": machine(2), "to_first_event": q(&to_first), "reload_call": q(&reload)}),
-    )
+    Ok(json!({
+        "module": module,
+        "swaps": count,
+        "machine": machine(2),
+        "to_first_event": q(&to_first),
+        "reload_call": q(&reload),
+        "in_flight_steady": q(&steady),
+        "in_flight_after_swaps": q(&during),
+    }))
 }
 
 /// The human table of a swap run.
@@ -498,18 +528,20 @@ pub fn swap_table(v: &Value) -> String {
     let row = |k: &str| {
         let x = &v[k];
         format!(
-            "{:<16} p50 {:>8.3} ms   p99 {:>8.3} ms   max {:>8.3} ms",
+            "{:<22} p50 {:>9.1} us   p99 {:>9.1} us   max {:>9.1} us",
             k,
-            x["p50_ns"].as_u64().unwrap_or(0) as f64 / 1e6,
-            x["p99_ns"].as_u64().unwrap_or(0) as f64 / 1e6,
-            x["max_ns"].as_u64().unwrap_or(0) as f64 / 1e6
+            x["p50_ns"].as_u64().unwrap_or(0) as f64 / 1e3,
+            x["p99_ns"].as_u64().unwrap_or(0) as f64 / 1e3,
+            x["max_ns"].as_u64().unwrap_or(0) as f64 / 1e3
         )
     };
     format!(
-        "molt bench swap: {} ({} swaps)\n{}\n{}",
+        "molt bench swap: {} ({} swaps)\n{}\n{}\n{}\n{}",
         v["module"].as_str().unwrap_or(""),
         v["swaps"],
         row("to_first_event"),
-        row("reload_call")
+        row("reload_call"),
+        row("in_flight_steady"),
+        row("in_flight_after_swaps")
     )
 }

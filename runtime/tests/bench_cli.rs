@@ -80,9 +80,11 @@ fn swap_json_reports_latencies() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["swaps"], 10);
-    for k in ["to_first_event", "reload_call"] {
+    for (k, n) in
+        [("to_first_event", 10), ("reload_call", 10), ("in_flight_steady", 2000), ("in_flight_after_swaps", 200)]
+    {
         let x = &v[k];
-        assert_eq!(x["samples"], 10);
+        assert_eq!(x["samples"], n, "{k}");
         assert!(x["p50_ns"].as_u64().unwrap() > 0 && x["p50_ns"].as_u64() <= x["max_ns"].as_u64(), "{x}");
     }
 }
