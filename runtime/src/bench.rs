@@ -116,7 +116,7 @@ pub fn dispatch(opts: &DispatchOptions) -> BenchResult<Vec<Row>> {
 
     // direct
     let run_dir = std::env::temp_dir().join(format!("molt-bench-{}", std::process::id()));
-    let loader = Loader::new(std::sync::Arc::new(Host::default()), &run_dir).map_err(|e| e.to_string())?;
+    let loader = Loader::new(crate::sync::Arc::new(Host::default()), &run_dir).map_err(|e| e.to_string())?;
     let v = loader.load(&spec).map_err(|e| format!("refused: {e}"))?;
     let first = v.call_direct(7, &payload).map_err(|e| format!("the module's handler failed: {e}"))?;
     let answers = !first.is_empty();
@@ -316,7 +316,7 @@ fn process_per_call(opts: &DispatchOptions, payload: &[u8]) -> BenchResult<Row> 
 /// answers length-prefixed messages with its reply until EOF.
 pub fn serve(module: &Path, socket: &Path, config: Vec<(String, String)>) -> BenchResult<()> {
     let run_dir = std::env::temp_dir().join(format!("molt-bench-serve-{}", std::process::id()));
-    let loader = Loader::new(std::sync::Arc::new(Host::default()), &run_dir).map_err(|e| e.to_string())?;
+    let loader = Loader::new(crate::sync::Arc::new(Host::default()), &run_dir).map_err(|e| e.to_string())?;
     let v = loader.load(&ModuleSpec { config, ..ModuleSpec::new(module) }).map_err(|e| e.to_string())?;
     let mut s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
     let mut len = [0u8; 4];
@@ -335,7 +335,7 @@ pub fn serve(module: &Path, socket: &Path, config: Vec<(String, String)>) -> Ben
 /// `molt bench-once MODULE`: load, handle stdin as one message, print the reply, exit.
 pub fn once(module: &Path, config: Vec<(String, String)>) -> BenchResult<()> {
     let run_dir = std::env::temp_dir().join(format!("molt-bench-once-{}", std::process::id()));
-    let loader = Loader::new(std::sync::Arc::new(Host::default()), &run_dir).map_err(|e| e.to_string())?;
+    let loader = Loader::new(crate::sync::Arc::new(Host::default()), &run_dir).map_err(|e| e.to_string())?;
     let v = loader.load(&ModuleSpec { config, ..ModuleSpec::new(module) }).map_err(|e| e.to_string())?;
     let mut msg = Vec::new();
     std::io::stdin().read_to_end(&mut msg).map_err(|e| e.to_string())?;
