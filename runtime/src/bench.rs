@@ -104,6 +104,32 @@ fn progress(opts: &DispatchOptions, name: &str, started: Instant, last: &mut Ins
     }
 }
 
+/// Time `one` (one event; it returns when the event started, or was due)
+/// over the warm-up and the measured events, with progress and `--duration`.
+fn measure(
+    opts: &DispatchOptions,
+    mechanism: &'static str,
+    warm: u64,
+    mut one: impl FnMut() -> BenchResult<Instant>,
+) -> BenchResult<Row> {
+    let mut h = hist();
+    let t0 = Instant::now();
+    let mut last = t0;
+    let mut n = 0;
+    for i in 0..warm + opts.events {
+        let started = one()?;
+        if i >= warm {
+            record(&mut h, started.elapsed());
+            n += 1;
+        }
+        progress(opts, mechanism, t0, &mut last);
+        if opts.duration.is_some_and(|d| t0.elapsed() > d) {
+            break;
+        }
+    }
+    Ok(Row { mechanism, throughput: n as f64 / t0.elapsed().as_secs_f64(), hist: h })
+}
+
 /// Run every mechanism and return the rows.
 pub fn dispatch(opts: &DispatchOptions) -> BenchResult<Vec<Row>> {
     if !opts.module.exists() {
@@ -120,23 +146,11 @@ pub fn dispatch(opts: &DispatchOptions) -> BenchResult<Vec<Row>> {
     let v = loader.load(&spec).map_err(|e| format!("refused: {e}"))?;
     let first = v.call_direct(7, &payload).map_err(|e| format!("the module's handler failed: {e}"))?;
     let answers = !first.is_empty();
-    let mut h = hist();
-    let t0 = Instant::now();
-    let mut last = t0;
-    let mut n = 0;
-    for i in 0..warm + opts.events {
+    rows.push(measure(opts, "direct", warm, || {
         let t = Instant::now();
         v.call_direct(7, &payload).map_err(|e| format!("the module's handler failed: {e}"))?;
-        if i >= warm {
-            record(&mut h, t.elapsed());
-            n += 1;
-        }
-        progress(opts, "direct", t0, &mut last);
-        if opts.duration.is_some_and(|d| t0.elapsed() > d) {
-            break;
-        }
-    }
-    rows.push(Row { mechanism: "direct", throughput: n as f64 / t0.elapsed().as_secs_f64(), hist: h });
+        Ok(t)
+    })?);
     drop(v);
 
     // in_process and cross_worker, on a runtime
@@ -190,30 +204,17 @@ pub fn dispatch(opts: &DispatchOptions) -> BenchResult<Vec<Row>> {
     }
     let target_worker = (opts.workers.max(1) - 1) as u32;
     let c = rt.spawn(&v, target_worker, 0).map_err(|(_, e)| e)?;
-    let mut h = hist();
     let mut pacer = Pacer { start: Instant::now(), rate: opts.rate, i: 0 };
-    let t0 = Instant::now();
-    let mut last = t0;
-    let mut n = 0;
-    for i in 0..warm + opts.events {
+    rows.push(measure(opts, "cross_worker", warm, || {
         let due = pacer.next();
         rt.send(c, 7, &payload).map_err(|(_, e)| e)?;
         loop {
             let r = rt.next_reply(Duration::from_secs(5)).ok_or("the module did not answer a message within 5 s")?;
             if r.from == c && r.tag == 7 {
-                break;
+                return Ok(due);
             }
         }
-        if i >= warm {
-            record(&mut h, due.elapsed());
-            n += 1;
-        }
-        progress(opts, "cross_worker", t0, &mut last);
-        if opts.duration.is_some_and(|d| t0.elapsed() > d) {
-            break;
-        }
-    }
-    rows.push(Row { mechanism: "cross_worker", throughput: n as f64 / t0.elapsed().as_secs_f64(), hist: h });
+    })?);
     drop(v);
     rt.shutdown();
 
@@ -257,35 +258,22 @@ fn socket_rpc(opts: &DispatchOptions, payload: &[u8], warm: u64) -> BenchResult<
     };
     s.set_nonblocking(false).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    let mut h = hist();
     let mut pacer = Pacer { start: Instant::now(), rate: opts.rate, i: 0 };
-    let t0 = Instant::now();
-    let mut last = t0;
-    let mut n = 0;
-    let mut buf = [0u8; 4];
-    for i in 0..warm + opts.events {
+    let row = measure(opts, "socket_rpc", warm, || {
         let due = pacer.next();
         s.write_all(&(payload.len() as u32).to_le_bytes())
             .and_then(|()| s.write_all(payload))
             .map_err(|e| format!("RPC write: {e}"))?;
-        s.read_exact(&mut buf[..4]).map_err(|e| format!("RPC read: {e}"))?;
-        let len = u32::from_le_bytes(buf[..4].try_into().unwrap_or_default()) as usize;
-        let mut reply = vec![0u8; len];
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).map_err(|e| format!("RPC read: {e}"))?;
+        let mut reply = vec![0u8; u32::from_le_bytes(len) as usize];
         s.read_exact(&mut reply).map_err(|e| format!("RPC read: {e}"))?;
-        if i >= warm {
-            record(&mut h, due.elapsed());
-            n += 1;
-        }
-        progress(opts, "socket_rpc", t0, &mut last);
-        if opts.duration.is_some_and(|d| t0.elapsed() > d) {
-            break;
-        }
-    }
-    let throughput = n as f64 / t0.elapsed().as_secs_f64();
+        Ok(due)
+    });
     drop(s);
     let _ = child.wait();
     let _ = std::fs::remove_file(&sock);
-    Ok(Row { mechanism: "socket_rpc", throughput, hist: h })
+    row
 }
 
 fn process_per_call(opts: &DispatchOptions, payload: &[u8]) -> BenchResult<Row> {
