@@ -50,6 +50,8 @@ pub struct DispatchOptions {
     pub rate: Option<u64>,
     /// Also start a process per call (slow).
     pub process_per_call: bool,
+    /// Pin worker i to CPU i and the measuring thread to CPU `workers`.
+    pub pin: bool,
     /// Show progress on stderr.
     pub progress: bool,
     /// The molt binary (for the child processes).
@@ -139,6 +141,10 @@ pub fn dispatch(opts: &DispatchOptions) -> BenchResult<Vec<Row>> {
     let spec = ModuleSpec { config: opts.config.clone(), ..ModuleSpec::new(&opts.module) };
     let warm = (opts.events / 10).clamp(10, 10_000);
     let mut rows = Vec::new();
+    if opts.pin {
+        crate::sys::cpu::pin_current_thread(opts.workers)
+            .map_err(|e| format!("cannot pin the measuring thread: {e}"))?;
+    }
 
     // direct
     let run_dir = std::env::temp_dir().join(format!("molt-bench-{}", std::process::id()));
@@ -363,6 +369,7 @@ pub fn to_json(opts: &DispatchOptions, rows: &[Row]) -> Value {
         "module": opts.module,
         "payload_bytes": opts.payload,
         "rate": opts.rate,
+        "pinned": opts.pin,
         "machine": machine(opts.workers),
         "mechanisms": rows.iter().map(|r| json!({
             "mechanism": r.mechanism,
@@ -381,10 +388,11 @@ pub fn to_json(opts: &DispatchOptions, rows: &[Row]) -> Value {
 pub fn to_table(opts: &DispatchOptions, rows: &[Row]) -> String {
     let m = machine(opts.workers);
     let mut o = format!(
-        "molt bench dispatch: {} (payload {} B{})\nmachine: {} ({} CPUs), kernel {}, {} workers, spin before park {} us\n\n",
+        "molt bench dispatch: {} (payload {} B{}{})\nmachine: {} ({} CPUs), kernel {}, {} workers, spin before park {} us\n\n",
         opts.module.display(),
         opts.payload,
         opts.rate.map(|r| format!(", fixed rate {r}/s")).unwrap_or_default(),
+        if opts.pin { ", pinned" } else { "" },
         m["cpu"].as_str().unwrap_or(""),
         m["cpus"],
         m["kernel"].as_str().unwrap_or(""),

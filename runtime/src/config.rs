@@ -63,6 +63,9 @@ pub struct RuntimeSection {
     /// Size of a newly created state file, in MiB.
     #[serde(default = "default_state_mb")]
     pub state_size_mb: u64,
+    /// Pin worker `i` to CPU `i`.
+    #[serde(default)]
+    pub pin_workers: bool,
 }
 
 fn default_state_mb() -> u64 {
@@ -97,6 +100,7 @@ impl Default for RuntimeSection {
             max_continuations_per_worker: default_max_conts(),
             state_file: None,
             state_size_mb: default_state_mb(),
+            pin_workers: false,
         }
     }
 }

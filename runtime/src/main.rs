@@ -115,6 +115,9 @@ enum BenchCmd {
         /// Also start a process per call (slow: at most 50 calls).
         #[arg(long)]
         process_per_call: bool,
+        /// Pin worker i to CPU i, and the measuring thread to the next CPU.
+        #[arg(long)]
+        pin: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -148,30 +151,40 @@ fn pairs(config: &[String]) -> Result<Vec<(String, String)>, String> {
 fn bench(what: BenchCmd) -> ExitCode {
     let molt = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("molt"));
     let result = match what {
-        BenchCmd::Dispatch { module, config, events, duration, payload, workers, rate, process_per_call, json } => {
-            pairs(&config).and_then(|config| {
-                let opts = molt_runtime::bench::DispatchOptions {
-                    module,
-                    config,
-                    events: events.max(1),
-                    duration: duration.map(Duration::from_secs_f64),
-                    payload,
-                    workers,
-                    rate,
-                    process_per_call,
-                    progress: !json,
-                    molt,
-                };
-                let rows = molt_runtime::bench::dispatch(&opts)?;
-                if json {
-                    println!("{}", molt_runtime::bench::to_json(&opts, &rows));
-                } else {
-                    eprint!("\r");
-                    print!("{}", molt_runtime::bench::to_table(&opts, &rows));
-                }
-                Ok(())
-            })
-        }
+        BenchCmd::Dispatch {
+            module,
+            config,
+            events,
+            duration,
+            payload,
+            workers,
+            rate,
+            process_per_call,
+            pin,
+            json,
+        } => pairs(&config).and_then(|config| {
+            let opts = molt_runtime::bench::DispatchOptions {
+                module,
+                config,
+                events: events.max(1),
+                duration: duration.map(Duration::from_secs_f64),
+                payload,
+                workers,
+                rate,
+                process_per_call,
+                pin,
+                progress: !json,
+                molt,
+            };
+            let rows = molt_runtime::bench::dispatch(&opts)?;
+            if json {
+                println!("{}", molt_runtime::bench::to_json(&opts, &rows));
+            } else {
+                eprint!("\r");
+                print!("{}", molt_runtime::bench::to_table(&opts, &rows));
+            }
+            Ok(())
+        }),
         BenchCmd::Swap { module, count, json } => molt_runtime::bench::swap(&module, count.max(1)).map(|v| {
             if json {
                 println!("{v}");
@@ -260,6 +273,7 @@ fn run(config: Option<PathBuf>, run_for: Option<u64>, reset_state: bool) -> Exit
             reset: reset_state,
         },
         tcp: cfg.tcp.clone(),
+        pin_workers: r.pin_workers,
     };
     let rt = match Runtime::start(rc.clone()) {
         Ok(rt) => rt,

@@ -39,6 +39,8 @@ pub struct RuntimeConfig {
     pub state: StateConfig,
     /// TCP proxy routes.
     pub tcp: Vec<crate::net::TcpRoute>,
+    /// Pin worker `i` to CPU `i` (modulo the CPUs allowed).
+    pub pin_workers: bool,
 }
 
 /// Where module state lives.
@@ -68,6 +70,7 @@ impl Default for RuntimeConfig {
             registry: RegistrySettings::default(),
             state: StateConfig::default(),
             tcp: Vec::new(),
+            pin_workers: false,
         }
     }
 }
@@ -412,7 +415,14 @@ impl Runtime {
             let ws = shared.workers[i].clone();
             let rt = shared.clone();
             let spin = config.spin;
+            let pin = config.pin_workers;
             threads.push(std::thread::Builder::new().name(format!("molt-worker-{i}")).spawn(move || {
+                if pin {
+                    match crate::sys::cpu::pin_current_thread(i) {
+                        Ok(cpu) => tracing::debug!(worker = i, cpu, "worker pinned"),
+                        Err(e) => tracing::warn!(worker = i, "cannot pin the worker: {e}"),
+                    }
+                }
                 WorkerCore::new(ws, rt, spin).run(poll, tcp);
             })?);
         }

@@ -50,6 +50,19 @@ fn dispatch_json_has_every_mechanism_with_ordered_percentiles() {
 }
 
 #[test]
+fn pinned_runs_say_so() {
+    let echo = module_lib("echo_c");
+    let out = molt(
+        &["bench", "dispatch", "--module", echo.to_str().unwrap(), "--events", "200", "--pin", "--json"],
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["pinned"], true);
+    assert_eq!(v["mechanisms"].as_array().unwrap().len(), 4);
+}
+
+#[test]
 fn bad_input_is_a_clear_error_and_a_non_zero_exit() {
     let limit = Duration::from_secs(60);
     let out = molt(&["bench", "dispatch", "--module", "/nonexistent/libx.so"], limit);

@@ -6,8 +6,10 @@
 //!   symbol, close it, reporting the loader's own words on failure;
 //! * [`maps`]: whether a file is mapped into this process (`/proc/self/maps`),
 //!   which is how an unload is verified rather than assumed;
-//! * [`files`]: ELF sniffing and private runtime copies of module files.
+//! * [`files`]: ELF sniffing and private runtime copies of module files;
+//! * [`cpu`]: pinning the calling thread to a CPU.
 
+pub mod cpu;
 pub mod dl;
 pub mod files;
 pub mod maps;
