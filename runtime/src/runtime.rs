@@ -94,7 +94,9 @@ pub struct RuntimeShared {
     pub(crate) reaper: Arc<Reaper<ModuleVersion>>,
     pub(crate) replies: Sender<Reply>,
     shutdown: AtomicBool,
-    unloads: Mutex<Vec<UnloadReport>>,
+    /// Recent unload reports, oldest first, at most [`UNLOADS_KEPT`]: a
+    /// runtime that swaps for months must not grow by a report per swap.
+    unloads: Mutex<std::collections::VecDeque<UnloadReport>>,
     loader: Loader,
     registry: Registry,
     versions: Mutex<BTreeMap<VersionId, VersionRecord>>,
@@ -107,6 +109,8 @@ pub struct RuntimeShared {
 
 /// Unloaded, unpinned version records kept for status.
 const UNLOADED_KEPT: usize = 32;
+/// Unload reports kept (the most recent).
+pub const UNLOADS_KEPT: usize = 4096;
 
 impl RuntimeShared {
     pub(crate) fn is_shutting_down(&self) -> bool {
@@ -121,7 +125,11 @@ impl RuntimeShared {
             let report = v.unload();
             tracing::info!(module = %report.module, version = %report.id, unmapped = report.unmapped, pinned = ?report.pinned, "module version unloaded");
             self.record_unload(&report);
-            self.unloads.lock().push(report);
+            let mut u = self.unloads.lock();
+            if u.len() == UNLOADS_KEPT {
+                u.pop_front();
+            }
+            u.push_back(report);
             // Blocks retired by a migration away from `schema` are freed
             // once no loaded version of the module speaks it.
             let still = self
@@ -384,7 +392,7 @@ impl Runtime {
             reaper: Arc::new(Reaper::default()),
             replies: tx,
             shutdown: AtomicBool::new(false),
-            unloads: Mutex::new(Vec::new()),
+            unloads: Mutex::new(std::collections::VecDeque::new()),
             loader: Loader::new(Arc::new(Host::new(open_state(&config)?)), &config.run_dir)?,
             registry: Registry::new(&config.run_dir, config.registry.clone())?,
             versions: Mutex::new(BTreeMap::new()),
@@ -563,9 +571,9 @@ impl Runtime {
         self.shared.reap();
     }
 
-    /// What has been unloaded so far.
+    /// The most recent unloads (at most [`UNLOADS_KEPT`]), oldest first.
     pub fn unloads(&self) -> Vec<UnloadReport> {
-        self.shared.unloads.lock().clone()
+        self.shared.unloads.lock().iter().cloned().collect()
     }
 
     /// Stop: every continuation gets a forced END, workers exit, retired
