@@ -256,6 +256,19 @@ impl RuntimeShared {
         out.into_iter().map(|(_, r)| r).collect()
     }
 
+    /// The worker id `id` (a continuation's or a timer's) belongs to, and its parts.
+    pub(crate) fn home(&self, id: u64) -> ServiceResult<(id::Parts, &Arc<WorkerShared>)> {
+        let p = id::decode(id).ok_or_else(|| worker::stale(id))?;
+        let w = self.workers.get(p.worker as usize).ok_or_else(|| worker::stale(id))?;
+        Ok((p, w))
+    }
+
+    /// Like [`RuntimeShared::home`], for a continuation that must be live now.
+    pub(crate) fn live_home(&self, id: u64) -> ServiceResult<(id::Parts, &Arc<WorkerShared>)> {
+        let (p, w) = self.home(id)?;
+        if w.slots().is_live(p.slot, p.generation) { Ok((p, w)) } else { Err(worker::stale(id)) }
+    }
+
     /// The registry.
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -502,12 +515,7 @@ impl Runtime {
 
     /// Send a message from the host (source 0) to continuation `target`.
     pub fn send(&self, target: u64, tag: u64, data: &[u8]) -> ServiceResult<()> {
-        let stale = || (MOLT_ERR_STALE, format!("continuation {target:#x} is not live"));
-        let p = id::decode(target).ok_or_else(stale)?;
-        let w = self.worker(p.worker)?;
-        if !w.slots().is_live(p.slot, p.generation) {
-            return Err(stale());
-        }
+        let (_, w) = self.shared.live_home(target)?;
         let ev = Event {
             target,
             source: 0,
@@ -523,11 +531,7 @@ impl Runtime {
 
     /// End continuation `target` (it gets END).
     pub fn destroy(&self, target: u64) -> ServiceResult<()> {
-        let p = id::decode(target).ok_or((MOLT_ERR_STALE, "id 0".to_owned()))?;
-        let w = self.worker(p.worker)?;
-        if !w.is_live(target) {
-            return Err((MOLT_ERR_STALE, format!("continuation {target:#x} is not live")));
-        }
+        let (_, w) = self.shared.live_home(target)?;
         w.post(Remote::Destroy(target));
         Ok(())
     }

@@ -379,13 +379,10 @@ impl WorkerCore {
 
     /// Deliver an event to its target's worker (locally or through an inbox).
     fn route(&self, ev: Event) {
-        match id::decode(ev.target) {
-            Some(p) if p.worker == self.index() => self.local.borrow_mut().runq.push_back(ev),
-            Some(p) => match self.rt.workers.get(p.worker as usize) {
-                Some(w) => w.post(Remote::Event(ev)),
-                None => bump(&self.shared.stats.stale_dropped),
-            },
-            None => bump(&self.shared.stats.stale_dropped),
+        match self.rt.home(ev.target) {
+            Ok((p, _)) if p.worker == self.index() => self.local.borrow_mut().runq.push_back(ev),
+            Ok((_, w)) => w.post(Remote::Event(ev)),
+            Err(_) => bump(&self.shared.stats.stale_dropped),
         }
     }
 
@@ -680,7 +677,8 @@ impl WorkerCore {
     }
 }
 
-fn stale(id: u64) -> (molt_status, String) {
+/// The error for an id that is not live (ended, never existed, or of no worker).
+pub(crate) fn stale(id: u64) -> (molt_status, String) {
     (MOLT_ERR_STALE, format!("continuation {id:#x} is not live (ended, or never existed)"))
 }
 
@@ -728,25 +726,18 @@ impl Services for WorkerCore {
 
     fn cont_destroy(&self, frame: &CallFrame<'_>, id: u64) -> ServiceResult<()> {
         self.check_context(frame);
-        let p = id::decode(id).ok_or_else(|| stale(id))?;
+        let (p, w) = self.rt.home(id)?;
         if p.worker == self.index() {
             return self.destroy_local(id);
         }
-        let w = self.rt.workers.get(p.worker as usize).ok_or_else(|| stale(id))?;
-        if !w.is_live(id) {
-            return Err(stale(id));
-        }
+        self.rt.live_home(id)?;
         w.post(Remote::Destroy(id));
         Ok(())
     }
 
     fn cont_send(&self, frame: &CallFrame<'_>, target: u64, tag: u64, data: &[u8]) -> ServiceResult<()> {
         self.check_context(frame);
-        let p = id::decode(target).ok_or_else(|| stale(target))?;
-        let w = self.rt.workers.get(p.worker as usize).ok_or_else(|| stale(target))?;
-        if !w.slots.is_live(p.slot, p.generation) {
-            return Err(stale(target));
-        }
+        let (p, w) = self.rt.live_home(target)?;
         let ev = Event {
             target,
             source: self.current.get(),
@@ -767,11 +758,7 @@ impl Services for WorkerCore {
     fn timer_schedule(&self, frame: &CallFrame<'_>, target: u64, delay_ns: u64, tag: u64) -> ServiceResult<u64> {
         self.check_context(frame);
         let owner = frame.env.owner.ok_or((MOLT_ERR_PHASE, "timer_schedule outside a dispatched call".to_owned()))?;
-        let p = id::decode(target).ok_or_else(|| stale(target))?;
-        let live = self.rt.workers.get(p.worker as usize).is_some_and(|w| w.slots.is_live(p.slot, p.generation));
-        if !live {
-            return Err(stale(target));
-        }
+        self.rt.live_home(target)?;
         let me = self.index();
         let (idx, generation) =
             self.local.borrow_mut().timers.schedule(Instant::now(), Duration::from_nanos(delay_ns), |i, g| {
@@ -783,11 +770,10 @@ impl Services for WorkerCore {
 
     fn timer_cancel(&self, frame: &CallFrame<'_>, timer: u64) -> ServiceResult<()> {
         self.check_context(frame);
-        let p = id::decode(timer).ok_or_else(|| stale(timer))?;
+        let (p, w) = self.rt.home(timer)?;
         if p.worker == self.index() {
             return self.cancel_local_timer(timer);
         }
-        let w = self.rt.workers.get(p.worker as usize).ok_or_else(|| stale(timer))?;
         w.post(Remote::CancelTimer(timer));
         Ok(())
     }
