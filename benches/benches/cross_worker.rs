@@ -41,49 +41,37 @@ impl Molt {
     }
 }
 
-fn crossbeam(rounds: u64) -> Vec<u64> {
-    let (to_b, b_rx) = crossbeam_channel::bounded::<u64>(1);
-    let (to_a, a_rx) = crossbeam_channel::bounded::<u64>(1);
-    let b = std::thread::spawn(move || {
-        while let Ok(v) = b_rx.recv() {
-            if to_a.send(v).is_err() {
-                break;
+/// A two-thread ping-pong over a bounded(1) channel pair, the initiator
+/// timing each round trip. crossbeam-channel and flume share this API shape,
+/// so one body serves both.
+macro_rules! thread_ping_pong {
+    ($name:ident, $bounded:path) => {
+        fn $name(rounds: u64) -> Vec<u64> {
+            let (to_b, b_rx) = $bounded(1);
+            let (to_a, a_rx) = $bounded(1);
+            let b = std::thread::spawn(move || {
+                while let Ok(v) = b_rx.recv() {
+                    if to_a.send(v).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut out = Vec::with_capacity(rounds as usize);
+            for i in 0..rounds {
+                let t = Instant::now();
+                to_b.send(i).unwrap();
+                a_rx.recv().unwrap();
+                out.push(t.elapsed().as_nanos() as u64);
             }
+            drop(to_b);
+            b.join().unwrap();
+            out
         }
-    });
-    let mut out = Vec::with_capacity(rounds as usize);
-    for i in 0..rounds {
-        let t = Instant::now();
-        to_b.send(i).unwrap();
-        a_rx.recv().unwrap();
-        out.push(t.elapsed().as_nanos() as u64);
-    }
-    drop(to_b);
-    b.join().unwrap();
-    out
+    };
 }
 
-fn flume(rounds: u64) -> Vec<u64> {
-    let (to_b, b_rx) = flume::bounded::<u64>(1);
-    let (to_a, a_rx) = flume::bounded::<u64>(1);
-    let b = std::thread::spawn(move || {
-        while let Ok(v) = b_rx.recv() {
-            if to_a.send(v).is_err() {
-                break;
-            }
-        }
-    });
-    let mut out = Vec::with_capacity(rounds as usize);
-    for i in 0..rounds {
-        let t = Instant::now();
-        to_b.send(i).unwrap();
-        a_rx.recv().unwrap();
-        out.push(t.elapsed().as_nanos() as u64);
-    }
-    drop(to_b);
-    b.join().unwrap();
-    out
-}
+thread_ping_pong!(crossbeam, crossbeam_channel::bounded::<u64>);
+thread_ping_pong!(flume, flume::bounded::<u64>);
 
 fn tokio_mpsc(rt: &tokio::runtime::Runtime, rounds: u64) -> Vec<u64> {
     rt.block_on(async move {

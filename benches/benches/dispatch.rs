@@ -14,11 +14,53 @@ use fixture_probe::tag;
 use molt_abi::ffi::*;
 use molt_runtime::host::HOST_API;
 use molt_runtime::module::event;
-use molt_runtime::worker::{Event, Payload};
+use molt_runtime::worker::{Event, Payload, WorkerCore};
 
 extern "C" fn bare(_ctx: *const molt_ctx, _data: *mut c_void, ev: *const molt_event) -> molt_status {
     // SAFETY: called below with a valid event.
     unsafe { (*ev).kind as i32 - MOLT_EV_MESSAGE as i32 }
+}
+
+/// Which half of a local send `chunks` times.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Half {
+    /// Queuing the events.
+    Enqueue,
+    /// Draining them through the handler.
+    Dispatch,
+}
+
+/// Run `iters` NOOP events to `cont` through worker `w` in chunks of 256,
+/// timing only `half`.
+fn chunks(w: &WorkerCore, cont: u64, iters: u64, half: Half) -> Duration {
+    let noop = || Event {
+        target: cont,
+        source: 0,
+        kind: MOLT_EV_MESSAGE,
+        flags: 0,
+        tag: tag::NOOP,
+        arg0: 0,
+        payload: Payload::copy_from(&[]),
+    };
+    let mut spent = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(256);
+        let t = Instant::now();
+        for _ in 0..n {
+            w.enqueue_local(noop());
+        }
+        if half == Half::Enqueue {
+            spent += t.elapsed();
+        }
+        let t = Instant::now();
+        w.run_until_idle();
+        if half == Half::Dispatch {
+            spent += t.elapsed();
+        }
+        left -= n;
+    }
+    spent
 }
 
 fn dispatch(c: &mut Criterion) {
@@ -53,57 +95,18 @@ fn dispatch(c: &mut Criterion) {
         b.iter(|| unsafe { h(black_box(&ctx), core::ptr::null_mut(), black_box(&ev)) });
     });
 
-    let noop = move || Event {
-        target: cont,
-        source: 0,
-        kind: MOLT_EV_MESSAGE,
-        flags: 0,
-        tag: tag::NOOP,
-        arg0: 0,
-        payload: Payload::copy_from(&[]),
-    };
     // From the run queue to the handler and back: events are queued in
     // chunks of 256 outside the timed section, then the worker drains them
     // (a loop turn: reaper check, inbox, timers, the batch).
     g.bench_function("molt_dispatch_runq_to_handler", |b| {
         b.iter_custom(|iters| {
-            rt.on_worker(0, move |w| {
-                let mut spent = Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let n = left.min(256);
-                    for _ in 0..n {
-                        w.enqueue_local(noop());
-                    }
-                    let t = Instant::now();
-                    w.run_until_idle();
-                    spent += t.elapsed();
-                    left -= n;
-                }
-                spent
-            })
-            .unwrap_or(Duration::ZERO)
+            rt.on_worker(0, move |w| chunks(w, cont, iters, Half::Dispatch)).unwrap_or(Duration::ZERO)
         });
     });
     // What queuing one event costs the sender (the other half of a local send).
     g.bench_function("molt_enqueue_local", |b| {
         b.iter_custom(|iters| {
-            rt.on_worker(0, move |w| {
-                let mut spent = Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let n = left.min(256);
-                    let t = Instant::now();
-                    for _ in 0..n {
-                        w.enqueue_local(noop());
-                    }
-                    spent += t.elapsed();
-                    w.run_until_idle();
-                    left -= n;
-                }
-                spent
-            })
-            .unwrap_or(Duration::ZERO)
+            rt.on_worker(0, move |w| chunks(w, cont, iters, Half::Enqueue)).unwrap_or(Duration::ZERO)
         });
     });
     g.finish();

@@ -80,7 +80,7 @@ fn set_and_fail(frame: &CallFrame<'_>, e: (molt_status, String)) -> molt_status 
 
 fn fail(frame: &CallFrame<'_>, (status, msg): (molt_status, String)) -> molt_status {
     tracing::debug!(module = %frame.meta.name, version = %frame.meta.version, status, "{msg}");
-    frame.host_error.set(Some(msg));
+    frame.set_host_error(msg);
     status
 }
 
@@ -114,7 +114,7 @@ unsafe extern "C" fn host_set_error(
         if let Some(f) = unsafe { frame(ctx) } {
             // SAFETY: the module passes a string readable for `len` bytes.
             let text = unsafe { bytes(msg.cast(), len) }.map(String::from_utf8_lossy).unwrap_or_default();
-            f.error.set(Some(Box::new((status, text.into_owned()))));
+            f.set_module_error(status, text.into_owned());
         }
         status
     })

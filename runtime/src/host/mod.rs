@@ -240,11 +240,18 @@ pub struct CallFrame<'a> {
     pub host: &'a Host,
     /// The environment.
     pub env: CallEnv<'a>,
-    /// The error text the module handed over with set_error (boxed: the
-    /// slot is one word to set up on every call, and errors are rare).
-    pub(crate) error: Cell<Option<Box<(molt_status, String)>>>,
-    /// Why the host refused the module's last failed host call, if one did.
-    pub(crate) host_error: Cell<Option<String>>,
+    /// What went wrong in this call, if anything: one word to set up and
+    /// to check on every call, allocated only on a failure.
+    pub(crate) errors: Cell<Option<Box<CallErrors>>>,
+}
+
+/// The failure texts of one call.
+#[derive(Debug, Default)]
+pub(crate) struct CallErrors {
+    /// What the module handed over with set_error.
+    module: Option<(molt_status, String)>,
+    /// Why the host refused the module's last failed host call.
+    host: Option<String>,
 }
 
 impl CallFrame<'_> {
@@ -252,8 +259,30 @@ impl CallFrame<'_> {
     /// call it failed on appended (a module often reports only the status).
     #[inline]
     pub fn take_error(&self) -> Option<(molt_status, String)> {
-        let e = self.error.take().map(|b| *b);
-        match (e, self.host_error.take()) {
+        self.errors.take().and_then(|e| (*e).into_report())
+    }
+
+    /// Record what the module handed over with set_error.
+    #[cold]
+    pub(crate) fn set_module_error(&self, status: molt_status, text: String) {
+        let mut e = self.errors.take().unwrap_or_default();
+        e.module = Some((status, text));
+        self.errors.set(Some(e));
+    }
+
+    /// Record why the host refused a host call.
+    #[cold]
+    pub(crate) fn set_host_error(&self, text: String) {
+        let mut e = self.errors.take().unwrap_or_default();
+        e.host = Some(text);
+        self.errors.set(Some(e));
+    }
+}
+
+impl CallErrors {
+    #[cold]
+    fn into_report(self) -> Option<(molt_status, String)> {
+        match (self.module, self.host) {
             (Some((s, t)), Some(h)) if !t.contains(h.as_str()) => Some((s, format!("{t} (host: {h})"))),
             (e, _) => e,
         }

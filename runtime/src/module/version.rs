@@ -127,7 +127,7 @@ pub(crate) fn with_call<R>(
     self_id: u64,
     f: impl FnOnce(*const molt_ctx) -> R,
 ) -> (R, Option<(molt_status, String)>) {
-    let frame = CallFrame { meta, host, env, error: Cell::new(None), host_error: Cell::new(None) };
+    let frame = CallFrame { meta, host, env, errors: Cell::new(None) };
     let ctx = molt_ctx {
         size: v1_0::CTX_SIZE as u32,
         abi_major: MOLT_ABI_MAJOR,

@@ -157,6 +157,8 @@ pub struct WorkerCore {
     spin: Duration,
     /// Versions whose events are held (a state migration of their module).
     held: RefCell<Vec<crate::module::VersionId>>,
+    /// Whether `held` is non-empty: the one check dispatch makes (holds are rare).
+    holding: Cell<bool>,
     /// Events held for them, in arrival order.
     parked: RefCell<VecDeque<Event>>,
 }
@@ -175,6 +177,7 @@ impl WorkerCore {
             current: Cell::new(0),
             spin,
             held: RefCell::new(Vec::new()),
+            holding: Cell::new(false),
             parked: RefCell::new(VecDeque::new()),
         }
     }
@@ -402,9 +405,9 @@ impl WorkerCore {
                         bump(&self.shared.stats.stale_dropped);
                         return;
                     }
-                    if !self.held.borrow().is_empty() && self.held.borrow().contains(&c.version.id()) {
+                    if self.holding.get() && self.held.borrow().contains(&c.version.id()) {
                         drop(l);
-                        self.parked.borrow_mut().push_back(ev);
+                        self.park(ev);
                         return;
                     }
                     (&raw const c.version, c.handler, c.data)
@@ -553,11 +556,18 @@ impl WorkerCore {
     /// in flight when this returns); they wait until [`WorkerCore::unhold`].
     pub fn hold(&self, versions: &[crate::module::VersionId]) {
         self.held.borrow_mut().extend_from_slice(versions);
+        self.holding.set(!self.held.borrow().is_empty());
+    }
+
+    #[cold]
+    fn park(&self, ev: Event) {
+        self.parked.borrow_mut().push_back(ev);
     }
 
     /// Release every hold: held events run next, in their order.
     pub fn unhold(&self) -> usize {
         self.held.borrow_mut().clear();
+        self.holding.set(false);
         let parked = std::mem::take(&mut *self.parked.borrow_mut());
         let n = parked.len();
         let mut l = self.local.borrow_mut();
