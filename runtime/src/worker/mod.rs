@@ -125,11 +125,6 @@ impl WorkerShared {
             let _ = self.waker.wake();
         }
     }
-
-    /// Whether continuation `id` (of this worker) is live now.
-    pub fn is_live(&self, id: u64) -> bool {
-        id::decode(id).is_some_and(|p| p.worker == self.index && self.slots.is_live(p.slot, p.generation))
-    }
 }
 
 struct TimerPayload {
