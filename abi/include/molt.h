@@ -1,5 +1,5 @@
 /*
- * molt.h -- the molt module ABI, version 1.0.
+ * molt.h -- the molt module ABI, version 1.1.
  *
  * This header is the normative contract between the molt runtime (the host)
  * and a handler module (a shared library). A C module needs nothing else.
@@ -63,7 +63,7 @@ extern "C" {
 /** ABI major version. The entry symbol carries it: molt_module_entry_v1. */
 #define MOLT_ABI_MAJOR 1
 /** ABI minor version of this header. Minors only append fields and constants. */
-#define MOLT_ABI_MINOR 0
+#define MOLT_ABI_MINOR 1
 
 /* ------------------------------------------------------------------------ */
 /* Status codes (append-only)                                                */
@@ -124,7 +124,12 @@ typedef int32_t molt_status;
 #define MOLT_HOST_CAP_USER_ARGS ((uint64_t)1 << 4)
 /** Upgrade mode: live continuations are handed to a new version's adopt. */
 #define MOLT_HOST_CAP_ADOPT ((uint64_t)1 << 5)
-/* Bits 8..15 are reserved for connection I/O, 16..23 for HTTP hooks. */
+/* Bits 8..15 are for connection I/O, 16..23 for HTTP hooks. */
+/** (1.1) Connection I/O: MOLT_EV_CONN_* events, conn_write, conn_close,
+ *  conn_connect, conn_peer. */
+#define MOLT_HOST_CAP_CONN ((uint64_t)1 << 8)
+/** (1.1) HTTP hooks: MOLT_EV_HTTP_* events and the http_* functions. */
+#define MOLT_HOST_CAP_HTTP ((uint64_t)1 << 16)
 
 /*
  * Module capability bits (molt_module_desc.module_caps): what the module
@@ -163,8 +168,8 @@ typedef uint64_t molt_state_handle;
 /* ------------------------------------------------------------------------ */
 
 /*
- * Event kinds. Ranges: 1..255 core, 256..511 connection I/O (a later minor),
- * 512..767 HTTP hooks (a later minor). A module must ignore (return MOLT_OK
+ * Event kinds. Ranges: 1..255 core, 256..511 connection I/O (1.1),
+ * 512..767 HTTP hooks (1.1). A module must ignore (return MOLT_OK
  * for) kinds it does not know: new kinds only arrive after the module asked
  * for them, but ignoring unknown kinds keeps old modules safe.
  */
@@ -183,6 +188,55 @@ typedef uint64_t molt_state_handle;
  *  MOLT_EVF_ADOPTED the continuation lives on in a newer version (which did
  *  not take over this data pointer). */
 #define MOLT_EV_END 5u
+
+/*
+ * (1.1) Connection events. A [[tcp]] listener with a `handler` module gives
+ * each accepted connection its own continuation of that module's active
+ * version (created by the host: no MOLT_EV_START, data NULL); a listener
+ * with `modules` (accept hooks) calls each for MOLT_EV_CONN_OPEN only, and
+ * a module that calls conn_close there rejects the connection. A
+ * connection a module opened with conn_connect reports to the continuation
+ * that opened it. `handle` is the connection.
+ */
+/** A connection is open: accepted (arg0 = 0) or connected (arg0 = 1).
+ *  data/len: the peer address as text ("127.0.0.1:5555"). */
+#define MOLT_EV_CONN_OPEN 256u
+/** Bytes arrived: data/len, borrowed for the call (the host's read buffer). */
+#define MOLT_EV_CONN_DATA 257u
+/** The connection is closed and its handle stale: arg0 = 0 after an
+ *  orderly close (either side), 1 after an error or a timeout; for a
+ *  conn_connect that failed, 2. A handler continuation is ended after it. */
+#define MOLT_EV_CONN_CLOSED 258u
+/** Bytes queued by conn_write drained below half the limit (after
+ *  conn_write returned MOLT_ERR_LIMIT). */
+#define MOLT_EV_CONN_WRITABLE 259u
+
+/*
+ * (1.1) HTTP hook events. A route's module chain is called at each hook in
+ * the order the route lists the modules. For every request the host
+ * creates one continuation per module of the chain, of the module's version
+ * active when the request head arrived (no MOLT_EV_START, data NULL), so a
+ * transaction that began before a swap finishes on the old version. Its
+ * events are MOLT_EV_HTTP_REQUEST, then MOLT_EV_HTTP_UPSTREAM (when no
+ * module answered), MOLT_EV_HTTP_RESPONSE, MOLT_EV_HTTP_TXN_END, then
+ * MOLT_EV_END. `handle` is the transaction. Hooks are synchronous: what a
+ * module decides with the http_* functions during the call takes effect
+ * when it returns. A hook that fails (returns an error, panics) fails the
+ * request with 500, unless the route's failure_policy is "open", when the
+ * module is skipped for the rest of the transaction.
+ */
+/** The request head arrived: read or change request headers and target,
+ *  answer with http_respond, or choose the upstream group. */
+#define MOLT_EV_HTTP_REQUEST 512u
+/** Choose the upstream: http_upstream_select (after every REQUEST hook). */
+#define MOLT_EV_HTTP_UPSTREAM 513u
+/** The response head is about to be sent: read or change response
+ *  headers. arg0 = status; arg1 = 1 when a module answered, 2 when the
+ *  host made the response (an error), 0 for an upstream response. */
+#define MOLT_EV_HTTP_RESPONSE 514u
+/** The transaction is over. arg0 = status sent (0: none, the client left);
+ *  arg1 = response body bytes sent. */
+#define MOLT_EV_HTTP_TXN_END 515u
 
 /** Event flag: the END is because a newer version adopted the continuation. */
 #define MOLT_EVF_ADOPTED ((uint32_t)1 << 0)
@@ -212,7 +266,7 @@ typedef struct molt_event {
     /** Payload length in bytes. */
     size_t len;
     /** Kind-specific handle: the connection or transaction for I/O and HTTP
-     *  kinds (later minors), 0 otherwise. */
+     *  kinds (1.1), 0 otherwise. */
     uint64_t handle;
     /** Kind-specific argument (see each kind). */
     uint64_t arg0;
@@ -354,8 +408,87 @@ typedef struct molt_host_api {
     /** Read a continuation's user-arg slot (0 if never set). */
     molt_status (*user_arg_get)(const molt_ctx *ctx, molt_cont_id id, uint32_t slot, uint64_t *out);
 
-    /* Later minors append connection I/O and HTTP hook entries here. */
+    /* ---- ABI 1.1: connection I/O (MOLT_HOST_CAP_CONN) ---- */
+
+    /** Queue bytes to write to connection `conn` (copied). MOLT_ERR_LIMIT when
+     *  more than 1 MiB is queued (nothing is taken; wait for
+     *  MOLT_EV_CONN_WRITABLE). MOLT_ERR_STALE once it closed. */
+    molt_status (*conn_write)(const molt_ctx *ctx, uint64_t conn, const uint8_t *data, size_t len);
+
+    /** Close `conn` once its queued bytes are written. During the
+     *  MOLT_EV_CONN_OPEN of an accept hook: reject the connection. */
+    molt_status (*conn_close)(const molt_ctx *ctx, uint64_t conn);
+
+    /** Connect to `addr` ("ip:port"); the new connection reports to the
+     *  calling continuation (MOLT_EV_CONN_OPEN with arg0 = 1, or
+     *  MOLT_EV_CONN_CLOSED with arg0 = 2). Writes its handle to *out. */
+    molt_status (*conn_connect)(const molt_ctx *ctx, const char *addr, size_t addr_len, uint64_t *out);
+
+    /* ---- ABI 1.1: HTTP hooks (MOLT_HOST_CAP_HTTP) ---- */
+
+    /** Copy an item of transaction `txn` (MOLT_HTTP_ITEM_*) into buf. Sets
+     *  *out_len to the item's length; MOLT_ERR_LIMIT (nothing copied) when
+     *  cap is smaller; MOLT_ERR_NOT_FOUND when the item has no value yet. */
+    molt_status (*http_get)(const molt_ctx *ctx, uint64_t txn, uint32_t item, char *buf, size_t cap,
+                            size_t *out_len);
+
+    /** Copy the value of the index-th (from 0) header field named `name`
+     *  (case-insensitive) of message `msg` (MOLT_HTTP_MSG_*) into buf, with
+     *  http_get's length rules. MOLT_ERR_NOT_FOUND when there is none. */
+    molt_status (*http_header_get)(const molt_ctx *ctx, uint64_t txn, uint32_t msg, const char *name,
+                                   size_t name_len, uint32_t index, char *buf, size_t cap, size_t *out_len);
+
+    /** Change message `msg`'s header fields named `name`: MOLT_HDR_SET
+     *  (replace them all with one), MOLT_HDR_ADD (append one more) or
+     *  MOLT_HDR_REMOVE (value ignored). Framing and hop-by-hop fields
+     *  (Content-Length, Transfer-Encoding, Connection, ...) are the host's:
+     *  MOLT_ERR_INVALID_ARG. Names and values are checked for CR, LF, NUL. */
+    molt_status (*http_header_set)(const molt_ctx *ctx, uint64_t txn, uint32_t msg, uint32_t mode,
+                                   const char *name, size_t name_len, const char *value, size_t value_len);
+
+    /** Rewrite the request target (path and query) sent upstream. Only in
+     *  MOLT_EV_HTTP_REQUEST and MOLT_EV_HTTP_UPSTREAM. */
+    molt_status (*http_set_target)(const molt_ctx *ctx, uint64_t txn, const char *target, size_t len);
+
+    /** Answer the request here (any status 200..599) with a body of
+     *  `body_len` bytes and a Content-Type (may be empty): no upstream is
+     *  used. More response headers can follow with http_header_set on
+     *  MOLT_HTTP_MSG_RESPONSE. Only in MOLT_EV_HTTP_REQUEST and
+     *  MOLT_EV_HTTP_UPSTREAM; refusing a request is answering it with 4xx. */
+    molt_status (*http_respond)(const molt_ctx *ctx, uint64_t txn, uint32_t status, const char *content_type,
+                                size_t content_type_len, const uint8_t *body, size_t body_len);
+
+    /** Send the request to upstream group `group` (a name from the route's
+     *  config); MOLT_ERR_NOT_FOUND names the groups there are. */
+    molt_status (*http_upstream_select)(const molt_ctx *ctx, uint64_t txn, const char *group, size_t len);
 } molt_host_api;
+
+/** (1.1) Items for http_get. */
+/** The request method. */
+#define MOLT_HTTP_ITEM_METHOD 1u
+/** The request target as it will be sent (path and query). */
+#define MOLT_HTTP_ITEM_TARGET 2u
+/** The request target's path (before any '?'). */
+#define MOLT_HTTP_ITEM_PATH 3u
+/** The Host header's value. */
+#define MOLT_HTTP_ITEM_HOST 4u
+/** The client's address, "ip:port". */
+#define MOLT_HTTP_ITEM_CLIENT_ADDR 5u
+/** The route's name. */
+#define MOLT_HTTP_ITEM_ROUTE 6u
+/** The upstream group chosen so far. */
+#define MOLT_HTTP_ITEM_UPSTREAM_GROUP 7u
+/** The upstream server that answered, "ip:port" (RESPONSE, TXN_END). */
+#define MOLT_HTTP_ITEM_UPSTREAM_ADDR 8u
+
+/** (1.1) Which message a header function addresses. */
+#define MOLT_HTTP_MSG_REQUEST 1u
+#define MOLT_HTTP_MSG_RESPONSE 2u
+
+/** (1.1) http_header_set modes. */
+#define MOLT_HDR_SET 1u
+#define MOLT_HDR_ADD 2u
+#define MOLT_HDR_REMOVE 3u
 
 /** What the host tells a module at load. Borrowed for the entry call, except
  *  `api`, which stays valid until the module is unloaded. */

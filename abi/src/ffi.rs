@@ -24,7 +24,7 @@ abi_consts! {
     /// ABI major version (the entry symbol carries it).
     pub const MOLT_ABI_MAJOR: u16 = 1;
     /// ABI minor version of this mirror.
-    pub const MOLT_ABI_MINOR: u16 = 0;
+    pub const MOLT_ABI_MINOR: u16 = 1;
 
     /// Success.
     pub const MOLT_OK: molt_status = 0;
@@ -68,6 +68,11 @@ abi_consts! {
     /// Host capability: upgrade mode (adopt).
     pub const MOLT_HOST_CAP_ADOPT: u64 = 1 << 5;
 
+    /// Host capability (1.1): connection I/O.
+    pub const MOLT_HOST_CAP_CONN: u64 = 1 << 8;
+    /// Host capability (1.1): HTTP hooks.
+    pub const MOLT_HOST_CAP_HTTP: u64 = 1 << 16;
+
     /// Module capability: migrate also migrates down.
     pub const MOLT_MOD_CAP_MIGRATE_DOWN: u64 = 1 << 0;
     /// Module capability: may run isolated in a child process.
@@ -86,6 +91,50 @@ abi_consts! {
     pub const MOLT_EV_DRAIN: u32 = 4;
     /// Event: the last one; free the continuation's data.
     pub const MOLT_EV_END: u32 = 5;
+
+    /// Event (1.1): a connection is open (arg0: 0 accepted, 1 connected).
+    pub const MOLT_EV_CONN_OPEN: u32 = 256;
+    /// Event (1.1): bytes arrived.
+    pub const MOLT_EV_CONN_DATA: u32 = 257;
+    /// Event (1.1): the connection closed (arg0: 0 orderly, 1 error, 2 connect failed).
+    pub const MOLT_EV_CONN_CLOSED: u32 = 258;
+    /// Event (1.1): queued output drained below half the limit.
+    pub const MOLT_EV_CONN_WRITABLE: u32 = 259;
+    /// Event (1.1): the request head arrived.
+    pub const MOLT_EV_HTTP_REQUEST: u32 = 512;
+    /// Event (1.1): choose the upstream.
+    pub const MOLT_EV_HTTP_UPSTREAM: u32 = 513;
+    /// Event (1.1): the response head is about to be sent.
+    pub const MOLT_EV_HTTP_RESPONSE: u32 = 514;
+    /// Event (1.1): the transaction is over.
+    pub const MOLT_EV_HTTP_TXN_END: u32 = 515;
+
+    /// http_get item (1.1): the method.
+    pub const MOLT_HTTP_ITEM_METHOD: u32 = 1;
+    /// http_get item (1.1): the target as it will be sent.
+    pub const MOLT_HTTP_ITEM_TARGET: u32 = 2;
+    /// http_get item (1.1): the target's path.
+    pub const MOLT_HTTP_ITEM_PATH: u32 = 3;
+    /// http_get item (1.1): the Host value.
+    pub const MOLT_HTTP_ITEM_HOST: u32 = 4;
+    /// http_get item (1.1): the client's address.
+    pub const MOLT_HTTP_ITEM_CLIENT_ADDR: u32 = 5;
+    /// http_get item (1.1): the route's name.
+    pub const MOLT_HTTP_ITEM_ROUTE: u32 = 6;
+    /// http_get item (1.1): the upstream group chosen so far.
+    pub const MOLT_HTTP_ITEM_UPSTREAM_GROUP: u32 = 7;
+    /// http_get item (1.1): the upstream server that answered.
+    pub const MOLT_HTTP_ITEM_UPSTREAM_ADDR: u32 = 8;
+    /// Header functions (1.1): the request.
+    pub const MOLT_HTTP_MSG_REQUEST: u32 = 1;
+    /// Header functions (1.1): the response.
+    pub const MOLT_HTTP_MSG_RESPONSE: u32 = 2;
+    /// http_header_set mode (1.1): replace all fields of the name with one.
+    pub const MOLT_HDR_SET: u32 = 1;
+    /// http_header_set mode (1.1): append one more field.
+    pub const MOLT_HDR_ADD: u32 = 2;
+    /// http_header_set mode (1.1): remove all fields of the name.
+    pub const MOLT_HDR_REMOVE: u32 = 3;
 
     /// Event flag: ended because a newer version adopted the continuation.
     pub const MOLT_EVF_ADOPTED: u32 = 1 << 0;
@@ -277,6 +326,73 @@ abi_struct! {
         pub user_arg_get: Option<
             unsafe extern "C" fn(ctx: *const molt_ctx, id: molt_cont_id, slot: u32, out: *mut u64) -> molt_status,
         >,
+        /// (1.1) Queue bytes to write to a connection.
+        pub conn_write:
+            Option<unsafe extern "C" fn(ctx: *const molt_ctx, conn: u64, data: *const u8, len: usize) -> molt_status>,
+        /// (1.1) Close a connection (reject it in an accept hook).
+        pub conn_close: Option<unsafe extern "C" fn(ctx: *const molt_ctx, conn: u64) -> molt_status>,
+        /// (1.1) Connect to an address; the connection reports to the caller.
+        pub conn_connect: Option<
+            unsafe extern "C" fn(ctx: *const molt_ctx, addr: *const c_char, addr_len: usize, out: *mut u64) -> molt_status,
+        >,
+        /// (1.1) Copy an item of a transaction.
+        pub http_get: Option<
+            unsafe extern "C" fn(
+                ctx: *const molt_ctx,
+                txn: u64,
+                item: u32,
+                buf: *mut c_char,
+                cap: usize,
+                out_len: *mut usize,
+            ) -> molt_status,
+        >,
+        /// (1.1) Copy a header field's value.
+        pub http_header_get: Option<
+            unsafe extern "C" fn(
+                ctx: *const molt_ctx,
+                txn: u64,
+                msg: u32,
+                name: *const c_char,
+                name_len: usize,
+                index: u32,
+                buf: *mut c_char,
+                cap: usize,
+                out_len: *mut usize,
+            ) -> molt_status,
+        >,
+        /// (1.1) Set, add or remove header fields.
+        pub http_header_set: Option<
+            unsafe extern "C" fn(
+                ctx: *const molt_ctx,
+                txn: u64,
+                msg: u32,
+                mode: u32,
+                name: *const c_char,
+                name_len: usize,
+                value: *const c_char,
+                value_len: usize,
+            ) -> molt_status,
+        >,
+        /// (1.1) Rewrite the request target.
+        pub http_set_target: Option<
+            unsafe extern "C" fn(ctx: *const molt_ctx, txn: u64, target: *const c_char, len: usize) -> molt_status,
+        >,
+        /// (1.1) Answer the request here.
+        pub http_respond: Option<
+            unsafe extern "C" fn(
+                ctx: *const molt_ctx,
+                txn: u64,
+                status: u32,
+                content_type: *const c_char,
+                content_type_len: usize,
+                body: *const u8,
+                body_len: usize,
+            ) -> molt_status,
+        >,
+        /// (1.1) Choose the upstream group.
+        pub http_upstream_select: Option<
+            unsafe extern "C" fn(ctx: *const molt_ctx, txn: u64, group: *const c_char, len: usize) -> molt_status,
+        >,
     }
 }
 
@@ -423,6 +539,13 @@ pub const STRUCTS: &[StructLayout] = &[
     molt_module_desc::LAYOUT,
 ];
 
+/// The `size` a v1.1 writer puts in the structs 1.1 grew.
+pub mod v1_1 {
+    use super::*;
+    /// `sizeof(molt_host_api)` in ABI 1.1 (21 entries).
+    pub const HOST_API_SIZE: usize = core::mem::size_of::<molt_host_api>();
+}
+
 /// The `size` a v1.0 writer puts in each struct: a reader accepts any size at
 /// least this large (later minors append).
 pub mod v1_0 {
@@ -431,8 +554,8 @@ pub mod v1_0 {
     pub const EVENT_SIZE: usize = core::mem::size_of::<molt_event>();
     /// `sizeof(molt_ctx)` in ABI 1.0.
     pub const CTX_SIZE: usize = core::mem::size_of::<molt_ctx>();
-    /// `sizeof(molt_host_api)` in ABI 1.0.
-    pub const HOST_API_SIZE: usize = core::mem::size_of::<molt_host_api>();
+    /// `sizeof(molt_host_api)` in ABI 1.0 (12 entries).
+    pub const HOST_API_SIZE: usize = 8 + 12 * core::mem::size_of::<usize>();
     /// `sizeof(molt_host_info)` in ABI 1.0.
     pub const HOST_INFO_SIZE: usize = core::mem::size_of::<molt_host_info>();
     /// `sizeof(molt_module_desc)` in ABI 1.0.
@@ -459,9 +582,12 @@ const _: () = {
     assert!(offset_of!(molt_ctx, self_) == 24);
     assert!(offset_of!(molt_ctx, host) == 40);
     assert!(size_of::<molt_state_block>() == 32);
-    assert!(size_of::<molt_host_api>() == 8 + 12 * 8);
+    assert!(size_of::<molt_host_api>() == 8 + 21 * 8);
     assert!(offset_of!(molt_host_api, log) == 8);
     assert!(offset_of!(molt_host_api, user_arg_get) == 96);
+    assert!(offset_of!(molt_host_api, conn_write) == 104);
+    assert!(offset_of!(molt_host_api, http_upstream_select) == 168);
+    assert!(v1_0::HOST_API_SIZE == 104);
     assert!(size_of::<molt_host_info>() == 40);
     assert!(size_of::<molt_config_entry>() == 16);
     assert!(size_of::<molt_init_args>() == 32);

@@ -149,6 +149,42 @@ fn default_max_conns() -> usize {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawHttp {
+    name: Option<String>,
+    listen: Spanned<String>,
+    upstreams: Option<Spanned<BTreeMap<String, Vec<String>>>>,
+    #[serde(default)]
+    routes: Vec<Spanned<RawRoute>>,
+    max_head_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    max_body_bytes: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    keepalive_timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    upstream_timeout_ms: Option<u64>,
+    retry_after_ms: Option<u64>,
+    max_connections: Option<usize>,
+    pool_per_server: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Option<String>,
+    host: Option<String>,
+    #[serde(default = "default_path")]
+    path: String,
+    upstream: Option<String>,
+    #[serde(default)]
+    modules: Vec<String>,
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
     runtime: RuntimeSection,
@@ -156,6 +192,8 @@ struct RawConfig {
     modules: Vec<Spanned<RawModule>>,
     #[serde(default)]
     tcp: Vec<RawTcp>,
+    #[serde(default)]
+    http: Vec<Spanned<RawHttp>>,
 }
 
 /// One `[[modules]]` entry, resolved.
@@ -189,6 +227,8 @@ pub struct Config {
     pub modules: Vec<ModuleConfig>,
     /// `[[tcp]]` proxy routes.
     pub tcp: Vec<crate::net::TcpRoute>,
+    /// `[[http]]` listeners.
+    pub http: Vec<crate::http::HttpSite>,
 }
 
 /// A config that cannot be used: the file, line and key, and what is wrong.
@@ -234,6 +274,97 @@ fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) -> Re
         }
     }
     Ok(())
+}
+
+type ErrFn<'a> = dyn Fn(usize, String) -> ConfigError + 'a;
+
+fn parse_http(
+    src: &str,
+    h: RawHttp,
+    n: usize,
+    line: usize,
+    modules: &[ModuleConfig],
+    err: &ErrFn<'_>,
+) -> Result<crate::http::HttpSite, ConfigError> {
+    let name = h.name.unwrap_or_else(|| format!("http{n}"));
+    let listen = h.listen.get_ref().parse().map_err(|_| {
+        err(
+            line_of(src, h.listen.span().start),
+            format!(
+                "key `http.listen` of listener {name}: {:?} is not an address like 127.0.0.1:8080",
+                h.listen.get_ref()
+            ),
+        )
+    })?;
+    let up_line = h.upstreams.as_ref().map_or(line, |u| line_of(src, u.span().start));
+    let mut groups = Vec::new();
+    let empty = BTreeMap::new();
+    for (g, servers) in h.upstreams.as_ref().map_or(&empty, |u| u.get_ref()) {
+        let mut addrs = Vec::new();
+        for s in servers {
+            addrs.push(s.parse().map_err(|_| {
+                err(
+                    up_line,
+                    format!("key `http.upstreams.{g}` of listener {name}: {s:?} is not an address like 127.0.0.1:9000"),
+                )
+            })?);
+        }
+        if addrs.is_empty() {
+            return Err(err(up_line, format!("key `http.upstreams.{g}` of listener {name}: the group has no server")));
+        }
+        groups.push((g.clone(), addrs));
+    }
+    if h.routes.is_empty() {
+        return Err(err(line, format!("listener {name}: at least one [[http.routes]] is needed")));
+    }
+    let mut routes = Vec::new();
+    for (i, r) in h.routes.into_iter().enumerate() {
+        let rline = line_of(src, r.span().start);
+        let r = r.into_inner();
+        let rname = r.name.unwrap_or_else(|| format!("{name}/{i}"));
+        if !r.path.starts_with('/') {
+            return Err(err(
+                rline,
+                format!("key `http.routes.path` of route {rname}: {:?} must start with '/'", r.path),
+            ));
+        }
+        let upstream = match &r.upstream {
+            None => None,
+            Some(u) => Some(groups.iter().position(|(g, _)| g == u).ok_or_else(|| {
+                let names: Vec<&str> = groups.iter().map(|(g, _)| g.as_str()).collect();
+                err(
+                    rline,
+                    format!(
+                        "key `http.routes.upstream` of route {rname}: no upstream group {u:?} (there are {names:?})"
+                    ),
+                )
+            })?),
+        };
+        for m in &r.modules {
+            if !modules.iter().any(|x| &x.name == m) {
+                return Err(err(
+                    rline,
+                    format!("key `http.routes.modules` of route {rname}: module {m:?} is not declared in [[modules]]"),
+                ));
+            }
+        }
+        routes.push(crate::http::HttpRoute { name: rname, host: r.host, path: r.path, upstream, modules: r.modules });
+    }
+    let d = crate::http::HttpLimits::default();
+    let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
+    let limits = crate::http::HttpLimits {
+        max_head_bytes: h.max_head_bytes.unwrap_or(d.max_head_bytes),
+        max_headers: h.max_headers.unwrap_or(d.max_headers),
+        max_body_bytes: h.max_body_bytes.unwrap_or(d.max_body_bytes),
+        request_timeout: ms(h.request_timeout_ms, d.request_timeout),
+        keepalive_timeout: ms(h.keepalive_timeout_ms, d.keepalive_timeout),
+        connect_timeout: ms(h.connect_timeout_ms, d.connect_timeout),
+        upstream_timeout: ms(h.upstream_timeout_ms, d.upstream_timeout),
+        retry_after: ms(h.retry_after_ms, d.retry_after),
+        max_connections: h.max_connections.unwrap_or(d.max_connections),
+        pool_per_server: h.pool_per_server.unwrap_or(d.pool_per_server),
+    };
+    Ok(crate::http::HttpSite { name, listen, routes, groups, limits })
 }
 
 impl Config {
@@ -338,7 +469,12 @@ impl Config {
                 max_connections: t.max_connections,
             });
         }
-        Ok(Config { source: file.to_owned(), runtime: raw.runtime, modules, tcp })
+        let mut http = Vec::new();
+        for (n, h) in raw.http.into_iter().enumerate() {
+            let line = line_of(src, h.span().start);
+            http.push(parse_http(src, h.into_inner(), n, line, &modules, &err)?);
+        }
+        Ok(Config { source: file.to_owned(), runtime: raw.runtime, modules, tcp, http })
     }
 
     /// The built-in default: the example modules found in `module_dir` (the
@@ -356,8 +492,33 @@ impl Config {
         Config {
             source: "built-in default".to_owned(),
             runtime: RuntimeSection::default(),
-            modules: vec![m("hello", vec![("greeting", "hello")]), m("echo_c", vec![]), m("counter", vec![])],
+            modules: vec![
+                m("hello", vec![("greeting", "hello")]),
+                m("header_rewrite", vec![("response.set.X-Served-By", "molt")]),
+                m("rate_limit", vec![("rate", "1000"), ("burst", "2000")]),
+                m("echo_c", vec![]),
+                m("counter", vec![]),
+            ],
             tcp: Vec::new(),
+            http: vec![Config::builtin_http()],
+        }
+    }
+
+    /// The built-in default's HTTP listener: 127.0.0.1:8080, every path
+    /// answered by the module chain rate_limit, header_rewrite, hello.
+    pub fn builtin_http() -> crate::http::HttpSite {
+        crate::http::HttpSite {
+            name: "default".into(),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            routes: vec![crate::http::HttpRoute {
+                name: "default".into(),
+                host: None,
+                path: "/".into(),
+                upstream: None,
+                modules: vec!["rate_limit".into(), "header_rewrite".into(), "hello".into()],
+            }],
+            groups: Vec::new(),
+            limits: crate::http::HttpLimits::default(),
         }
     }
 

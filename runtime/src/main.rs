@@ -41,6 +41,10 @@ enum Command {
         /// Discard the state file's contents and start with an empty region.
         #[arg(long)]
         reset_state: bool,
+        /// Listen on this address instead of the first [[http]] listener's
+        /// (the built-in default's is 127.0.0.1:8080; port 0 picks a free one).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<std::net::SocketAddr>,
     },
     /// Measure dispatch latency of a module next to other mechanisms, or swap latency.
     Bench {
@@ -212,7 +216,7 @@ fn main() -> ExitCode {
         .init();
     match Cli::parse().command {
         Command::Check { module, config, message, tag } => check(module, config, message, tag),
-        Command::Run { config, run_for, reset_state } => run(config, run_for, reset_state),
+        Command::Run { config, run_for, reset_state, http } => run(config, run_for, reset_state, http),
         Command::Ctl { cmd, json, socket, config } => ctl(&cmd, json, socket, config),
         Command::Bench { what } => bench(what),
         Command::BenchServe { module, socket, config } => {
@@ -247,15 +251,29 @@ fn source_of(config: Option<PathBuf>) -> ConfigSource {
     }
 }
 
-fn run(config: Option<PathBuf>, run_for: Option<u64>, reset_state: bool) -> ExitCode {
+fn run(
+    config: Option<PathBuf>,
+    run_for: Option<u64>,
+    reset_state: bool,
+    http: Option<std::net::SocketAddr>,
+) -> ExitCode {
     let source = source_of(config);
-    let cfg = match source.read() {
+    let mut cfg = match source.read() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("molt: {e}");
             return ExitCode::from(2);
         }
     };
+    if let Some(addr) = http {
+        match cfg.http.first_mut() {
+            Some(site) => site.listen = addr,
+            None => {
+                eprintln!("molt: --http {addr}: {} has no [[http]] listener to move", source.describe());
+                return ExitCode::from(2);
+            }
+        }
+    }
     let r = &cfg.runtime;
     let rc = RuntimeConfig {
         workers: if r.workers == 0 { RuntimeConfig::default().workers } else { r.workers },
@@ -273,6 +291,7 @@ fn run(config: Option<PathBuf>, run_for: Option<u64>, reset_state: bool) -> Exit
             reset: reset_state,
         },
         tcp: cfg.tcp.clone(),
+        http: cfg.http.clone(),
         pin_workers: r.pin_workers,
     };
     let rt = match Runtime::start(rc.clone()) {
@@ -310,6 +329,17 @@ fn run(config: Option<PathBuf>, run_for: Option<u64>, reset_state: bool) -> Exit
             "tcp proxy: {addr} -> {}",
             route.upstreams.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
         );
+    }
+    for (site, addr) in cfg.http.iter().zip(rt.http_addrs()) {
+        let routes: Vec<String> = site
+            .routes
+            .iter()
+            .map(|r| {
+                let to = r.upstream.map_or("no upstream".to_owned(), |g| site.groups[g].0.clone());
+                format!("{}{} -> [{}] {to}", r.host.as_deref().unwrap_or(""), r.path, r.modules.join(", "))
+            })
+            .collect();
+        println!("http: http://{addr}/  ({})", routes.join("; "));
     }
     println!("control socket: {}", ctl.path().display());
     println!("status:  molt ctl status --socket {}", ctl.path().display());

@@ -39,6 +39,8 @@ pub struct RuntimeConfig {
     pub state: StateConfig,
     /// TCP proxy routes.
     pub tcp: Vec<crate::net::TcpRoute>,
+    /// HTTP proxy listeners.
+    pub http: Vec<crate::http::HttpSite>,
     /// Pin worker `i` to CPU `i` (modulo the CPUs allowed).
     pub pin_workers: bool,
 }
@@ -70,6 +72,7 @@ impl Default for RuntimeConfig {
             registry: RegistrySettings::default(),
             state: StateConfig::default(),
             tcp: Vec::new(),
+            http: Vec::new(),
             pin_workers: false,
         }
     }
@@ -105,6 +108,10 @@ pub struct RuntimeShared {
     held: Mutex<Vec<VersionId>>,
     /// Migrations committed by the reload in progress (module, src, dst).
     migrations: Mutex<Vec<(String, u64, u64)>>,
+    /// Each worker's TCP proxy counters.
+    tcp_stats: Vec<std::sync::Arc<crate::net::TcpStats>>,
+    /// Each worker's HTTP proxy counters.
+    http_stats: Vec<std::sync::Arc<crate::http::HttpStats>>,
 }
 
 /// Unloaded, unpinned version records kept for status.
@@ -113,6 +120,16 @@ const UNLOADED_KEPT: usize = 32;
 pub const UNLOADS_KEPT: usize = 4096;
 
 impl RuntimeShared {
+    /// Worker `w`'s TCP proxy counters.
+    pub fn tcp_stats(&self, w: usize) -> &crate::net::TcpStats {
+        &self.tcp_stats[w]
+    }
+
+    /// Worker `w`'s HTTP proxy counters.
+    pub fn http_stats(&self, w: usize) -> &crate::http::HttpStats {
+        &self.http_stats[w]
+    }
+
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
     }
@@ -296,6 +313,7 @@ pub struct Runtime {
     threads: Vec<JoinHandle<()>>,
     replies: Receiver<Reply>,
     tcp_addrs: Vec<std::net::SocketAddr>,
+    http_addrs: Vec<std::net::SocketAddr>,
 }
 
 /// Remove runtime copies an earlier process left behind.
@@ -412,6 +430,8 @@ impl Runtime {
             run_dir: config.run_dir.clone(),
             held: Mutex::new(Vec::new()),
             migrations: Mutex::new(Vec::new()),
+            tcp_stats: (0..n).map(|_| std::sync::Arc::default()).collect(),
+            http_stats: (0..n).map(|_| std::sync::Arc::default()).collect(),
         });
         #[cfg(not(molt_loom))]
         shared.loader.host().set_hooks(Box::new(Hooks(Arc::downgrade(&shared))));
@@ -431,8 +451,49 @@ impl Runtime {
             }
             tcp_addrs.push(addr);
         }
+        let mut http_addrs = Vec::with_capacity(config.http.len());
+        let mut http_per_worker: Vec<Vec<(std::sync::Arc<crate::http::HttpSite>, std::net::TcpListener)>> =
+            (0..n).map(|_| Vec::new()).collect();
+        for site in &config.http {
+            let mut addr = site.listen;
+            let mut site = site.clone();
+            for (w, list) in http_per_worker.iter_mut().enumerate() {
+                let l = crate::net::bind_reuseport(addr).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("HTTP listener {}: cannot listen on {addr} (worker {w}): {e}", site.name),
+                    )
+                })?;
+                addr = l.local_addr()?;
+                site.listen = addr;
+                list.push((std::sync::Arc::new(site.clone()), l));
+            }
+            http_addrs.push(addr);
+        }
         let mut threads = Vec::with_capacity(n + 1);
-        for (i, (poll, tcp)) in polls.into_iter().zip(per_worker).enumerate() {
+        for (i, ((poll, tcp), http)) in polls.into_iter().zip(per_worker).zip(http_per_worker).enumerate() {
+            let tcp_stats = shared.tcp_stats[i].clone();
+            let http_stats = shared.http_stats[i].clone();
+            let setup: Option<crate::worker::io::IoSetup> = if tcp.is_empty() && http.is_empty() {
+                None
+            } else {
+                Some(Box::new(move |registry: &mio::Registry, worker: u32| {
+                    let mut layers: Vec<Box<dyn crate::worker::io::Io>> = Vec::new();
+                    if !tcp.is_empty() {
+                        match crate::net::TcpLayer::new(layers.len(), registry, tcp, tcp_stats) {
+                            Ok(l) => layers.push(Box::new(l)),
+                            Err(e) => tracing::error!(worker, "cannot register the TCP listeners: {e}"),
+                        }
+                    }
+                    if !http.is_empty() {
+                        match crate::http::HttpLayer::new(layers.len(), worker, registry, http, http_stats) {
+                            Ok(l) => layers.push(Box::new(l)),
+                            Err(e) => tracing::error!(worker, "cannot register the HTTP listeners: {e}"),
+                        }
+                    }
+                    layers
+                }))
+            };
             let ws = shared.workers[i].clone();
             let rt = shared.clone();
             let spin = config.spin;
@@ -444,7 +505,7 @@ impl Runtime {
                         Err(e) => tracing::warn!(worker = i, "cannot pin the worker: {e}"),
                     }
                 }
-                WorkerCore::new(ws, rt, spin).run(poll, tcp);
+                WorkerCore::new(ws, rt, spin).run(poll, setup);
             })?);
         }
         let rt = shared.clone();
@@ -455,12 +516,17 @@ impl Runtime {
                 rt.reap();
             }
         })?);
-        Ok(Runtime { shared, threads, replies: rx, tcp_addrs })
+        Ok(Runtime { shared, threads, replies: rx, tcp_addrs, http_addrs })
     }
 
     /// The addresses the TCP routes listen on, in config order (port 0 resolved).
     pub fn tcp_addrs(&self) -> &[std::net::SocketAddr] {
         &self.tcp_addrs
+    }
+
+    /// The addresses the HTTP listeners bound, in config order.
+    pub fn http_addrs(&self) -> &[std::net::SocketAddr] {
+        &self.http_addrs
     }
 
     /// The shared state (registry, versions, workers).

@@ -97,12 +97,12 @@ fn many_connections_echo_through_both_workers() {
     for c in clients {
         c.join().unwrap();
     }
-    let accepted: u64 = (0..2).map(|w| rt.shared().workers()[w].tcp().accepted.load(Ordering::Relaxed)).sum();
-    let up: u64 = (0..2).map(|w| rt.shared().workers()[w].tcp().bytes_up.load(Ordering::Relaxed)).sum();
+    let accepted: u64 = (0..2).map(|w| rt.shared().tcp_stats(w).accepted.load(Ordering::Relaxed)).sum();
+    let up: u64 = (0..2).map(|w| rt.shared().tcp_stats(w).bytes_up.load(Ordering::Relaxed)).sum();
     assert_eq!(accepted, 40);
     assert_eq!(up, 40 << 20, "every byte went up");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while (0..2).map(|w| rt.shared().workers()[w].tcp().open.load(Ordering::Relaxed)).sum::<u64>() > 0 {
+    while (0..2).map(|w| rt.shared().tcp_stats(w).open.load(Ordering::Relaxed)).sum::<u64>() > 0 {
         assert!(Instant::now() < deadline, "pairs were not closed after both sides finished");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -121,7 +121,7 @@ fn a_failed_upstream_is_skipped_and_all_down_closes_the_client() {
     for i in 0..6u8 {
         assert_eq!(round_trip(rt.tcp_addrs()[0], &[i; 1000]), vec![i; 1000], "failover to the live upstream");
     }
-    let failures: u64 = (0..2).map(|w| rt.shared().workers()[w].tcp().upstream_failures.load(Ordering::Relaxed)).sum();
+    let failures: u64 = (0..2).map(|w| rt.shared().tcp_stats(w).upstream_failures.load(Ordering::Relaxed)).sum();
     assert!(failures >= 1, "the dead upstream was tried and marked");
     // Every upstream down: the client sees its connection closed, promptly.
     let t = Instant::now();
@@ -146,7 +146,7 @@ fn idle_connections_are_closed() {
     assert_eq!(s.read(&mut b).unwrap_or(0), 0, "closed by the proxy");
     let idle = t.elapsed();
     assert!(idle >= Duration::from_millis(150) && idle < Duration::from_secs(2), "closed after {idle:?}");
-    let closed: u64 = (0..2).map(|w| rt.shared().workers()[w].tcp().idle_closed.load(Ordering::Relaxed)).sum();
+    let closed: u64 = (0..2).map(|w| rt.shared().tcp_stats(w).idle_closed.load(Ordering::Relaxed)).sum();
     assert_eq!(closed, 1);
 }
 

@@ -10,7 +10,7 @@ use crate::state::Opened;
 
 /// The table every module receives (in `molt_host_info.api` and `molt_ctx.api`).
 pub static HOST_API: molt_host_api = molt_host_api {
-    size: v1_0::HOST_API_SIZE as u32,
+    size: v1_1::HOST_API_SIZE as u32,
     abi_major: MOLT_ABI_MAJOR,
     abi_minor: MOLT_ABI_MINOR,
     log: Some(host_log),
@@ -25,6 +25,15 @@ pub static HOST_API: molt_host_api = molt_host_api {
     user_arg_reserve: Some(host_user_arg_reserve),
     user_arg_set: Some(host_user_arg_set),
     user_arg_get: Some(host_user_arg_get),
+    conn_write: Some(host_conn_write),
+    conn_close: Some(host_conn_close),
+    conn_connect: Some(host_conn_connect),
+    http_get: Some(host_http_get),
+    http_header_get: Some(host_http_header_get),
+    http_header_set: Some(host_http_header_set),
+    http_set_target: Some(host_http_set_target),
+    http_respond: Some(host_http_respond),
+    http_upstream_select: Some(host_http_upstream_select),
 };
 
 /// The boundary every host function body runs in: a panic of ours becomes
@@ -398,6 +407,262 @@ unsafe extern "C" fn host_user_arg_get(
                 unsafe { out.write(v) };
                 MOLT_OK
             }
+            Err(e) => fail(f, e),
+        }
+    })
+}
+
+// ---- ABI 1.1: connection I/O ----
+
+unsafe extern "C" fn host_conn_write(ctx: *const molt_ctx, conn: u64, data: *const u8, len: usize) -> molt_status {
+    boundary("conn_write", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        // SAFETY: the module passes bytes readable for `len`.
+        let Some(data) = (unsafe { bytes(data, len) }) else { return MOLT_ERR_INVALID_ARG };
+        match f.env.services.conn_write(f, conn, data) {
+            Ok(()) => MOLT_OK,
+            Err(e) => fail(f, e),
+        }
+    })
+}
+
+unsafe extern "C" fn host_conn_close(ctx: *const molt_ctx, conn: u64) -> molt_status {
+    boundary("conn_close", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        match f.env.services.conn_close(f, conn) {
+            Ok(()) => MOLT_OK,
+            Err(e) => fail(f, e),
+        }
+    })
+}
+
+unsafe extern "C" fn host_conn_connect(
+    ctx: *const molt_ctx,
+    addr: *const c_char,
+    addr_len: usize,
+    out: *mut u64,
+) -> molt_status {
+    boundary("conn_connect", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        // SAFETY: the module passes a string readable for `addr_len` bytes.
+        let Some(addr) = (unsafe { bytes(addr.cast(), addr_len) }) else { return MOLT_ERR_INVALID_ARG };
+        let Ok(addr) = std::str::from_utf8(addr) else {
+            return fail(f, (MOLT_ERR_INVALID_ARG, "conn_connect: the address is not UTF-8".into()));
+        };
+        if out.is_null() {
+            return MOLT_ERR_INVALID_ARG;
+        }
+        match f.env.services.conn_connect(f, addr) {
+            Ok(h) => {
+                // SAFETY: `out` is non-null and the module's writable out-parameter.
+                unsafe { out.write(h) };
+                MOLT_OK
+            }
+            Err(e) => fail(f, e),
+        }
+    })
+}
+
+// ---- ABI 1.1: HTTP hooks ----
+
+/// The transaction `txn` of the current hook call.
+fn txn<'a>(f: &'a CallFrame<'_>, txn: u64) -> Result<&'a dyn super::TxnAccess, molt_status> {
+    match f.env.txn {
+        Some(t) if t.id() == txn => Ok(t),
+        _ => Err(fail(
+            f,
+            (
+                MOLT_ERR_STALE,
+                format!(
+                    "transaction {txn:#x} is not the one this call is for: http_* functions work only during \
+                     an HTTP hook event, on that event's handle"
+                ),
+            ),
+        )),
+    }
+}
+
+/// Copy `value` into the module's (buf, cap), setting *out_len: the
+/// length rules of http_get.
+///
+/// # Safety
+///
+/// `buf` is null (then cap is 0) or writable for `cap` bytes; `out_len` is
+/// null or writable.
+unsafe fn copy_out(value: &[u8], buf: *mut c_char, cap: usize, out_len: *mut usize) -> molt_status {
+    if !out_len.is_null() {
+        // SAFETY: per this function's contract.
+        unsafe { out_len.write(value.len()) };
+    }
+    if value.len() > cap {
+        return MOLT_ERR_LIMIT;
+    }
+    if !value.is_empty() {
+        if buf.is_null() {
+            return MOLT_ERR_INVALID_ARG;
+        }
+        // SAFETY: `buf` is writable for `cap >= value.len()` bytes and
+        // cannot overlap the host's value.
+        unsafe { core::ptr::copy_nonoverlapping(value.as_ptr(), buf.cast::<u8>(), value.len()) };
+    }
+    MOLT_OK
+}
+
+unsafe extern "C" fn host_http_get(
+    ctx: *const molt_ctx,
+    txn_id: u64,
+    item: u32,
+    buf: *mut c_char,
+    cap: usize,
+    out_len: *mut usize,
+) -> molt_status {
+    boundary("http_get", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        let t = match txn(f, txn_id) {
+            Ok(t) => t,
+            Err(s) => return s,
+        };
+        let mut status = MOLT_OK;
+        // SAFETY: the module passes its buffer and length slot (header contract).
+        let r = t.get(item, &mut |v| status = unsafe { copy_out(v, buf, cap, out_len) });
+        match r {
+            Ok(()) => status,
+            Err(e) => fail(f, e),
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn host_http_header_get(
+    ctx: *const molt_ctx,
+    txn_id: u64,
+    msg: u32,
+    name: *const c_char,
+    name_len: usize,
+    index: u32,
+    buf: *mut c_char,
+    cap: usize,
+    out_len: *mut usize,
+) -> molt_status {
+    boundary("http_header_get", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        // SAFETY: the module passes a name readable for `name_len` bytes.
+        let Some(name) = (unsafe { bytes(name.cast(), name_len) }) else { return MOLT_ERR_INVALID_ARG };
+        let t = match txn(f, txn_id) {
+            Ok(t) => t,
+            Err(s) => return s,
+        };
+        let mut status = MOLT_OK;
+        // SAFETY: the module passes its buffer and length slot (header contract).
+        let r = t.header_get(msg, name, index, &mut |v| status = unsafe { copy_out(v, buf, cap, out_len) });
+        match r {
+            Ok(()) => status,
+            Err(e) if e.0 == MOLT_ERR_NOT_FOUND => e.0,
+            Err(e) => fail(f, e),
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn host_http_header_set(
+    ctx: *const molt_ctx,
+    txn_id: u64,
+    msg: u32,
+    mode: u32,
+    name: *const c_char,
+    name_len: usize,
+    value: *const c_char,
+    value_len: usize,
+) -> molt_status {
+    boundary("http_header_set", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        // SAFETY: the module passes a name readable for `name_len` bytes.
+        let Some(name) = (unsafe { bytes(name.cast(), name_len) }) else { return MOLT_ERR_INVALID_ARG };
+        // SAFETY: the module passes a value readable for `value_len` bytes.
+        let Some(value) = (unsafe { bytes(value.cast(), value_len) }) else { return MOLT_ERR_INVALID_ARG };
+        let t = match txn(f, txn_id) {
+            Ok(t) => t,
+            Err(s) => return s,
+        };
+        match t.header_set(msg, mode, name, value) {
+            Ok(()) => MOLT_OK,
+            Err(e) => fail(f, e),
+        }
+    })
+}
+
+unsafe extern "C" fn host_http_set_target(
+    ctx: *const molt_ctx,
+    txn_id: u64,
+    target: *const c_char,
+    len: usize,
+) -> molt_status {
+    boundary("http_set_target", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        // SAFETY: the module passes a target readable for `len` bytes.
+        let Some(target) = (unsafe { bytes(target.cast(), len) }) else { return MOLT_ERR_INVALID_ARG };
+        let t = match txn(f, txn_id) {
+            Ok(t) => t,
+            Err(s) => return s,
+        };
+        match t.set_target(target) {
+            Ok(()) => MOLT_OK,
+            Err(e) => fail(f, e),
+        }
+    })
+}
+
+unsafe extern "C" fn host_http_respond(
+    ctx: *const molt_ctx,
+    txn_id: u64,
+    status: u32,
+    content_type: *const c_char,
+    content_type_len: usize,
+    body: *const u8,
+    body_len: usize,
+) -> molt_status {
+    boundary("http_respond", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        // SAFETY: the module passes a string readable for `content_type_len` bytes.
+        let Some(ct) = (unsafe { bytes(content_type.cast(), content_type_len) }) else { return MOLT_ERR_INVALID_ARG };
+        // SAFETY: the module passes a body readable for `body_len` bytes.
+        let Some(body) = (unsafe { bytes(body, body_len) }) else { return MOLT_ERR_INVALID_ARG };
+        let t = match txn(f, txn_id) {
+            Ok(t) => t,
+            Err(s) => return s,
+        };
+        match t.respond(status, ct, body) {
+            Ok(()) => MOLT_OK,
+            Err(e) => fail(f, e),
+        }
+    })
+}
+
+unsafe extern "C" fn host_http_upstream_select(
+    ctx: *const molt_ctx,
+    txn_id: u64,
+    group: *const c_char,
+    len: usize,
+) -> molt_status {
+    boundary("http_upstream_select", || {
+        // SAFETY: the module passes the ctx of its running call.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        // SAFETY: the module passes a name readable for `len` bytes.
+        let Some(group) = (unsafe { bytes(group.cast(), len) }) else { return MOLT_ERR_INVALID_ARG };
+        let t = match txn(f, txn_id) {
+            Ok(t) => t,
+            Err(s) => return s,
+        };
+        match t.upstream_select(group) {
+            Ok(()) => MOLT_OK,
             Err(e) => fail(f, e),
         }
     })

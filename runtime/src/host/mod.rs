@@ -18,6 +18,7 @@ use std::ffi::c_void;
 use molt_abi::ffi::*;
 
 pub use api::HOST_API;
+
 pub use user_args::{USER_ARGS_MAX, UserArgs};
 
 use crate::module::{ModuleMeta, VersionRef};
@@ -25,8 +26,13 @@ use crate::state::Region;
 
 /// What every host of this build provides, in `MOLT_HOST_CAP_*` bits
 /// ([`Host::caps`] adds `STATE_PERSISTENT` when the region is a file).
-pub const HOST_CAPS: u64 =
-    MOLT_HOST_CAP_CONT | MOLT_HOST_CAP_TIMERS | MOLT_HOST_CAP_STATE | MOLT_HOST_CAP_USER_ARGS | MOLT_HOST_CAP_ADOPT;
+pub const HOST_CAPS: u64 = MOLT_HOST_CAP_CONT
+    | MOLT_HOST_CAP_TIMERS
+    | MOLT_HOST_CAP_STATE
+    | MOLT_HOST_CAP_USER_ARGS
+    | MOLT_HOST_CAP_ADOPT
+    | MOLT_HOST_CAP_CONN
+    | MOLT_HOST_CAP_HTTP;
 
 /// The name and bit of every host capability this host knows, for messages.
 pub const HOST_CAP_NAMES: &[(&str, u64)] = &[
@@ -36,6 +42,8 @@ pub const HOST_CAP_NAMES: &[(&str, u64)] = &[
     ("state_persistent", MOLT_HOST_CAP_STATE_PERSISTENT),
     ("user_args", MOLT_HOST_CAP_USER_ARGS),
     ("adopt", MOLT_HOST_CAP_ADOPT),
+    ("conn", MOLT_HOST_CAP_CONN),
+    ("http", MOLT_HOST_CAP_HTTP),
 ];
 
 /// Runtime-wide services shared by every module version: the state
@@ -164,6 +172,32 @@ pub trait Services {
     fn user_arg_set(&self, frame: &CallFrame<'_>, id: u64, slot: u32, value: u64) -> ServiceResult<()>;
     /// Read a continuation's user-arg value.
     fn user_arg_get(&self, frame: &CallFrame<'_>, id: u64, slot: u32) -> ServiceResult<u64>;
+    /// Queue bytes to a connection.
+    fn conn_write(&self, frame: &CallFrame<'_>, conn: u64, data: &[u8]) -> ServiceResult<()>;
+    /// Close a connection.
+    fn conn_close(&self, frame: &CallFrame<'_>, conn: u64) -> ServiceResult<()>;
+    /// Open a connection reporting to the calling continuation.
+    fn conn_connect(&self, frame: &CallFrame<'_>, addr: &str) -> ServiceResult<u64>;
+}
+
+/// The transaction an HTTP hook call is about: what the `http_*` host
+/// functions read and change. The HTTP layer implements it; the values it
+/// hands out are copied into the module's buffers before the call returns.
+pub trait TxnAccess {
+    /// The transaction's handle (`molt_event.handle` of the hook).
+    fn id(&self) -> u64;
+    /// Pass an item (`MOLT_HTTP_ITEM_*`) to `f`.
+    fn get(&self, item: u32, f: &mut dyn FnMut(&[u8])) -> ServiceResult<()>;
+    /// Pass the `index`-th value of header `name` of message `msg` to `f`.
+    fn header_get(&self, msg: u32, name: &[u8], index: u32, f: &mut dyn FnMut(&[u8])) -> ServiceResult<()>;
+    /// Set, add or remove header fields.
+    fn header_set(&self, msg: u32, mode: u32, name: &[u8], value: &[u8]) -> ServiceResult<()>;
+    /// Rewrite the request target.
+    fn set_target(&self, target: &[u8]) -> ServiceResult<()>;
+    /// Answer the request here.
+    fn respond(&self, status: u32, content_type: &[u8], body: &[u8]) -> ServiceResult<()>;
+    /// Choose the upstream group.
+    fn upstream_select(&self, group: &[u8]) -> ServiceResult<()>;
 }
 
 /// The services of a call made outside any worker (the loader's init and
@@ -209,6 +243,15 @@ impl Services for Detached {
     fn user_arg_get(&self, _: &CallFrame<'_>, _: u64, _: u32) -> ServiceResult<u64> {
         detached("user_arg_get")
     }
+    fn conn_write(&self, _: &CallFrame<'_>, _: u64, _: &[u8]) -> ServiceResult<()> {
+        detached("conn_write")
+    }
+    fn conn_close(&self, _: &CallFrame<'_>, _: u64) -> ServiceResult<()> {
+        detached("conn_close")
+    }
+    fn conn_connect(&self, _: &CallFrame<'_>, _: &str) -> ServiceResult<u64> {
+        detached("conn_connect")
+    }
 }
 
 /// Where a call into a module runs: its worker's services and reply sink.
@@ -223,12 +266,14 @@ pub struct CallEnv<'a> {
     /// The counted reference of the version being called: what the call
     /// creates is charged to it. `None` outside workers.
     pub owner: Option<&'a VersionRef>,
+    /// The transaction of an HTTP hook call.
+    pub txn: Option<&'a dyn TxnAccess>,
 }
 
 impl<'a> CallEnv<'a> {
     /// An environment outside any worker, collecting host replies in `replies`.
     pub fn detached(replies: Option<&'a dyn ReplySink>) -> CallEnv<'a> {
-        CallEnv { services: &Detached, worker: u32::MAX, replies, owner: None }
+        CallEnv { services: &Detached, worker: u32::MAX, replies, owner: None, txn: None }
     }
 }
 

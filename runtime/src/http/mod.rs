@@ -6,3 +6,9 @@
 
 pub mod chunked;
 pub mod head;
+mod proxy;
+pub mod site;
+pub mod txn;
+
+pub use proxy::{BODY_BUF, HttpLayer, HttpStats};
+pub use site::{HttpLimits, HttpRoute, HttpSite};

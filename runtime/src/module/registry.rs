@@ -201,6 +201,9 @@ pub struct Registry {
     settings: Mutex<RegistrySettings>,
     kept_dir: PathBuf,
     active: Mutex<Option<Arc<Generation>>>,
+    /// Bumped after every change of `active`: the data path re-reads the
+    /// active generation (a lock) only when this moved.
+    epoch: crate::sync::AtomicU64,
     previous: Mutex<Option<Vec<ModuleConfig>>>,
     reload_lock: Mutex<()>,
     history: Mutex<VecDeque<ReloadRecord>>,
@@ -229,6 +232,7 @@ impl Registry {
             settings: Mutex::new(settings),
             kept_dir,
             active: Mutex::new(None),
+            epoch: crate::sync::AtomicU64::new(0),
             previous: Mutex::new(None),
             reload_lock: Mutex::new(()),
             history: Mutex::new(VecDeque::new()),
@@ -241,6 +245,11 @@ impl Registry {
     /// Replace the settings (a reload of the config may change them).
     pub fn set_settings(&self, s: RegistrySettings) {
         *self.settings.lock() = s;
+    }
+
+    /// A number that changes whenever the active generation does.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(crate::sync::Ordering::Acquire)
     }
 
     /// The active generation.
@@ -330,6 +339,7 @@ impl Registry {
         };
         let generation = Arc::new(Generation { id: generation_id, reload_id, entries });
         *self.active.lock() = Some(generation.clone());
+        self.epoch.fetch_add(1, crate::sync::Ordering::Release);
         self.counters.lock().1 = generation_id;
         record.ok = true;
         record.generation = Some(generation_id);
@@ -555,6 +565,7 @@ impl Registry {
     /// Drop the active generation (shutdown).
     pub fn clear(&self) {
         self.active.lock().take();
+        self.epoch.fetch_add(1, crate::sync::Ordering::Release);
         self.deadlines.lock().clear();
     }
 

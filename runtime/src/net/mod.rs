@@ -16,4 +16,4 @@ mod listener;
 mod proxy;
 
 pub use listener::bind_reuseport;
-pub use proxy::{Net, TcpRoute, TcpStats};
+pub use proxy::{Net, TcpLayer, TcpRoute, TcpStats};

@@ -5,7 +5,9 @@ use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
-use mio::{Interest, Registry, Token};
+use mio::{Interest, Registry};
+
+use crate::worker::io;
 
 use crate::sync::{AtomicU64, Ordering};
 
@@ -154,6 +156,7 @@ struct Route {
 
 /// One worker's listeners and pairs.
 pub struct Net {
+    layer: usize,
     routes: Vec<Route>,
     pairs: Vec<Option<Pair>>,
     free: Vec<usize>,
@@ -164,6 +167,7 @@ pub struct Net {
 impl Net {
     /// Register `listeners` (one per route, bound by [`super::bind_reuseport`]).
     pub fn new(
+        layer: usize,
         registry: &Registry,
         routes: Vec<(TcpRoute, std::net::TcpListener)>,
         stats: std::sync::Arc<TcpStats>,
@@ -171,11 +175,11 @@ impl Net {
         let mut out = Vec::with_capacity(routes.len());
         for (i, (cfg, l)) in routes.into_iter().enumerate() {
             let mut listener = TcpListener::from_std(l);
-            registry.register(&mut listener, Token(i), Interest::READABLE)?;
+            registry.register(&mut listener, io::token(layer, i), Interest::READABLE)?;
             let n = cfg.upstreams.len();
             out.push(Route { cfg, listener, next: 0, failed_until: vec![None; n] });
         }
-        Ok(Net { routes: out, pairs: Vec::new(), free: Vec::new(), stats, last_sweep: Instant::now() })
+        Ok(Net { layer, routes: out, pairs: Vec::new(), free: Vec::new(), stats, last_sweep: Instant::now() })
     }
 
     /// Whether anything is registered (the loop polls only then).
@@ -184,11 +188,11 @@ impl Net {
     }
 
     /// Handle one readiness event.
-    pub fn on_event(&mut self, registry: &Registry, token: Token) {
-        if token.0 < PAIR_BASE {
-            self.accept(registry, token.0);
+    pub fn on_event(&mut self, registry: &Registry, token: usize) {
+        if token < PAIR_BASE {
+            self.accept(registry, token);
         } else {
-            let idx = (token.0 - PAIR_BASE) / 2;
+            let idx = (token - PAIR_BASE) / 2;
             self.pump(registry, idx);
         }
     }
@@ -279,8 +283,8 @@ impl Net {
     fn register(&mut self, registry: &Registry, idx: usize) -> std::io::Result<()> {
         let p = self.pairs[idx].as_mut().ok_or(ErrorKind::NotFound)?;
         let rw = Interest::READABLE | Interest::WRITABLE;
-        registry.register(&mut p.client, Token(PAIR_BASE + 2 * idx), rw)?;
-        registry.register(&mut p.upstream, Token(PAIR_BASE + 2 * idx + 1), rw)
+        registry.register(&mut p.client, io::token(self.layer, PAIR_BASE + 2 * idx), rw)?;
+        registry.register(&mut p.upstream, io::token(self.layer, PAIR_BASE + 2 * idx + 1), rw)
     }
 
     fn pump(&mut self, registry: &Registry, idx: usize) {
@@ -349,7 +353,11 @@ impl Net {
             Some((mut s, addr, t)) => {
                 let p = self.pairs[idx].as_mut().expect("pair");
                 if registry
-                    .register(&mut s, Token(PAIR_BASE + 2 * idx + 1), Interest::READABLE | Interest::WRITABLE)
+                    .register(
+                        &mut s,
+                        io::token(self.layer, PAIR_BASE + 2 * idx + 1),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
                     .is_err()
                 {
                     return self.close(registry, idx);
@@ -389,5 +397,35 @@ impl Net {
                 self.close(registry, idx);
             }
         }
+    }
+}
+
+/// The TCP proxy as a worker layer.
+pub struct TcpLayer {
+    net: std::cell::RefCell<Net>,
+    registry: Registry,
+}
+
+impl TcpLayer {
+    /// The layer at position `layer` over `registry` (the worker's poller).
+    pub fn new(
+        layer: usize,
+        registry: &Registry,
+        routes: Vec<(TcpRoute, std::net::TcpListener)>,
+        stats: std::sync::Arc<TcpStats>,
+    ) -> std::io::Result<TcpLayer> {
+        let net = Net::new(layer, registry, routes, stats)?;
+        Ok(TcpLayer { net: std::cell::RefCell::new(net), registry: registry.try_clone()? })
+    }
+}
+
+impl io::Io for TcpLayer {
+    fn ready(&self, _core: &crate::worker::WorkerCore, token: usize) {
+        self.net.borrow_mut().on_event(&self.registry, token);
+    }
+
+    fn tick(&self, _core: &crate::worker::WorkerCore, _now: Instant) -> bool {
+        self.net.borrow_mut().sweep(&self.registry);
+        false
     }
 }

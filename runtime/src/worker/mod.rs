@@ -20,6 +20,7 @@
 
 pub mod event;
 pub mod inbox;
+pub mod io;
 pub mod sleep;
 pub mod timer;
 
@@ -76,8 +77,6 @@ fn bump(c: &AtomicU64) {
 /// The part of a worker other threads see.
 pub struct WorkerShared {
     index: u32,
-    /// The TCP proxy's counters on this worker.
-    tcp: std::sync::Arc<crate::net::TcpStats>,
     inbox: Inbox<Remote>,
     sleeper: CachePadded<Sleeper>,
     waker: mio::Waker,
@@ -89,7 +88,6 @@ impl WorkerShared {
     pub(crate) fn new(index: u32, waker: mio::Waker, capacity: u32) -> WorkerShared {
         WorkerShared {
             index,
-            tcp: std::sync::Arc::default(),
             inbox: Inbox::new(),
             sleeper: CachePadded::new(Sleeper::new()),
             waker,
@@ -106,11 +104,6 @@ impl WorkerShared {
     /// Its counters.
     pub fn stats(&self) -> &WorkerStats {
         &self.stats
-    }
-
-    /// Its TCP proxy counters.
-    pub fn tcp(&self) -> &crate::net::TcpStats {
-        &self.tcp
     }
 
     /// Its slot table.
@@ -156,6 +149,22 @@ pub struct WorkerCore {
     holding: Cell<bool>,
     /// Events held for them, in arrival order.
     parked: RefCell<VecDeque<Event>>,
+    /// The socket layers (set once when the loop starts).
+    io: std::cell::OnceCell<Vec<Box<dyn io::Io>>>,
+}
+
+/// What [`WorkerCore::call_now`] did.
+#[derive(Debug)]
+pub enum CallNow {
+    /// The handler ran and returned success.
+    Done,
+    /// The handler ran and failed (or panicked).
+    Failed(crate::module::CallError),
+    /// The continuation's version is held (a state migration of its
+    /// module): nothing ran; call again later.
+    Held,
+    /// The continuation is not live here.
+    Stale,
 }
 
 impl WorkerCore {
@@ -174,12 +183,18 @@ impl WorkerCore {
             held: RefCell::new(Vec::new()),
             holding: Cell::new(false),
             parked: RefCell::new(VecDeque::new()),
+            io: std::cell::OnceCell::new(),
         }
     }
 
     /// This worker's index.
     pub fn index(&self) -> u32 {
         self.shared.index
+    }
+
+    /// The runtime this worker belongs to.
+    pub fn runtime(&self) -> &Arc<RuntimeShared> {
+        &self.rt
     }
 
     /// This worker's shared half.
@@ -193,27 +208,24 @@ impl WorkerCore {
     }
 
     /// Run the loop until the runtime shuts down, then end every continuation.
-    pub(crate) fn run(&self, mut poll: mio::Poll, tcp: Vec<(crate::net::TcpRoute, std::net::TcpListener)>) {
+    pub(crate) fn run(&self, mut poll: mio::Poll, setup: Option<io::IoSetup>) {
         let mut events = mio::Events::with_capacity(256);
         let mut idle_since: Option<Instant> = None;
-        let mut net = match crate::net::Net::new(poll.registry(), tcp, self.shared.tcp.clone()) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(worker = self.index(), "cannot register listeners: {e}");
-                crate::net::Net::new(poll.registry(), Vec::new(), self.shared.tcp.clone()).expect("an empty net")
-            }
-        };
+        let layers = setup.map(|f| f(poll.registry(), self.index())).unwrap_or_default();
+        let active = !layers.is_empty();
+        let tick_every = layers.iter().map(|l| l.tick_every()).min().unwrap_or(Duration::from_millis(50));
+        let _ = self.io.set(layers);
         loop {
             let mut worked = false;
-            if net.is_active() {
+            if active {
                 // Sockets are edge-triggered: a zero-timeout poll each turn.
                 if poll.poll(&mut events, Some(Duration::ZERO)).is_ok() {
                     for ev in events.iter() {
                         worked = true;
-                        net.on_event(poll.registry(), ev.token());
+                        self.io_ready(ev.token());
                     }
                 }
-                net.sweep(poll.registry());
+                worked |= self.io_tick();
             }
             worked |= self.turn();
             if self.rt.is_shutting_down() {
@@ -235,15 +247,15 @@ impl WorkerCore {
                 continue;
             }
             let mut timeout = self.local.borrow().timers.timeout(Instant::now());
-            if net.is_active() {
-                // Wake for the idle sweep.
-                timeout = Some(timeout.map_or(Duration::from_millis(50), |t| t.min(Duration::from_millis(50))));
+            if active {
+                // Wake for the layers' timeouts.
+                timeout = Some(timeout.map_or(tick_every, |t| t.min(tick_every)));
             }
             bump(&self.shared.stats.parks);
             match poll.poll(&mut events, timeout) {
                 Ok(()) => {
                     for ev in events.iter() {
-                        net.on_event(poll.registry(), ev.token());
+                        self.io_ready(ev.token());
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -253,6 +265,32 @@ impl WorkerCore {
             idle_since = None;
         }
         self.end_all();
+    }
+
+    fn layers(&self) -> &[Box<dyn io::Io>] {
+        self.io.get().map_or(&[], |v| v.as_slice())
+    }
+
+    fn io_ready(&self, token: mio::Token) {
+        let layer = token.0 >> io::TOKEN_BITS;
+        if let Some(l) = self.layers().get(layer) {
+            l.ready(self, token.0 & ((1 << io::TOKEN_BITS) - 1));
+        }
+    }
+
+    fn io_tick(&self) -> bool {
+        let now = Instant::now();
+        let mut worked = false;
+        for l in self.layers() {
+            worked |= l.tick(self, now);
+        }
+        worked
+    }
+
+    fn layer_of(&self, conn: u64) -> ServiceResult<(&dyn io::Io, u64)> {
+        io::split_handle(conn)
+            .and_then(|(i, h)| self.layers().get(i).map(|l| (l.as_ref(), h)))
+            .ok_or_else(|| (MOLT_ERR_STALE, format!("connection {conn:#x} is not open on worker {}", self.index())))
     }
 
     fn has_work(&self) -> bool {
@@ -336,6 +374,10 @@ impl WorkerCore {
     }
 
     fn install(&self, s: Spawn) {
+        self.install_with(s, true);
+    }
+
+    fn install_with(&self, s: Spawn, start: bool) {
         let id = id::encode(self.index(), s.slot, s.generation);
         let mut l = self.local.borrow_mut();
         let pending = match std::mem::replace(l.slab.get_mut(s.slot), Slot::Free) {
@@ -351,7 +393,9 @@ impl WorkerCore {
             ending: false,
             user_args: None,
         }));
-        l.runq.push_back(Event::bare(MOLT_EV_START, id, s.source, s.tag));
+        if start {
+            l.runq.push_back(Event::bare(MOLT_EV_START, id, s.source, s.tag));
+        }
         l.runq.extend(pending);
     }
 
@@ -431,8 +475,13 @@ impl WorkerCore {
         // lives across the call.
         let version: &VersionRef = unsafe { &*version };
         let abi = ev.as_abi();
-        let env =
-            CallEnv { services: self, worker: self.index(), replies: Some(&self.rt.replies), owner: Some(version) };
+        let env = CallEnv {
+            services: self,
+            worker: self.index(),
+            replies: Some(&self.rt.replies),
+            owner: Some(version),
+            txn: None,
+        };
         self.current.set(ev.target);
         // SAFETY: `data` and `handler` are this continuation's, created for
         // (or adopted into) this version; a worker runs one call at a time,
@@ -534,6 +583,93 @@ impl WorkerCore {
         Ok(id::encode(self.index(), slot, generation))
     }
 
+    /// Create a host-owned continuation of `version` on this worker for a
+    /// connection or a transaction: no START (its first event is the
+    /// layer's), data NULL. The caller is this worker, outside module calls.
+    pub fn spawn_host(&self, version: &VersionRef) -> ServiceResult<u64> {
+        let (slot, generation) = self.shared.slots.reserve().ok_or_else(|| full(self.index(), &self.shared.slots))?;
+        let spawn = Spawn {
+            slot,
+            generation,
+            version: version.clone(),
+            handler: None,
+            data: SendPtr(core::ptr::null_mut()),
+            tag: 0,
+            source: 0,
+        };
+        self.install_with(spawn, false);
+        Ok(id::encode(self.index(), slot, generation))
+    }
+
+    /// Call continuation `target` of this worker now, with an event of
+    /// `kind` (the layer's), `handle`, arguments and a borrowed payload;
+    /// `txn` is what the http_* host functions reach during the call. The
+    /// caller is this worker's loop (a layer), outside any module call.
+    pub fn call_now(
+        &self,
+        target: u64,
+        kind: u32,
+        handle: u64,
+        args: (u64, u64),
+        data: &[u8],
+        txn: Option<&dyn crate::host::TxnAccess>,
+    ) -> CallNow {
+        let Some(p) = id::decode(target).filter(|p| p.worker == self.index()) else { return CallNow::Stale };
+        let (version, handler, cdata) = {
+            let mut l = self.local.borrow_mut();
+            match l.slab.get_mut(p.slot) {
+                Slot::Live(c) if c.generation == p.generation && !c.ending => {
+                    if self.holding.get() && self.held.borrow().contains(&c.version.id()) {
+                        return CallNow::Held;
+                    }
+                    (&raw const c.version, c.handler, c.data)
+                }
+                _ => return CallNow::Stale,
+            }
+        };
+        // SAFETY: as in `dispatch`: slots never move, and this one is freed
+        // only after an END, which is never processed inside this call.
+        let version: &VersionRef = unsafe { &*version };
+        let abi = molt_event {
+            size: v1_0::EVENT_SIZE as u32,
+            abi_major: MOLT_ABI_MAJOR,
+            abi_minor: MOLT_ABI_MINOR,
+            kind,
+            flags: 0,
+            target,
+            source: 0,
+            tag: 0,
+            data: if data.is_empty() { core::ptr::null() } else { data.as_ptr() },
+            len: data.len(),
+            handle,
+            arg0: args.0,
+            arg1: args.1,
+        };
+        let env = CallEnv {
+            services: self,
+            worker: self.index(),
+            replies: Some(&self.rt.replies),
+            owner: Some(version),
+            txn,
+        };
+        let outer = self.current.replace(target);
+        // SAFETY: this continuation's handler and data on its home worker,
+        // with no other call for it in flight (the loop is outside any call).
+        let r = unsafe { version.handle_event(env, target, handler, cdata, &abi) };
+        self.current.set(outer);
+        bump(&self.shared.stats.dispatched);
+        match r {
+            Ok(()) => CallNow::Done,
+            Err(e) => {
+                bump(&self.shared.stats.errors);
+                if e.panicked() {
+                    bump(&self.shared.stats.panics);
+                }
+                CallNow::Failed(e)
+            }
+        }
+    }
+
     /// Continuations of this worker owned by version `version`.
     fn conts_of(&self, version: crate::module::VersionId) -> Vec<(u32, u32)> {
         let mut l = self.local.borrow_mut();
@@ -616,8 +752,13 @@ impl WorkerCore {
                 Slot::Live(c) => (c.version.clone(), c.handler, c.data),
                 _ => continue,
             };
-            let env =
-                CallEnv { services: self, worker: self.index(), replies: Some(&self.rt.replies), owner: Some(new) };
+            let env = CallEnv {
+                services: self,
+                worker: self.index(),
+                replies: Some(&self.rt.replies),
+                owner: Some(new),
+                txn: None,
+            };
             self.current.set(id);
             // SAFETY: we are the home worker between this continuation's events.
             let r = unsafe { new.adopt(env, id, old_data, old_ref.meta().version_number) };
@@ -644,6 +785,7 @@ impl WorkerCore {
                     worker: self.index(),
                     replies: Some(&self.rt.replies),
                     owner: Some(&old_ref),
+                    txn: None,
                 };
                 self.current.set(id);
                 // SAFETY: the old version's handler and data for this
@@ -795,6 +937,38 @@ impl Services for WorkerCore {
     fn user_arg_get(&self, frame: &CallFrame<'_>, cont: u64, slot: u32) -> ServiceResult<u64> {
         self.check_context(frame);
         self.with_local_cont(cont, slot, |args| args[slot as usize])
+    }
+
+    fn conn_write(&self, frame: &CallFrame<'_>, conn: u64, data: &[u8]) -> ServiceResult<()> {
+        self.check_context(frame);
+        let (l, h) = self.layer_of(conn)?;
+        l.conn_write(self, h, data)
+    }
+
+    fn conn_close(&self, frame: &CallFrame<'_>, conn: u64) -> ServiceResult<()> {
+        self.check_context(frame);
+        let (l, h) = self.layer_of(conn)?;
+        l.conn_close(self, h)
+    }
+
+    fn conn_connect(&self, frame: &CallFrame<'_>, addr: &str) -> ServiceResult<u64> {
+        self.check_context(frame);
+        let owner = frame.env.owner.ok_or((MOLT_ERR_PHASE, "conn_connect outside a dispatched call".to_owned()))?;
+        let cont = self.current.get();
+        if cont == 0 {
+            return Err((MOLT_ERR_PHASE, "conn_connect needs a continuation to report to".into()));
+        }
+        for (i, l) in self.layers().iter().enumerate() {
+            match l.conn_connect(self, owner, cont, addr) {
+                Ok(h) => return Ok(io::handle(i, h)),
+                Err((MOLT_ERR_UNSUPPORTED, _)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err((
+            MOLT_ERR_UNSUPPORTED,
+            format!("worker {} has no connection layer (configure a [[tcp]] route)", self.index()),
+        ))
     }
 }
 

@@ -1,0 +1,73 @@
+//! Socket layers on a worker's poller.
+//!
+//! The core knows sockets only through this trait: the TCP proxy and the
+//! HTTP proxy are layers built on it (`net/`, `http/`), set up on each
+//! worker's own thread when its loop starts. A layer owns a range of mio
+//! tokens (its index in the top 16 bits) and a range of connection handles
+//! (its index + 1 in the top 8 bits), so the worker routes readiness and
+//! the modules' connection calls to the layer that owns them.
+
+use std::time::{Duration, Instant};
+
+use molt_abi::ffi::*;
+
+use super::WorkerCore;
+use crate::host::ServiceResult;
+use crate::module::VersionRef;
+
+/// Bits of a token that belong to the layer.
+pub const TOKEN_BITS: u32 = 48;
+/// Bits of a connection handle that belong to the layer.
+pub const HANDLE_BITS: u32 = 56;
+
+/// The mio token for a layer's own `token`.
+pub fn token(layer: usize, token: usize) -> mio::Token {
+    debug_assert!(token < 1 << TOKEN_BITS);
+    mio::Token((layer << TOKEN_BITS) | token)
+}
+
+/// The connection handle modules see for a layer's own `handle`.
+pub fn handle(layer: usize, handle: u64) -> u64 {
+    debug_assert!(handle < 1 << HANDLE_BITS && handle != 0);
+    ((layer as u64 + 1) << HANDLE_BITS) | handle
+}
+
+/// Split a module's connection handle into (layer, the layer's handle).
+pub fn split_handle(h: u64) -> Option<(usize, u64)> {
+    let layer = (h >> HANDLE_BITS) as usize;
+    (layer > 0).then(|| (layer - 1, h & ((1 << HANDLE_BITS) - 1)))
+}
+
+fn no_conn<T>(conn: u64) -> ServiceResult<T> {
+    Err((MOLT_ERR_STALE, format!("connection {conn:#x} is not open (closed, or never existed)")))
+}
+
+/// A layer of sockets on one worker. Methods take `&self`: a layer calls
+/// modules, and modules call back into it (`conn_write`...) during those
+/// calls, so a layer keeps no borrow of its own state across a module call.
+pub trait Io {
+    /// Readiness of one of its tokens (the layer's part of it).
+    fn ready(&self, core: &WorkerCore, token: usize);
+    /// Timeouts and deferred work, at least every `tick_every`; whether it did anything.
+    fn tick(&self, core: &WorkerCore, now: Instant) -> bool;
+    /// How soon the layer wants `tick` again when the worker is idle.
+    fn tick_every(&self) -> Duration {
+        Duration::from_millis(50)
+    }
+    /// Queue bytes to a connection.
+    fn conn_write(&self, _core: &WorkerCore, conn: u64, _data: &[u8]) -> ServiceResult<()> {
+        no_conn(conn)
+    }
+    /// Close a connection after its queued bytes.
+    fn conn_close(&self, _core: &WorkerCore, conn: u64) -> ServiceResult<()> {
+        no_conn(conn)
+    }
+    /// Connect to `addr` for continuation `cont` of `owner`; the layer's handle.
+    fn conn_connect(&self, _core: &WorkerCore, _owner: &VersionRef, _cont: u64, _addr: &str) -> ServiceResult<u64> {
+        Err((MOLT_ERR_UNSUPPORTED, "this layer makes no outgoing connections".into()))
+    }
+}
+
+/// Builds a worker's layers on its own thread, given its poller's registry
+/// and its index; the layer at position i owns tokens and handles of index i.
+pub type IoSetup = Box<dyn FnOnce(&mio::Registry, u32) -> Vec<Box<dyn Io>> + Send>;
