@@ -1,6 +1,7 @@
 //! Compiles every C module into a shared library with the ABI's strict flags.
 //!
-//! Sources: `modules/echo_c/*.c` (one library, `libecho_c.so`) and each
+//! Sources: `modules/echo_c/*.c` (`libecho_c.so`), `modules/header_rewrite/*.c`
+//! (`libheader_rewrite.so`) and each
 //! `modules/fixtures/c/fixture_*.c` (one library each). Flags:
 //! `-std=c99 -Wall -Wextra -Werror -pedantic`, `-fvisibility=hidden` and a
 //! version script, so `molt_module_entry_v1` is the only exported symbol.
@@ -22,7 +23,10 @@ fn main() {
     fs::write(&script, "{ global: molt_module_entry_v1; local: *; };\n").expect("write version script");
     println!("cargo:rerun-if-changed={}", include.join("molt.h").display());
 
-    let mut libs: Vec<(String, Vec<PathBuf>)> = vec![("echo_c".to_owned(), c_files(&modules.join("echo_c")))];
+    let mut libs: Vec<(String, Vec<PathBuf>)> = vec![
+        ("echo_c".to_owned(), c_files(&modules.join("echo_c"))),
+        ("header_rewrite".to_owned(), c_files(&modules.join("header_rewrite"))),
+    ];
     for f in c_files(&modules.join("fixtures/c")) {
         let stem = f.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
         if stem.starts_with("fixture_") {
@@ -30,6 +34,7 @@ fn main() {
         }
     }
     println!("cargo:rerun-if-changed={}", modules.join("echo_c").display());
+    println!("cargo:rerun-if-changed={}", modules.join("header_rewrite").display());
     println!("cargo:rerun-if-changed={}", modules.join("fixtures/c").display());
 
     // target/<profile>/build/<pkg>-<hash>/out -> target/<profile>

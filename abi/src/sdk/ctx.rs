@@ -57,8 +57,12 @@ impl<'a, M: Module> Ctx<'a, M> {
         Some(Ctx { raw, api, _module: PhantomData })
     }
 
-    fn ptr(&self) -> *const molt_ctx {
+    pub(crate) fn ptr(&self) -> *const molt_ctx {
         self.raw
+    }
+
+    pub(crate) fn api(&self) -> &'a molt_host_api {
+        self.api
     }
 
     /// The index of the worker thread running this call.
@@ -207,10 +211,10 @@ impl<'a, M: Module> Ctx<'a, M> {
     }
 }
 
-fn unsupported(what: &'static str) -> Error {
+pub(crate) fn unsupported(what: &'static str) -> Error {
     Error::unsupported(format!("the host does not offer {what}"))
 }
 
-fn check(rc: molt_status, what: &'static str) -> Result<()> {
+pub(crate) fn check(rc: molt_status, what: &'static str) -> Result<()> {
     if rc == MOLT_OK { Ok(()) } else { Err(Error::from_host(rc, what)) }
 }

@@ -14,6 +14,22 @@ pub enum EventKind {
     Timer,
     /// The version is draining.
     Drain,
+    /// (1.1) A connection opened; `handle` is it, `data` the peer address.
+    ConnOpen,
+    /// (1.1) Bytes arrived on connection `handle`.
+    ConnData,
+    /// (1.1) Connection `handle` closed.
+    ConnClosed,
+    /// (1.1) Connection `handle` can take more writes.
+    ConnWritable,
+    /// (1.1) HTTP: the request head arrived (`handle`: the transaction).
+    HttpRequest,
+    /// (1.1) HTTP: choose the upstream.
+    HttpUpstream,
+    /// (1.1) HTTP: the response head is about to be sent (`arg0`: status).
+    HttpResponse,
+    /// (1.1) HTTP: the transaction is over (`arg0`: status, `arg1`: body bytes).
+    HttpTxnEnd,
     /// A kind this SDK does not know (ignore it).
     Other(u32),
 }
@@ -60,6 +76,14 @@ impl<'a> Event<'a> {
             MOLT_EV_MESSAGE => EventKind::Message,
             MOLT_EV_TIMER => EventKind::Timer,
             MOLT_EV_DRAIN => EventKind::Drain,
+            MOLT_EV_CONN_OPEN => EventKind::ConnOpen,
+            MOLT_EV_CONN_DATA => EventKind::ConnData,
+            MOLT_EV_CONN_CLOSED => EventKind::ConnClosed,
+            MOLT_EV_CONN_WRITABLE => EventKind::ConnWritable,
+            MOLT_EV_HTTP_REQUEST => EventKind::HttpRequest,
+            MOLT_EV_HTTP_UPSTREAM => EventKind::HttpUpstream,
+            MOLT_EV_HTTP_RESPONSE => EventKind::HttpResponse,
+            MOLT_EV_HTTP_TXN_END => EventKind::HttpTxnEnd,
             k => EventKind::Other(k),
         };
         Event {

@@ -39,12 +39,14 @@ mod config;
 mod ctx;
 mod desc;
 mod event;
+mod http;
 mod state;
 
 pub use config::Config;
 pub use ctx::{ContId, Ctx, Level, TimerId};
 pub use desc::{StaticDesc, entry};
 pub use event::{Event, EventKind};
+pub use http::{Msg, Txn};
 pub use state::{Migration, StateBlock};
 
 use core::ffi::CStr;
@@ -69,6 +71,11 @@ impl Error {
     /// `MOLT_ERR_FAILED` with a message.
     pub fn failed(message: impl Into<Cow<'static, str>>) -> Error {
         Error::new(Status::Failed, message)
+    }
+
+    /// `MOLT_ERR_INVALID_ARG` with a message (bad config, bad input).
+    pub fn invalid(message: impl Into<Cow<'static, str>>) -> Error {
+        Error::new(Status::InvalidArg, message)
     }
 
     /// `MOLT_ERR_UNSUPPORTED` with a message.

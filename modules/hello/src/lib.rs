@@ -1,14 +1,18 @@
-//! `hello`: answers every message with a greeting that carries its version.
+//! `hello`: answers with a greeting that carries its version.
 //!
-//! A message with payload `P` from continuation `S` gets, back at `S` with
-//! the same tag, `"<greeting> from hello <version>: P"`. The greeting is the
-//! config key `greeting` (default `hello`).
+//! - A message with payload `P` from continuation `S` gets, back at `S` with
+//!   the same tag, `"<greeting> from hello <version>: P"`.
+//! - On an HTTP route, it answers every request itself (the REQUEST hook):
+//!   `200 text/plain` with `"<greeting> from hello <version>\n"`, so the
+//!   built-in default serves HTTP with nothing else running.
+//!
+//! The greeting is the config key `greeting` (default `hello`).
 #![forbid(unsafe_code)]
 
 use core::ffi::CStr;
 
 use molt_abi::molt_module;
-use molt_abi::sdk::{Config, Ctx, Event, Module, Result};
+use molt_abi::sdk::{Config, Ctx, Event, EventKind, Module, Result};
 
 /// The instance: the greeting from config.
 pub struct Hello {
@@ -28,6 +32,11 @@ impl Module for Hello {
     }
 
     fn handle_event(&self, ctx: &Ctx<'_, Self>, _cont: Option<&mut ()>, event: &Event<'_>) -> Result<()> {
+        if event.kind == EventKind::HttpRequest {
+            let version = Self::VERSION.to_str().unwrap_or("?");
+            let body = format!("{} from hello {version}\n", self.greeting);
+            return ctx.txn(event).respond(200, "text/plain; charset=utf-8", body.as_bytes());
+        }
         if event.is_message() {
             let version = Self::VERSION.to_str().unwrap_or("?");
             let mut reply = format!("{} from hello {version}: ", self.greeting).into_bytes();
