@@ -442,7 +442,8 @@ typedef struct molt_host_api {
      *  (replace them all with one), MOLT_HDR_ADD (append one more) or
      *  MOLT_HDR_REMOVE (value ignored). Framing and hop-by-hop fields
      *  (Content-Length, Transfer-Encoding, Connection, ...) are the host's:
-     *  MOLT_ERR_INVALID_ARG. Names and values are checked for CR, LF, NUL. */
+     *  MOLT_ERR_INVALID_ARG. Names must be tokens; values may hold no control
+     *  character but tab. */
     molt_status (*http_header_set)(const molt_ctx *ctx, uint64_t txn, uint32_t msg, uint32_t mode,
                                    const char *name, size_t name_len, const char *value, size_t value_len);
 

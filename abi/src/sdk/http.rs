@@ -23,7 +23,10 @@ pub struct Txn<'c, 'a, M> {
 
 /// Copy a host value through a (buf, cap, out_len) call, growing once if
 /// the value is longer than the stack buffer. `Ok(None)`: not found.
-fn fetch(mut call: impl FnMut(*mut core::ffi::c_char, usize, &mut usize) -> molt_status, what: &'static str) -> Result<Option<Vec<u8>>> {
+fn fetch(
+    mut call: impl FnMut(*mut core::ffi::c_char, usize, &mut usize) -> molt_status,
+    what: &'static str,
+) -> Result<Option<Vec<u8>>> {
     let mut buf = [0u8; 512];
     let mut len = 0usize;
     let rc = call(buf.as_mut_ptr().cast(), buf.len(), &mut len);
@@ -133,7 +136,16 @@ impl<M: Module> Txn<'_, '_, M> {
         let f = crate::api_get!(self.ctx.api(), http_header_set).ok_or_else(|| unsupported("http_header_set"))?;
         // SAFETY: host function called with the current ctx and strings valid across the call.
         let rc = unsafe {
-            f(self.ctx.ptr(), self.id, msg as u32, mode, name.as_ptr().cast(), name.len(), value.as_ptr().cast(), value.len())
+            f(
+                self.ctx.ptr(),
+                self.id,
+                msg as u32,
+                mode,
+                name.as_ptr().cast(),
+                name.len(),
+                value.as_ptr().cast(),
+                value.len(),
+            )
         };
         check(rc, "http_header_set")
     }
@@ -165,7 +177,15 @@ impl<M: Module> Txn<'_, '_, M> {
         let f = crate::api_get!(self.ctx.api(), http_respond).ok_or_else(|| unsupported("http_respond"))?;
         // SAFETY: host function called with the current ctx and buffers valid across the call.
         let rc = unsafe {
-            f(self.ctx.ptr(), self.id, status, content_type.as_ptr().cast(), content_type.len(), body.as_ptr(), body.len())
+            f(
+                self.ctx.ptr(),
+                self.id,
+                status,
+                content_type.as_ptr().cast(),
+                content_type.len(),
+                body.as_ptr(),
+                body.len(),
+            )
         };
         check(rc, "http_respond")
     }

@@ -85,7 +85,9 @@ impl RateLimit {
 fn number(config: &Config<'_>, key: &str, default: u64) -> Result<u64> {
     match config.get(key) {
         None => Ok(default),
-        Some(v) => v.parse().map_err(|_| Error::invalid(format!("rate_limit: config key `{key}`: {v:?} is not a whole number"))),
+        Some(v) => v
+            .parse()
+            .map_err(|_| Error::invalid(format!("rate_limit: config key `{key}`: {v:?} is not a whole number"))),
     }
 }
 
@@ -108,7 +110,10 @@ impl Module for RateLimit {
             )));
         }
         let block = ctx.state_block("buckets", (HEADER_U64S as u64 + 2 * buckets) * 8)?;
-        ctx.info(&format!("rate_limit ready: {rate}/s, burst {burst}, {} buckets", (block.len() / 8 - HEADER_U64S as u64) / 2));
+        ctx.info(&format!(
+            "rate_limit ready: {rate}/s, burst {burst}, {} buckets",
+            (block.len() / 8 - HEADER_U64S as u64) / 2
+        ));
         Ok(RateLimit { block, rate, burst_units: burst * UNIT })
     }
 

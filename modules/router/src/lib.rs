@@ -38,7 +38,11 @@ impl Router {
                 return self.default.as_deref();
             }
         }
-        self.paths.iter().find(|(p, _)| path.starts_with(p.as_str())).map(|(_, g)| g.as_str()).or(self.default.as_deref())
+        self.paths
+            .iter()
+            .find(|(p, _)| path.starts_with(p.as_str()))
+            .map(|(_, g)| g.as_str())
+            .or(self.default.as_deref())
     }
 }
 

@@ -239,6 +239,10 @@ struct Txn {
     up_reusable: bool,
     /// Why the last upstream attempt failed: 502 (refused, reset) or 504 (timeout).
     fail_status: u16,
+    /// The current upstream connection came from the pool.
+    reused: bool,
+    /// A pooled connection failed and the request went out again once.
+    retried: bool,
 }
 
 struct Client {
@@ -561,6 +565,8 @@ impl HttpLayer {
             sent_body: 0,
             up_reusable: false,
             fail_status: 502,
+            reused: false,
+            retried: false,
         });
         t.req_body = Framing::of(t.data.req.body);
         let answer = |t: &mut Txn, a: Answer| {
@@ -817,10 +823,11 @@ impl HttpLayer {
                 u.owner = Some(idx);
             }
             t.up = Some(up);
+            t.reused = reused;
             t.data.upstream_addr = Some(addr);
             t.up_since = Instant::now();
             if t.head_copy.is_empty() {
-                t.head_copy = request_bytes(&t.data.req, c.peer);
+                t.head_copy = request_bytes(&t.data.req, c.peer, addr);
             }
             t.up_out.clear();
             t.up_out_pos = 0;
@@ -904,8 +911,9 @@ impl HttpLayer {
     /// The upstream failed before its response began: another server (or
     /// a fresh connection) when the request can be sent again, else an error.
     fn upstream_failed(&self, c: &mut Client, site: &HttpSite, t: &mut Txn, timeout: bool) {
-        let reused =
-            t.up.is_some_and(|u| self.ups.borrow()[u].as_ref().is_some_and(|u| u.connected)) && t.data.resp.is_none();
+        // A pooled connection the server closed as we reused it: once, the
+        // same server on a fresh connection (the keep-alive race).
+        let reused = t.reused && !t.retried && t.up_in.is_empty();
         let g = t.data.group.unwrap_or(0);
         if let (Some(addr), false) = (t.data.upstream_addr, reused) {
             if let Some(i) = site.groups[g].1.iter().position(|a| *a == addr) {
@@ -918,8 +926,8 @@ impl HttpLayer {
         let replayable = t.req_seen == 0 && !matches!(t.req_body, Framing::Chunked(ref d) if d.total > 0);
         if replayable && !timeout {
             if reused {
-                // A pooled connection the server closed: same server, fresh connection.
                 t.tried = t.tried.saturating_sub(1);
+                t.retried = true;
             }
             t.stage = Stage::Connect;
         } else {
@@ -1274,7 +1282,7 @@ fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 
 /// The request head sent upstream: hop-by-hop fields dropped, framing ours,
 /// the client added to X-Forwarded-For.
-fn request_bytes(req: &RequestHead, peer: SocketAddr) -> Vec<u8> {
+fn request_bytes(req: &RequestHead, peer: SocketAddr, upstream: SocketAddr) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
@@ -1305,6 +1313,10 @@ fn request_bytes(req: &RequestHead, peer: SocketAddr) -> Vec<u8> {
     }
     v.extend_from_slice(peer.ip().to_string().as_bytes());
     put_header(&mut out, "X-Forwarded-For", &v);
+    if req.host.is_none() {
+        // An HTTP/1.0 request may come without Host; HTTP/1.1 upstream needs one.
+        put_header(&mut out, "Host", upstream.to_string().as_bytes());
+    }
     match req.body {
         Body::Length(n) => put_header(&mut out, "Content-Length", n.to_string().as_bytes()),
         Body::Chunked => put_header(&mut out, "Transfer-Encoding", b"chunked"),

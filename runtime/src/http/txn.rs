@@ -83,8 +83,9 @@ fn valid_name(name: &[u8]) -> bool {
     !name.is_empty() && name.iter().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
 }
 
+/// A field value: visible characters, spaces, tabs and obs-text; no other controls.
 fn valid_value(v: &[u8]) -> bool {
-    !v.iter().any(|b| *b == b'\r' || *b == b'\n' || *b == 0)
+    v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 fn invalid(what: String) -> (molt_status, String) {
@@ -180,7 +181,7 @@ impl TxnAccess for View<'_> {
             return Err(invalid(format!("header {name} belongs to the host (framing or hop-by-hop)")));
         }
         if !valid_value(value) {
-            return Err(invalid(format!("the value for header {name} has CR, LF or NUL")));
+            return Err(invalid(format!("the value for header {name} has a control character")));
         }
         let mut t = self.t.borrow_mut();
         let t = &mut **t;
@@ -242,7 +243,7 @@ impl TxnAccess for View<'_> {
             return Err(invalid(format!("status {status} is not in 200..599")));
         }
         if !valid_value(content_type) {
-            return Err(invalid("the Content-Type has CR, LF or NUL".into()));
+            return Err(invalid("the Content-Type has a control character".into()));
         }
         let mut headers = Vec::new();
         if !content_type.is_empty() {

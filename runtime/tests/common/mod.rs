@@ -2,6 +2,8 @@
 //! built by cargo (Rust modules) and by the molt-c-modules build script (C).
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
