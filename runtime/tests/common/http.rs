@@ -31,6 +31,7 @@ pub struct BackendStats {
 /// - `/chunked`: the request body back in chunks of at most 1000 bytes.
 /// - `/big/<n>`: n bytes of 'x', Content-Length, written in 64 KiB pieces.
 /// - `/sink`: reads the body, answers "received <n>".
+/// - `/delay/<ms>`: like `/echo`, after sleeping `ms`.
 /// - `/slow`: never answers (holds the connection).
 /// - `/close`: the body "until close" without framing, then closes.
 pub fn backend(name: &'static str) -> (SocketAddr, Arc<BackendStats>) {
@@ -113,6 +114,7 @@ fn read_body(s: &mut TcpStream, buf: &mut Vec<u8>, body: Body, keep: bool) -> Op
 }
 
 fn serve(name: &str, conn: u64, mut s: TcpStream, st: &BackendStats) {
+    let _ = s.set_nodelay(true);
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     let limits = Limits { max_head_bytes: 64 * 1024, max_headers: 200 };
@@ -167,6 +169,10 @@ fn serve(name: &str, conn: u64, mut s: TcpStream, st: &BackendStats) {
             let text = format!("received {total}");
             head.push_str(&format!("Content-Length: {}\r\n\r\n{text}", text.len()));
             s.write_all(head.as_bytes())
+        } else if let Some(ms) = path.strip_prefix("/delay/") {
+            std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+            head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+            s.write_all(head.as_bytes()).and_then(|_| s.write_all(&body))
         } else if path.starts_with("/slow") {
             std::thread::sleep(Duration::from_secs(30));
             return;
