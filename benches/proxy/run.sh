@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# The proxy bench: molt and nginx as reverse proxies in front of the same
+# backend, with the same number of workers, measured by wrk in alternating
+# rounds (A B A B ...). molt runs a chain of three modules on the route
+# (rate_limit, header_rewrite, router); nginx does the equivalent work in its
+# own config (adds a request and a response header, keep-alive upstream pool).
+#
+#   benches/proxy/run.sh [--rounds N] [--duration S] [--connections C] [--workers W]
+#
+# Installs wrk and nginx from Debian when missing (apt-get; needs root or
+# sudo). Everything listens on 127.0.0.1 and stops by itself.
+set -euo pipefail
+
+ROUNDS=3 DURATION=10 CONNS=64 WORKERS=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --connections) CONNS=$2; shift 2 ;;
+    --workers) WORKERS=$2; shift 2 ;;
+    *) echo "usage: $0 [--rounds N] [--duration S] [--connections C] [--workers W]" >&2; exit 2 ;;
+  esac
+done
+
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  echo "installing ${need[*]} from Debian" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release --workspace --quiet
+BIN=$ROOT/target/release
+
+WORK=$(mktemp -d /tmp/molt-proxy-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+BACKEND=127.0.0.1:18500 MOLT=127.0.0.1:18501 NGX=127.0.0.1:18502
+
+# The backend: nginx answering a fixed 64-byte body, one worker, keep-alive.
+mkdir -p "$WORK/backend" "$WORK/nginx"
+cat >"$WORK/backend/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/backend/nginx.pid;
+error_log $WORK/backend/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $WORK/backend/tmp;
+  server {
+    listen $BACKEND;
+    location / { return 200 "0123456789012345678901234567890123456789012345678901234567890123"; }
+  }
+}
+CONF
+"$NGINX" -c "$WORK/backend/nginx.conf" -p "$WORK/backend" &
+PIDS+=($!)
+
+# nginx as the reverse proxy.
+cat >"$WORK/nginx/nginx.conf" <<CONF
+worker_processes $WORKERS;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $WORK/nginx/tmp;
+  proxy_temp_path $WORK/nginx/ptmp;
+  upstream backend { server $BACKEND; keepalive 128; }
+  server {
+    listen $NGX;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Proxy molt-bench;
+      add_header X-Served-By nginx;
+    }
+  }
+}
+CONF
+"$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
+PIDS+=($!)
+
+# molt as the reverse proxy, with a three-module chain.
+cat >"$WORK/molt.toml" <<CONF
+[runtime]
+workers = $WORKERS
+run_dir = "$WORK/run"
+state_file = "$WORK/state.molt"
+state_size_mb = 8
+
+[[modules]]
+name = "rate_limit"
+path = "$BIN/librate_limit.so"
+[modules.config]
+rate = 100000
+burst = 200000
+
+[[modules]]
+name = "header_rewrite"
+path = "$BIN/libheader_rewrite.so"
+[modules.config]
+"request.set.X-Proxy" = "molt-bench"
+"response.set.X-Served-By" = "molt"
+
+[[modules]]
+name = "router"
+path = "$BIN/librouter.so"
+[modules.config]
+default = "backend"
+
+[[http]]
+listen = "$MOLT"
+[http.upstreams]
+backend = ["$BACKEND"]
+[[http.routes]]
+path = "/"
+upstream = "backend"
+modules = ["rate_limit", "header_rewrite", "router"]
+CONF
+"$BIN/molt" run --config "$WORK/molt.toml" >"$WORK/molt.log" 2>&1 &
+PIDS+=($!)
+
+for addr in $BACKEND $MOLT $NGX; do
+  for _ in $(seq 100); do curl -sf "http://$addr/" >/dev/null 2>&1 && break; sleep 0.1; done
+  curl -sf "http://$addr/" >/dev/null || { echo "nothing answers on $addr" >&2; cat "$WORK/molt.log" >&2; exit 1; }
+done
+curl -si "http://$MOLT/" | grep -qi "X-Served-By: molt" || { echo "molt's module chain did not run" >&2; exit 1; }
+
+# wrk's --latency output -> "rps p50_us p99_us"
+measure() {
+  local out
+  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://$1/")
+  local rps p50 p99
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  local errs
+  errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
+  [ -n "$errs" ] && echo "  ($1: $errs)" >&2
+  echo "$rps $(to_us "$p50") $(to_us "$p99")"
+}
+to_us() {
+  awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else if (v ~ /s$/) print n*1000000; else print n }'
+}
+
+echo "proxy bench: $(nproc) CPUs ($(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')), kernel $(uname -r)"
+echo "workers $WORKERS each, wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS rounds A(molt) B(nginx), backend nginx (1 worker, 64-byte body)"
+printf '%-6s %12s %10s %10s   %12s %10s %10s   %8s %8s\n' round molt_rps p50_us p99_us nginx_rps p50_us p99_us rps_x p99_x
+for r in $(seq "$ROUNDS"); do
+  read -r mr m50 m99 < <(measure "$MOLT")
+  read -r nr n50 n99 < <(measure "$NGX")
+  printf '%-6s %12s %10s %10s   %12s %10s %10s   %8s %8s\n' "$r" "$mr" "$m50" "$m99" "$nr" "$n50" "$n99" \
+    "$(awk -v a="$mr" -v b="$nr" 'BEGIN {printf "%.2f", a/b}')" "$(awk -v a="$m99" -v b="$n99" 'BEGIN {printf "%.2f", a/b}')"
+done
+echo "rps_x: molt req/s over nginx's (higher is better for molt); p99_x: molt p99 over nginx's (lower is better)"
