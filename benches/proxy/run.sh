@@ -103,6 +103,7 @@ PIDS+=($!)
 cat >"$WORK/molt.toml" <<CONF
 [runtime]
 workers = $WORKERS
+spin_us = ${MOLT_SPIN_US:-50}
 run_dir = "$WORK/run"
 state_file = "$WORK/state.molt"
 state_size_mb = 8

@@ -148,25 +148,36 @@ fn transfer(framing: &mut Framing, input: &mut Vec<u8>, out: &mut Vec<u8>, chunk
     Ok(moved)
 }
 
-/// Read from `sock` into `buf` until it holds `cap` bytes or `sock` would
-/// block. Ok((bytes read, eof)).
-fn fill(sock: &mut TcpStream, buf: &mut Vec<u8>, cap: usize) -> std::io::Result<(usize, bool)> {
+/// What a read did: bytes, whether it met EOF, and whether the socket is
+/// drained (it would block, or a read came back short), so that reading
+/// again before the next readiness event would only cost a syscall.
+struct Filled {
+    n: usize,
+    eof: bool,
+    drained: bool,
+}
+
+/// Read from `sock` into `buf` until it holds `cap` bytes, the socket is
+/// drained, or EOF; `scratch` is the read buffer (zeroed once, reused).
+fn fill(sock: &mut TcpStream, buf: &mut Vec<u8>, cap: usize, scratch: &mut [u8]) -> std::io::Result<Filled> {
     let mut n = 0;
-    let mut chunk = [0u8; 16 * 1024];
     while buf.len() < cap {
-        let room = (cap - buf.len()).min(chunk.len());
-        match sock.read(&mut chunk[..room]) {
-            Ok(0) => return Ok((n, true)),
+        let room = (cap - buf.len()).min(scratch.len());
+        match sock.read(&mut scratch[..room]) {
+            Ok(0) => return Ok(Filled { n, eof: true, drained: true }),
             Ok(k) => {
-                buf.extend_from_slice(&chunk[..k]);
+                buf.extend_from_slice(&scratch[..k]);
                 n += k;
+                if k < room {
+                    return Ok(Filled { n, eof: false, drained: true });
+                }
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Filled { n, eof: false, drained: true }),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok((n, false))
+    Ok(Filled { n, eof: false, drained: false })
 }
 
 /// Write `buf[*pos..]` to `sock` until done or it would block; bytes written.
@@ -262,6 +273,10 @@ struct Client {
     /// Minor version of the current request (for the response framing).
     minor: u8,
     keep_alive: bool,
+    /// Reading may find something (a readiness event came since it drained).
+    rd: bool,
+    /// The peer closed its side: read until EOF whatever the reads return.
+    hup: bool,
 }
 
 struct Up {
@@ -270,6 +285,12 @@ struct Up {
     connected: bool,
     owner: Option<usize>,
     idle_since: Instant,
+    /// Reading may find something.
+    rd: bool,
+    /// The server closed its side (a readiness event said so).
+    hup: bool,
+    /// EOF was read.
+    eof: bool,
 }
 
 struct Group {
@@ -303,6 +324,8 @@ pub struct HttpLayer {
     retry: RefCell<Vec<usize>>,
     open: Cell<usize>,
     last_sweep: Cell<Instant>,
+    /// The read buffer every read goes through.
+    scratch: RefCell<Box<[u8]>>,
 }
 
 enum Flow {
@@ -353,6 +376,7 @@ impl HttpLayer {
             retry: RefCell::new(Vec::new()),
             open: Cell::new(0),
             last_sweep: Cell::new(Instant::now()),
+            scratch: RefCell::new(vec![0u8; 32 * 1024].into_boxed_slice()),
         })
     }
 
@@ -391,6 +415,8 @@ impl HttpLayer {
                 close: false,
                 minor: 1,
                 keep_alive: true,
+                rd: true,
+                hup: false,
             };
             let idx = self.client_free.borrow_mut().pop().unwrap_or_else(|| {
                 let mut cs = self.clients.borrow_mut();
@@ -451,15 +477,16 @@ impl HttpLayer {
             Some(Stage::Proxy | Stage::Connect) => BODY_BUF,
             Some(_) => 0,
         };
-        if !c.eof && c.inb.len() < cap {
-            match fill(&mut c.sock, &mut c.inb, cap) {
-                Ok((n, eof)) => {
-                    if n > 0 {
+        if c.rd && !c.eof && c.inb.len() < cap {
+            match fill(&mut c.sock, &mut c.inb, cap, &mut self.scratch.borrow_mut()) {
+                Ok(f) => {
+                    if f.n > 0 {
                         moved = true;
                         c.last_read = Instant::now();
                     }
-                    c.eof |= eof;
-                    moved |= eof;
+                    c.rd = !f.drained || (c.hup && !f.eof);
+                    c.eof |= f.eof;
+                    moved |= f.eof;
                 }
                 Err(_) => return Flow::Close,
             }
@@ -856,7 +883,7 @@ impl HttpLayer {
             self.up_free.borrow_mut().push(idx);
             return None;
         }
-        self.ups.borrow_mut()[idx] = Some(Up { sock, addr, connected: false, owner: None, idle_since: Instant::now() });
+        self.ups.borrow_mut()[idx] = Some(Up { sock, addr, connected: false, owner: None, idle_since: Instant::now(), rd: true, hup: false, eof: false });
         Some(idx)
     }
 
@@ -865,11 +892,17 @@ impl HttpLayer {
         loop {
             let idx = self.pool.borrow_mut().get_mut(&addr)?.pop()?;
             let mut ups = self.ups.borrow_mut();
+            // An idle connection gets a readiness event when the server
+            // closes it (up_ready closes it then); one whose event is not
+            // handled yet is checked here.
             let alive = match ups[idx].as_mut() {
-                Some(u) => {
+                Some(u) if u.hup || u.eof => false,
+                Some(u) if u.rd => {
                     let mut b = [0u8; 1];
+                    u.rd = false;
                     matches!(u.sock.read(&mut b), Err(e) if e.kind() == ErrorKind::WouldBlock)
                 }
+                Some(_) => true,
                 None => false,
             };
             drop(ups);
@@ -998,7 +1031,16 @@ impl HttpLayer {
         }
         let wrote = flush(&mut u.sock, &mut t.up_out, &mut t.up_out_pos);
         // Read even after a failed write: the upstream may have answered early.
-        let r = fill(&mut u.sock, &mut t.up_in, site.limits.max_head_bytes + BODY_BUF);
+        let r = if u.rd {
+            fill(&mut u.sock, &mut t.up_in, site.limits.max_head_bytes + BODY_BUF, &mut self.scratch.borrow_mut())
+        } else {
+            Ok(Filled { n: 0, eof: false, drained: true })
+        };
+        if let Ok(f) = &r {
+            u.rd = !f.drained || (u.hup && !f.eof);
+            u.eof |= f.eof;
+        }
+        let up_eof = u.eof;
         drop(ups);
         match wrote {
             Ok(n) => moved |= n > 0,
@@ -1009,12 +1051,12 @@ impl HttpLayer {
             Err(_) => {}
         }
         let eof = match r {
-            Ok((n, eof)) => {
-                if n > 0 {
+            Ok(f) => {
+                if f.n > 0 {
                     moved = true;
                     t.up_since = Instant::now();
                 }
-                eof
+                up_eof
             }
             Err(_) => true,
         };
@@ -1128,10 +1170,19 @@ impl HttpLayer {
         let Some(up) = t.up else { return Flow::Close };
         let mut ups = self.ups.borrow_mut();
         let Some(u) = ups[up].as_mut() else { return Flow::Close };
-        let r = fill(&mut u.sock, &mut t.up_in, BODY_BUF);
+        let r = if u.rd && !u.eof {
+            fill(&mut u.sock, &mut t.up_in, BODY_BUF, &mut self.scratch.borrow_mut())
+        } else {
+            Ok(Filled { n: 0, eof: false, drained: true })
+        };
+        if let Ok(f) = &r {
+            u.rd = !f.drained || (u.hup && !f.eof);
+            u.eof |= f.eof;
+        }
+        let eof = u.eof;
         drop(ups);
         match r {
-            Ok((n, eof)) => {
+            Ok(Filled { n, .. }) => {
                 if n > 0 {
                     moved = true;
                     t.up_since = Instant::now();
@@ -1251,11 +1302,12 @@ impl HttpLayer {
                 // Idle in the pool: the server closed it (or sent what it should not).
                 let mut ups = self.ups.borrow_mut();
                 let gone = match ups[idx].as_mut() {
-                    Some(u) => {
+                    Some(u) if u.rd => {
                         let mut b = [0u8; 1];
+                        u.rd = false;
                         !matches!(u.sock.read(&mut b), Err(e) if e.kind() == ErrorKind::WouldBlock)
                     }
-                    None => false,
+                    _ => false,
                 };
                 drop(ups);
                 if gone {
@@ -1347,17 +1399,37 @@ fn answer_bytes(a: &Answer, method: &str, minor: u8, close: bool) -> Vec<u8> {
 }
 
 impl io::Io for HttpLayer {
-    fn ready(&self, core: &WorkerCore, token: usize) {
+    fn ready(&self, core: &WorkerCore, token: usize, ready: io::Readiness) {
         if token < CLIENT_BASE {
             self.accept(token);
         } else if token < UP_BASE {
-            self.drive(core, token - CLIENT_BASE);
+            let idx = token - CLIENT_BASE;
+            if ready.readable
+                && let Some(c) = self.clients.borrow_mut().get_mut(idx).and_then(Option::as_mut)
+            {
+                c.rd = true;
+                c.hup |= ready.read_closed;
+            }
+            self.drive(core, idx);
         } else {
-            self.up_ready(core, token - UP_BASE);
+            let idx = token - UP_BASE;
+            if ready.readable
+                && let Some(u) = self.ups.borrow_mut().get_mut(idx).and_then(Option::as_mut)
+            {
+                u.rd = true;
+                u.hup |= ready.read_closed;
+            }
+            self.up_ready(core, idx);
         }
     }
 
     fn tick(&self, core: &WorkerCore, now: Instant) -> bool {
+        // The cached generation holds its module versions: let a replaced
+        // one go even when no request comes to refresh it.
+        if self.chains.borrow().epoch != core.runtime().registry().epoch() {
+            let old = std::mem::replace(&mut *self.chains.borrow_mut(), Chains { epoch: u64::MAX, generation: None });
+            drop(old);
+        }
         let retry = std::mem::take(&mut *self.retry.borrow_mut());
         let worked = !retry.is_empty();
         for idx in retry {

@@ -420,7 +420,7 @@ impl TcpLayer {
 }
 
 impl io::Io for TcpLayer {
-    fn ready(&self, _core: &crate::worker::WorkerCore, token: usize) {
+    fn ready(&self, _core: &crate::worker::WorkerCore, token: usize, _ready: io::Readiness) {
         self.net.borrow_mut().on_event(&self.registry, token);
     }
 

@@ -38,6 +38,29 @@ pub fn split_handle(h: u64) -> Option<(usize, u64)> {
     (layer > 0).then(|| (layer - 1, h & ((1 << HANDLE_BITS) - 1)))
 }
 
+/// What a readiness event says of its socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Readiness {
+    /// Reading may make progress (data, EOF or an error is there).
+    pub readable: bool,
+    /// Writing may make progress.
+    pub writable: bool,
+    /// The peer closed its side (or an error came): reading will reach EOF,
+    /// even after a short read.
+    pub read_closed: bool,
+}
+
+impl Readiness {
+    /// The readiness of a mio event.
+    pub fn of(ev: &mio::event::Event) -> Readiness {
+        Readiness {
+            readable: ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+            writable: ev.is_writable() || ev.is_write_closed() || ev.is_error(),
+            read_closed: ev.is_read_closed() || ev.is_error(),
+        }
+    }
+}
+
 fn no_conn<T>(conn: u64) -> ServiceResult<T> {
     Err((MOLT_ERR_STALE, format!("connection {conn:#x} is not open (closed, or never existed)")))
 }
@@ -47,7 +70,7 @@ fn no_conn<T>(conn: u64) -> ServiceResult<T> {
 /// calls, so a layer keeps no borrow of its own state across a module call.
 pub trait Io {
     /// Readiness of one of its tokens (the layer's part of it).
-    fn ready(&self, core: &WorkerCore, token: usize);
+    fn ready(&self, core: &WorkerCore, token: usize, ready: Readiness);
     /// Timeouts and deferred work, at least every `tick_every`; whether it did anything.
     fn tick(&self, core: &WorkerCore, now: Instant) -> bool;
     /// How soon the layer wants `tick` again when the worker is idle.

@@ -222,7 +222,7 @@ impl WorkerCore {
                 if poll.poll(&mut events, Some(Duration::ZERO)).is_ok() {
                     for ev in events.iter() {
                         worked = true;
-                        self.io_ready(ev.token());
+                        self.io_ready(ev);
                     }
                 }
                 worked |= self.io_tick();
@@ -255,7 +255,7 @@ impl WorkerCore {
             match poll.poll(&mut events, timeout) {
                 Ok(()) => {
                     for ev in events.iter() {
-                        self.io_ready(ev.token());
+                        self.io_ready(ev);
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -271,10 +271,10 @@ impl WorkerCore {
         self.io.get().map_or(&[], |v| v.as_slice())
     }
 
-    fn io_ready(&self, token: mio::Token) {
-        let layer = token.0 >> io::TOKEN_BITS;
-        if let Some(l) = self.layers().get(layer) {
-            l.ready(self, token.0 & ((1 << io::TOKEN_BITS) - 1));
+    fn io_ready(&self, ev: &mio::event::Event) {
+        let token = ev.token().0;
+        if let Some(l) = self.layers().get(token >> io::TOKEN_BITS) {
+            l.ready(self, token & ((1 << io::TOKEN_BITS) - 1), io::Readiness::of(ev));
         }
     }
 
