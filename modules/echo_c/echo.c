@@ -2,7 +2,9 @@
  * echo_c: a molt module in C, written against molt.h alone.
  *
  * Every message is sent back to its source with the same tag and payload,
- * prefixed by the config value `prefix` (default: empty). Continuations it
+ * prefixed by the config value `prefix` (default: empty). As the handler of
+ * a [[tcp]] route (ABI 1.1 connection I/O) it echoes the bytes of each
+ * connection the same way. Continuations it
  * creates carry no data. Built with -std=c99 -Wall -Wextra -Werror -pedantic
  * and -fvisibility=hidden: molt_module_entry_v1 is its only exported symbol.
  */
@@ -57,8 +59,18 @@ static molt_status echo_handle_event(const molt_ctx *ctx, void *data, const molt
     molt_status rc;
 
     (void)data;
+    if (ev->kind == MOLT_EV_CONN_DATA && MOLT_API_HAS(ctx->api, conn_write)) {
+        /* A TCP handler (a [[tcp]] route with handler = "echo_c"): bytes back, prefixed. */
+        if (inst->prefix_len > 0) {
+            rc = ctx->api->conn_write(ctx, ev->handle, (const uint8_t *)inst->prefix, inst->prefix_len);
+            if (rc != MOLT_OK) {
+                return rc;
+            }
+        }
+        return ctx->api->conn_write(ctx, ev->handle, ev->data, ev->len);
+    }
     if (ev->kind != MOLT_EV_MESSAGE) {
-        return MOLT_OK; /* START, TIMER, DRAIN, END and unknown kinds: nothing to do */
+        return MOLT_OK; /* START, TIMER, DRAIN, END, CONN_OPEN/CLOSED and unknown kinds: nothing to do */
     }
     if (inst->prefix_len == 0) {
         return ctx->api->cont_send(ctx, ev->source, ev->tag, ev->data, ev->len);

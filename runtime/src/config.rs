@@ -123,7 +123,11 @@ struct RawModule {
 #[serde(deny_unknown_fields)]
 struct RawTcp {
     listen: Spanned<String>,
-    upstreams: Spanned<Vec<String>>,
+    #[serde(default)]
+    upstreams: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    modules: Vec<String>,
+    handler: Option<String>,
     #[serde(default = "default_connect_ms")]
     connect_timeout_ms: u64,
     #[serde(default = "default_idle_ms")]
@@ -450,15 +454,31 @@ impl Config {
                 })
             };
             let listen = addr(&t.listen, "listen")?;
-            let up_line = line_of(src, t.upstreams.span().start);
+            let up_line =
+                t.upstreams.as_ref().map_or(line_of(src, t.listen.span().start), |u| line_of(src, u.span().start));
             let mut upstreams = Vec::new();
-            for u in t.upstreams.get_ref() {
+            let none = Vec::new();
+            for u in t.upstreams.as_ref().map_or(&none, |u| u.get_ref()) {
                 upstreams.push(u.parse().map_err(|_| {
                     err(up_line, format!("key `tcp.upstreams`: {u:?} is not an address like 127.0.0.1:9000"))
                 })?);
             }
-            if upstreams.is_empty() {
-                return Err(err(up_line, "key `tcp.upstreams`: at least one upstream is needed".into()));
+            if upstreams.is_empty() && t.handler.is_none() {
+                return Err(err(
+                    up_line,
+                    "key `tcp.upstreams`: at least one upstream is needed (or a `handler` module)".into(),
+                ));
+            }
+            if t.handler.is_some() && !upstreams.is_empty() {
+                return Err(err(up_line, "keys `tcp.handler` and `tcp.upstreams`: a handler module owns its connections; give one or the other".into()));
+            }
+            for m in t.modules.iter().chain(t.handler.iter()) {
+                if !modules.iter().any(|x| &x.name == m) {
+                    return Err(err(
+                        up_line,
+                        format!("[[tcp]] on {}: module {m:?} is not declared in [[modules]]", t.listen.get_ref()),
+                    ));
+                }
             }
             tcp.push(crate::net::TcpRoute {
                 listen,
@@ -467,6 +487,8 @@ impl Config {
                 idle_timeout: Duration::from_millis(t.idle_timeout_ms),
                 retry_after: Duration::from_millis(t.retry_after_ms),
                 max_connections: t.max_connections,
+                modules: t.modules,
+                handler: t.handler,
             });
         }
         let mut http = Vec::new();

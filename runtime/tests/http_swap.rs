@@ -103,15 +103,17 @@ fn swaps_every_100ms_under_load_lose_nothing() {
                 let path = if i % 4 == 0 { "/delay/250" } else { "/echo" };
                 let body = format!("client {i} request {n}");
                 match c.post(path, body.as_bytes()) {
-                    Some(r) if r.status == 200 && r.text() == body => match check(&r, active.load(Ordering::Acquire), &tally) {
-                        Ok(()) => {
-                            tally.ok.fetch_add(1, Ordering::Relaxed);
+                    Some(r) if r.status == 200 && r.text() == body => {
+                        match check(&r, active.load(Ordering::Acquire), &tally) {
+                            Ok(()) => {
+                                tally.ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                eprintln!("client {i}: {e}");
+                                tally.failed.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
-                        Err(e) => {
-                            eprintln!("client {i}: {e}");
-                            tally.failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    },
+                    }
                     other => {
                         eprintln!("client {i}: request {n} failed: {:?}", other.map(|r| (r.status, r.text())));
                         tally.failed.fetch_add(1, Ordering::Relaxed);

@@ -52,6 +52,8 @@ fn route(upstreams: Vec<SocketAddr>, idle: Duration) -> TcpRoute {
         idle_timeout: idle,
         retry_after: Duration::from_secs(5),
         max_connections: 1000,
+        modules: vec![],
+        handler: None,
     }
 }
 
@@ -181,4 +183,75 @@ fn large_streams_use_bounded_memory() {
     assert_eq!(reader.join().unwrap(), sum, "every byte came back in order");
     let growth = rss_bytes().saturating_sub(before);
     assert!(growth < 32 << 20, "RSS grew {} MiB for a 256 MiB stream", growth >> 20);
+}
+
+fn modules_runtime(dir: &RunDir, routes: Vec<TcpRoute>, modules: &[molt_runtime::config::ModuleConfig]) -> Runtime {
+    let rt = Runtime::start(RuntimeConfig {
+        workers: 2,
+        run_dir: dir.path().to_owned(),
+        tcp: routes,
+        state: molt_runtime::runtime::StateConfig {
+            path: Some(dir.path().join("state.molt")),
+            size: 8 << 20,
+            reset: false,
+        },
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    rt.reload(modules).unwrap();
+    rt
+}
+
+#[test]
+fn a_c_module_handles_tcp_connections_itself() {
+    let dir = RunDir::new("tcp-handler");
+    let mut r = route(vec![], Duration::from_secs(30));
+    r.handler = Some("echo_c".into());
+    let echo = common::module_cfg("echo_c", &common::module_lib("echo_c"), &[("prefix", ">")]);
+    let rt = modules_runtime(&dir, vec![r], &[echo]);
+    let addr = rt.tcp_addrs()[0];
+    let mut conns: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    for round in 0..50 {
+        for (i, c) in conns.iter_mut().enumerate() {
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let msg = format!("conn {i} round {round}");
+            c.write_all(msg.as_bytes()).unwrap();
+            let want = format!(">{msg}");
+            let mut got = vec![0u8; want.len()];
+            c.read_exact(&mut got).unwrap();
+            assert_eq!(String::from_utf8(got).unwrap(), want);
+        }
+    }
+    drop(conns);
+    // Each connection's continuation ends after its CLOSED: the version can go.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rt.shared().versions().iter().any(|v| v.holders.conts.load(Ordering::Relaxed) > 0) {
+        assert!(Instant::now() < deadline, "connection continuations outlived their connections");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(rt.total(|s| &s.context_violations), 0);
+    rt.shutdown();
+}
+
+#[test]
+fn an_accept_hook_rejects_connections() {
+    let dir = RunDir::new("tcp-accept");
+    let mut r = route(vec![echo_server()], Duration::from_secs(30));
+    r.modules = vec!["rate_limit".into()];
+    let rl = common::module_cfg("rate_limit", &common::module_lib("rate_limit"), &[("rate", "1"), ("burst", "3")]);
+    let rt = modules_runtime(&dir, vec![r], &[rl]);
+    let addr = rt.tcp_addrs()[0];
+    let mut served = 0;
+    for _ in 0..6 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(b"ping");
+        let mut b = [0u8; 4];
+        if s.read_exact(&mut b).is_ok() {
+            assert_eq!(&b, b"ping");
+            served += 1;
+        }
+    }
+    assert_eq!(served, 3, "a burst of 3 connections, then rejections");
+    rt.shutdown();
 }

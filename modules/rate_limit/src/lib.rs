@@ -1,5 +1,6 @@
 //! `rate_limit`: token buckets per client address, kept in a state block so
-//! they survive swaps and restarts; a request without a token gets 429.
+//! they survive swaps and restarts; a request without a token gets 429. As an
+//! accept hook of a `[[tcp]]` route it rejects connections instead.
 //!
 //! Config: `rate` (tokens per second, default 100), `burst` (bucket size,
 //! default `rate`), `buckets` (slots when the block is created, default
@@ -96,7 +97,7 @@ impl Module for RateLimit {
     const VERSION: &'static CStr = c"1.0.0";
     const VERSION_NUMBER: u32 = 1;
     const STATE_SCHEMA: u32 = 1;
-    const REQUIRED_HOST_CAPS: u64 = molt_abi::ffi::MOLT_HOST_CAP_HTTP | molt_abi::ffi::MOLT_HOST_CAP_STATE;
+    const REQUIRED_HOST_CAPS: u64 = molt_abi::ffi::MOLT_HOST_CAP_STATE;
     type Cont = ();
 
     fn init(ctx: &Ctx<'_, Self>, config: &Config<'_>) -> Result<Self> {
@@ -118,6 +119,14 @@ impl Module for RateLimit {
     }
 
     fn handle_event(&self, ctx: &Ctx<'_, Self>, _cont: Option<&mut ()>, event: &Event<'_>) -> Result<()> {
+        if event.kind == EventKind::ConnOpen && event.arg0 == 0 {
+            // An accept hook of a [[tcp]] route: no token, no connection.
+            let peer = String::from_utf8_lossy(event.data);
+            if self.take(key_of(&peer), now_ms()).is_err() {
+                ctx.conn_close(event.handle)?;
+            }
+            return Ok(());
+        }
         if event.kind != EventKind::HttpRequest {
             return Ok(());
         }

@@ -883,7 +883,16 @@ impl HttpLayer {
             self.up_free.borrow_mut().push(idx);
             return None;
         }
-        self.ups.borrow_mut()[idx] = Some(Up { sock, addr, connected: false, owner: None, idle_since: Instant::now(), rd: true, hup: false, eof: false });
+        self.ups.borrow_mut()[idx] = Some(Up {
+            sock,
+            addr,
+            connected: false,
+            owner: None,
+            idle_since: Instant::now(),
+            rd: true,
+            hup: false,
+            eof: false,
+        });
         Some(idx)
     }
 
