@@ -74,7 +74,7 @@ impl Module for Router {
                 }
             }
         }
-        r.paths.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        r.paths.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         ctx.info(&format!("router ready: {} path rules", r.paths.len()));
         Ok(r)
     }

@@ -653,9 +653,10 @@ impl HttpLayer {
             }
             let cont = t.conts[pos].cont;
             let id = t.data.id;
-            let view = View { t: RefCell::new(&mut t.data), site, peer: c.peer, kind };
-            let r = core.call_now(cont, kind, id, args, &[], Some(&view));
-            drop(view);
+            let r = {
+                let view = View { t: RefCell::new(&mut t.data), site, peer: c.peer, kind };
+                core.call_now(cont, kind, id, args, &[], Some(&view))
+            };
             match r {
                 CallNow::Done => {}
                 CallNow::Held => return false,

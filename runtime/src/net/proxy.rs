@@ -596,11 +596,13 @@ impl TcpLayer {
             let _ = core.destroy(cont);
             return;
         };
-        self.deliver(core, idx, cont, MOLT_EV_CONN_OPEN, handle, 0, text.as_bytes());
+        self.deliver(core, idx, (cont, handle), MOLT_EV_CONN_OPEN, 0, text.as_bytes());
         self.conn_io(core, idx);
     }
 
-    fn deliver(&self, core: &WorkerCore, idx: usize, cont: u64, kind: u32, handle: u64, arg0: u64, data: &[u8]) {
+    /// Call `to` = (continuation, connection handle) with an event of `kind`.
+    fn deliver(&self, core: &WorkerCore, idx: usize, to: (u64, u64), kind: u32, arg0: u64, data: &[u8]) {
+        let (cont, handle) = to;
         match core.call_now(cont, kind, handle, (arg0, 0), data, None) {
             crate::worker::CallNow::Done | crate::worker::CallNow::Held => {}
             crate::worker::CallNow::Stale => self.closed.borrow_mut().push((idx, 1)),
@@ -638,7 +640,7 @@ impl TcpLayer {
             };
             if let Some((kind, arg0)) = event.take() {
                 let peer = self.conns.borrow()[idx].as_ref().map(|c| c.peer.clone()).unwrap_or_default();
-                self.deliver(core, idx, cont, kind, handle, arg0, peer.as_bytes());
+                self.deliver(core, idx, (cont, handle), kind, arg0, peer.as_bytes());
                 continue;
             }
             // Output.
@@ -692,12 +694,12 @@ impl TcpLayer {
                 return self.reap(core);
             }
             if writable_event {
-                self.deliver(core, idx, cont, MOLT_EV_CONN_WRITABLE, handle, 0, &[]);
+                self.deliver(core, idx, (cont, handle), MOLT_EV_CONN_WRITABLE, 0, &[]);
             }
             if input.is_empty() {
                 return;
             }
-            self.deliver(core, idx, cont, MOLT_EV_CONN_DATA, handle, 0, &input);
+            self.deliver(core, idx, (cont, handle), MOLT_EV_CONN_DATA, 0, &input);
         }
     }
 
