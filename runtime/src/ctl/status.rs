@@ -122,8 +122,12 @@ pub fn metrics(rt: &RuntimeShared) -> String {
     }
     type Proxy = (&'static str, &'static str, fn(&RuntimeShared, usize) -> u64);
     let proxy: [Proxy; 12] = [
-        ("molt_http_requests_total", "HTTP requests whose head was read.", |r, w| r.http_stats(w).requests.load(Ordering::Relaxed)),
-        ("molt_http_accepted_total", "HTTP client connections accepted.", |r, w| r.http_stats(w).accepted.load(Ordering::Relaxed)),
+        ("molt_http_requests_total", "HTTP requests whose head was read.", |r, w| {
+            r.http_stats(w).requests.load(Ordering::Relaxed)
+        }),
+        ("molt_http_accepted_total", "HTTP client connections accepted.", |r, w| {
+            r.http_stats(w).accepted.load(Ordering::Relaxed)
+        }),
         ("molt_http_overload_total", "HTTP connections refused with 503 at the connection limit.", |r, w| {
             r.http_stats(w).overload.load(Ordering::Relaxed)
         }),
@@ -142,10 +146,18 @@ pub fn metrics(rt: &RuntimeShared) -> String {
         ("molt_http_hook_failures_total", "HTTP hook calls that failed.", |r, w| {
             r.http_stats(w).hook_failures.load(Ordering::Relaxed)
         }),
-        ("molt_tcp_accepted_total", "TCP proxy connections accepted.", |r, w| r.tcp_stats(w).accepted.load(Ordering::Relaxed)),
-        ("molt_tcp_refused_total", "TCP connections refused at the limit.", |r, w| r.tcp_stats(w).refused.load(Ordering::Relaxed)),
-        ("molt_tcp_bytes_up_total", "TCP bytes client to upstream.", |r, w| r.tcp_stats(w).bytes_up.load(Ordering::Relaxed)),
-        ("molt_tcp_bytes_down_total", "TCP bytes upstream to client.", |r, w| r.tcp_stats(w).bytes_down.load(Ordering::Relaxed)),
+        ("molt_tcp_accepted_total", "TCP proxy connections accepted.", |r, w| {
+            r.tcp_stats(w).accepted.load(Ordering::Relaxed)
+        }),
+        ("molt_tcp_refused_total", "TCP connections refused at the limit.", |r, w| {
+            r.tcp_stats(w).refused.load(Ordering::Relaxed)
+        }),
+        ("molt_tcp_bytes_up_total", "TCP bytes client to upstream.", |r, w| {
+            r.tcp_stats(w).bytes_up.load(Ordering::Relaxed)
+        }),
+        ("molt_tcp_bytes_down_total", "TCP bytes upstream to client.", |r, w| {
+            r.tcp_stats(w).bytes_down.load(Ordering::Relaxed)
+        }),
     ];
     for (name, help, f) in proxy {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -153,7 +165,10 @@ pub fn metrics(rt: &RuntimeShared) -> String {
             let _ = writeln!(out, "{name}{{worker=\"{w}\"}} {}", f(rt, w));
         }
     }
-    let _ = writeln!(out, "# HELP molt_http_responses_total HTTP responses by status class.\n# TYPE molt_http_responses_total counter");
+    let _ = writeln!(
+        out,
+        "# HELP molt_http_responses_total HTTP responses by status class.\n# TYPE molt_http_responses_total counter"
+    );
     for w in 0..rt.workers().len() {
         for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
             let n = rt.http_stats(w).responses[i].load(Ordering::Relaxed);

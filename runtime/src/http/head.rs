@@ -8,6 +8,9 @@
 //! HTTP/1.0; an HTTP/1.1 request without exactly one `Host`. Refused (431):
 //! a head over the byte limit or with too many headers.
 
+/// Header slots parsed on the stack; larger limits allocate.
+const STACK_HEADERS: usize = 128;
+
 /// Head size limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -203,8 +206,15 @@ fn map_err(e: httparse::Error) -> HeadError {
 /// Parse a request head at the start of `buf`: `Ok(None)` when more bytes
 /// are needed, else the head and how many bytes it took.
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, HeadError> {
-    let mut raw = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut req = httparse::Request::new(&mut raw);
+    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    let mut heap;
+    let raw: &mut [httparse::Header<'_>] = if limits.max_headers <= STACK_HEADERS {
+        &mut stack[..limits.max_headers]
+    } else {
+        heap = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        &mut heap
+    };
+    let mut req = httparse::Request::new(raw);
     let status = req.parse(buf).map_err(map_err)?;
     let httparse::Status::Complete(n) = status else {
         if buf.len() > limits.max_head_bytes {
@@ -245,8 +255,15 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead,
 
 /// Parse a response head to a request with method `method`.
 pub fn parse_response(buf: &[u8], limits: &Limits, method: &str) -> Result<Option<(ResponseHead, usize)>, HeadError> {
-    let mut raw = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut res = httparse::Response::new(&mut raw);
+    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    let mut heap;
+    let raw: &mut [httparse::Header<'_>] = if limits.max_headers <= STACK_HEADERS {
+        &mut stack[..limits.max_headers]
+    } else {
+        heap = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        &mut heap
+    };
+    let mut res = httparse::Response::new(raw);
     let httparse::Status::Complete(n) = res.parse(buf).map_err(map_err)? else {
         if buf.len() > limits.max_head_bytes {
             return Err(HeadError::TooLarge(format!("response head over {} bytes", limits.max_head_bytes)));

@@ -36,6 +36,8 @@ use crate::module::registry::Generation;
 use crate::sync::{AtomicU64, Ordering};
 use crate::worker::{CallNow, WorkerCore, io};
 
+/// How long a lingering close waits for the client's EOF.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// Bytes of body buffered per direction of a transaction.
 pub const BODY_BUF: usize = 64 * 1024;
 /// Tokens: listeners below `CLIENT_BASE`, clients below `UP_BASE`, upstreams above.
@@ -259,6 +261,9 @@ struct Txn {
 struct Client {
     sock: TcpStream,
     peer: SocketAddr,
+    /// The peer as text, "ip:port" (for hooks), and its IP alone (for X-Forwarded-For).
+    peer_text: std::rc::Rc<str>,
+    peer_ip: std::rc::Rc<str>,
     site: usize,
     inb: Vec<u8>,
     out: Vec<u8>,
@@ -273,6 +278,8 @@ struct Client {
     /// Minor version of the current request (for the response framing).
     minor: u8,
     keep_alive: bool,
+    /// Lingering close: our side is shut, input is dropped until EOF or this time.
+    linger: Option<Instant>,
     /// Reading may find something (a readiness event came since it drained).
     rd: bool,
     /// The peer closed its side: read until EOF whatever the reads return.
@@ -401,9 +408,13 @@ impl HttpLayer {
             }
             let _ = sock.set_nodelay(true);
             let now = Instant::now();
+            let peer_text: std::rc::Rc<str> = peer.to_string().into();
+            let peer_ip: std::rc::Rc<str> = peer.ip().to_string().into();
             let c = Client {
                 sock,
                 peer,
+                peer_text,
+                peer_ip,
                 site,
                 inb: Vec::new(),
                 out: Vec::new(),
@@ -415,6 +426,7 @@ impl HttpLayer {
                 close: false,
                 minor: 1,
                 keep_alive: true,
+                linger: None,
                 rd: true,
                 hup: false,
             };
@@ -469,6 +481,19 @@ impl HttpLayer {
 
     /// One round: read, advance the transaction, write. What moved.
     fn step(&self, core: &WorkerCore, idx: usize, c: &mut Client) -> Flow {
+        if c.linger.is_some() {
+            // Read and drop until EOF (or the sweep's deadline).
+            let mut scratch = self.scratch.borrow_mut();
+            loop {
+                match c.sock.read(&mut scratch) {
+                    Ok(0) => return Flow::Close,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Flow::Wait,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => return Flow::Close,
+                }
+            }
+        }
         let site = self.sites[c.site].clone();
         let mut moved = false;
         // Read the client when there is room: a head, or a body in transit.
@@ -526,7 +551,16 @@ impl HttpLayer {
             Err(_) => return Flow::Close,
         }
         if c.close && c.txn.is_none() && c.out.is_empty() {
-            return Flow::Close;
+            if c.eof {
+                return Flow::Close;
+            }
+            // Lingering close: the client may still be sending what we will
+            // not read (a refused body); closing now would reset the
+            // connection and could destroy our response in its buffers.
+            let _ = c.sock.shutdown(Shutdown::Write);
+            c.linger = Some(Instant::now() + LINGER);
+            c.inb.clear();
+            return Flow::Moved;
         }
         if moved { Flow::Moved } else { Flow::Wait }
     }
@@ -654,7 +688,7 @@ impl HttpLayer {
             let cont = t.conts[pos].cont;
             let id = t.data.id;
             let r = {
-                let view = View { t: RefCell::new(&mut t.data), site, peer: c.peer, kind };
+                let view = View { t: RefCell::new(&mut t.data), site, peer: &c.peer_text, kind };
                 core.call_now(cont, kind, id, args, &[], Some(&view))
             };
             match r {
@@ -855,7 +889,7 @@ impl HttpLayer {
             t.data.upstream_addr = Some(addr);
             t.up_since = Instant::now();
             if t.head_copy.is_empty() {
-                t.head_copy = request_bytes(&t.data.req, c.peer, addr);
+                t.head_copy = request_bytes(&t.data.req, &c.peer_ip, addr);
             }
             t.up_out.clear();
             t.up_out_pos = 0;
@@ -1223,6 +1257,7 @@ impl HttpLayer {
         let mut close = false;
         let mut drive = false;
         match c.txn.as_mut() {
+            _ if c.linger.is_some() => close = c.linger.is_some_and(|t| now > t),
             None if c.inb.is_empty() => close = now.duration_since(c.since) > l.keepalive_timeout,
             None => {
                 if now.duration_since(c.since) > l.request_timeout && !c.close {
@@ -1344,7 +1379,7 @@ fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 
 /// The request head sent upstream: hop-by-hop fields dropped, framing ours,
 /// the client added to X-Forwarded-For.
-fn request_bytes(req: &RequestHead, peer: SocketAddr, upstream: SocketAddr) -> Vec<u8> {
+fn request_bytes(req: &RequestHead, peer_ip: &str, upstream: SocketAddr) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
@@ -1373,7 +1408,7 @@ fn request_bytes(req: &RequestHead, peer: SocketAddr, upstream: SocketAddr) -> V
     if !v.is_empty() {
         v.extend_from_slice(b", ");
     }
-    v.extend_from_slice(peer.ip().to_string().as_bytes());
+    v.extend_from_slice(peer_ip.as_bytes());
     put_header(&mut out, "X-Forwarded-For", &v);
     if req.host.is_none() {
         // An HTTP/1.0 request may come without Host; HTTP/1.1 upstream needs one.

@@ -60,8 +60,8 @@ pub struct View<'a> {
     pub t: RefCell<&'a mut TxnData>,
     /// Its listener.
     pub site: &'a HttpSite,
-    /// The client.
-    pub peer: SocketAddr,
+    /// The client, "ip:port".
+    pub peer: &'a str,
     /// The hook (`MOLT_EV_HTTP_*`).
     pub kind: u32,
 }
@@ -142,7 +142,7 @@ impl TxnAccess for View<'_> {
             MOLT_HTTP_ITEM_TARGET => f(t.req.target.as_bytes()),
             MOLT_HTTP_ITEM_PATH => f(t.req.target.split('?').next().unwrap_or("").as_bytes()),
             MOLT_HTTP_ITEM_HOST => f(t.req.host.as_deref().ok_or_else(none)?.as_bytes()),
-            MOLT_HTTP_ITEM_CLIENT_ADDR => f(self.peer.to_string().as_bytes()),
+            MOLT_HTTP_ITEM_CLIENT_ADDR => f(self.peer.as_bytes()),
             MOLT_HTTP_ITEM_ROUTE => f(self.site.routes[t.route].name.as_bytes()),
             MOLT_HTTP_ITEM_UPSTREAM_GROUP => f(self.site.groups[t.group.ok_or_else(none)?].0.as_bytes()),
             MOLT_HTTP_ITEM_UPSTREAM_ADDR => f(t.upstream_addr.ok_or_else(none)?.to_string().as_bytes()),

@@ -237,7 +237,10 @@ impl WorkerCore {
             }
             let now = Instant::now();
             let since = *idle_since.get_or_insert(now);
-            if now.duration_since(since) < self.spin {
+            // A worker with sockets parks at once: its work arrives through
+            // epoll, and spinning (a zero-timeout poll per round) takes the
+            // CPU from the processes it serves (docs/BENCHMARKS.md).
+            if !active && now.duration_since(since) < self.spin {
                 std::hint::spin_loop();
                 continue;
             }

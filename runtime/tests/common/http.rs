@@ -228,6 +228,12 @@ impl Client {
         self.s.write_all(bytes).unwrap();
     }
 
+    /// Send raw bytes the server may refuse to read (it may have answered
+    /// and closed): a failed write is not an error here.
+    pub fn send_lossy(&mut self, bytes: &[u8]) {
+        let _ = self.s.write_all(bytes);
+    }
+
     /// Read one response to a request with `method`; None when the
     /// connection closed first.
     pub fn read(&mut self, method: &str) -> Option<Resp> {
