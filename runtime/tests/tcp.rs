@@ -255,3 +255,32 @@ fn an_accept_hook_rejects_connections() {
     assert_eq!(served, 3, "a burst of 3 connections, then rejections");
     rt.shutdown();
 }
+
+#[test]
+fn a_module_opens_connections_with_conn_connect() {
+    use fixture_probe::tag;
+    let dir = RunDir::new("tcp-connect");
+    // A worker has a TCP layer when the config has a [[tcp]] route.
+    let rt = runtime(&dir, vec![route(vec![echo_server()], Duration::from_secs(30))]);
+    let v = rt.load(&molt_runtime::module::ModuleSpec::new(common::module_lib("fixture_probe"))).unwrap();
+    let id = rt.spawn(&v, 0, 0).unwrap();
+    let started = rt.next_reply(Duration::from_secs(5)).unwrap();
+    assert_eq!(started.tag, tag::STARTED);
+    // To an echo server: OPEN (connected), the echo of "ping", then our own close is not asked for.
+    rt.send(id, tag::CONNECT, echo_server().to_string().as_bytes()).unwrap();
+    let open = rt.next_reply(Duration::from_secs(5)).unwrap();
+    assert_eq!((open.tag, open.data.as_slice()), (tag::CONN_OPEN, &1u64.to_le_bytes()[..]));
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let r = rt.next_reply(Duration::from_secs(5)).expect("the echo");
+        assert_eq!(r.tag, tag::CONN_DATA);
+        got.extend_from_slice(&r.data);
+    }
+    assert_eq!(got, b"ping");
+    // To nothing: CLOSED with 2 (connect failed).
+    rt.send(id, tag::CONNECT, dead_addr().to_string().as_bytes()).unwrap();
+    let r = rt.next_reply(Duration::from_secs(5)).unwrap();
+    assert_eq!((r.tag, r.data.as_slice()), (tag::CONN_CLOSED, &2u64.to_le_bytes()[..]));
+    assert_eq!(rt.total(|s| &s.context_violations), 0);
+    rt.shutdown();
+}
