@@ -12,7 +12,9 @@ use molt_abi::ffi::*;
 
 use crate::config::ModuleConfig;
 use crate::cont::id;
-use crate::host::{Host, Reply, ServiceResult, StateHooks};
+#[cfg(not(molt_loom))]
+use crate::host::StateHooks;
+use crate::host::{Host, Reply, ServiceResult};
 use crate::module::registry::{Registry, RegistrySettings, ReloadError, ReloadRecord};
 use crate::module::retire::{Reaper, Retiring};
 use crate::module::{

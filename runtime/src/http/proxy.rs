@@ -298,6 +298,8 @@ struct Up {
     hup: bool,
     /// EOF was read.
     eof: bool,
+    /// Idle connections kept per server (its listener's `pool_per_server`).
+    pool_cap: usize,
 }
 
 struct Group {
@@ -308,7 +310,7 @@ struct Group {
 /// The modules' versions as of the last generation seen.
 struct Chains {
     epoch: u64,
-    generation: Option<Arc<Generation>>,
+    generation: Option<crate::sync::Arc<Generation>>,
 }
 
 /// The HTTP proxy as a worker layer.
@@ -575,7 +577,7 @@ impl HttpLayer {
         c.inb.clear();
     }
 
-    fn generation(&self, core: &WorkerCore) -> Option<Arc<Generation>> {
+    fn generation(&self, core: &WorkerCore) -> Option<crate::sync::Arc<Generation>> {
         let reg = core.runtime().registry();
         let epoch = reg.epoch();
         let mut ch = self.chains.borrow_mut();
@@ -840,7 +842,6 @@ impl HttpLayer {
         }
         loop {
             if t.tried >= n {
-                add(&self.stats.upstream_failures, 0);
                 let (status, why) = if t.fail_status == 504 {
                     (504, format!("upstream group {} timed out", site.groups[g].0))
                 } else {
@@ -867,7 +868,7 @@ impl HttpLayer {
                     Ok(s) => {
                         let _ = s.set_nodelay(true);
                         add(&self.stats.upstream_connects, 1);
-                        match self.new_up(s, addr) {
+                        match self.new_up(s, addr, site.limits.pool_per_server) {
                             Some(u) => (u, false),
                             None => continue,
                         }
@@ -907,7 +908,7 @@ impl HttpLayer {
         self.health.borrow_mut()[site_idx][g].failed_until[i] = Some(Instant::now() + site.limits.retry_after);
     }
 
-    fn new_up(&self, mut sock: TcpStream, addr: SocketAddr) -> Option<usize> {
+    fn new_up(&self, mut sock: TcpStream, addr: SocketAddr, pool_cap: usize) -> Option<usize> {
         let idx = self.up_free.borrow_mut().pop().unwrap_or_else(|| {
             let mut u = self.ups.borrow_mut();
             u.push(None);
@@ -927,6 +928,7 @@ impl HttpLayer {
             rd: true,
             hup: false,
             eof: false,
+            pool_cap,
         });
         Some(idx)
     }
@@ -968,9 +970,9 @@ impl HttpLayer {
     /// `reusable`, else closed.
     fn release_upstream(&self, t: &mut Txn, reusable: bool) {
         let Some(idx) = t.up.take() else { return };
-        let site_pool = self.sites.first().map_or(0, |s| s.limits.pool_per_server);
         let mut ups = self.ups.borrow_mut();
         let Some(u) = ups[idx].as_mut() else { return };
+        let site_pool = u.pool_cap;
         u.owner = None;
         let addr = u.addr;
         let mut pool = self.pool.borrow_mut();
