@@ -203,84 +203,91 @@ fn map_err(e: httparse::Error) -> HeadError {
     }
 }
 
+/// Run `f` with `n` empty header slots: on the stack up to
+/// [`STACK_HEADERS`], on the heap beyond.
+fn with_slots<'b, R>(n: usize, f: impl FnOnce(&mut [httparse::Header<'b>]) -> R) -> R {
+    if n <= STACK_HEADERS {
+        let mut stack: [httparse::Header<'b>; STACK_HEADERS] = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        f(&mut stack[..n])
+    } else {
+        f(&mut vec![httparse::EMPTY_HEADER; n])
+    }
+}
+
 /// Parse a request head at the start of `buf`: `Ok(None)` when more bytes
 /// are needed, else the head and how many bytes it took.
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, HeadError> {
-    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
-    let mut heap;
-    let raw: &mut [httparse::Header<'_>] = if limits.max_headers <= STACK_HEADERS {
-        &mut stack[..limits.max_headers]
-    } else {
-        heap = vec![httparse::EMPTY_HEADER; limits.max_headers];
-        &mut heap
-    };
-    let mut req = httparse::Request::new(raw);
-    let status = req.parse(buf).map_err(map_err)?;
-    let httparse::Status::Complete(n) = status else {
-        if buf.len() > limits.max_head_bytes {
-            return Err(HeadError::TooLarge(format!("head over {} bytes", limits.max_head_bytes)));
+    with_slots(limits.max_headers, |raw| {
+        let mut req = httparse::Request::new(raw);
+        let status = req.parse(buf).map_err(map_err)?;
+        let httparse::Status::Complete(n) = status else {
+            if buf.len() > limits.max_head_bytes {
+                return Err(HeadError::TooLarge(format!("head over {} bytes", limits.max_head_bytes)));
+            }
+            return Ok(None);
+        };
+        if n > limits.max_head_bytes {
+            return Err(HeadError::TooLarge(format!("head of {n} bytes, over {}", limits.max_head_bytes)));
         }
-        return Ok(None);
-    };
-    if n > limits.max_head_bytes {
-        return Err(HeadError::TooLarge(format!("head of {n} bytes, over {}", limits.max_head_bytes)));
-    }
-    let minor = req.version.unwrap_or(1);
-    let headers = collect(req.headers)?;
-    let body = framing(&headers, minor)?.unwrap_or(Body::None);
-    let hosts: Vec<&Header> = headers.iter().filter(|h| eq(&h.name, "host")).collect();
-    if minor == 1 && hosts.len() != 1 {
-        return Err(HeadError::Bad(format!(
-            "an HTTP/1.1 request needs exactly one Host header, it has {}",
-            hosts.len()
-        )));
-    }
-    let host = hosts.first().map(|h| String::from_utf8_lossy(&h.value).into_owned());
-    let expect_continue =
-        headers.iter().any(|h| eq(&h.name, "expect") && h.value.eq_ignore_ascii_case(b"100-continue"));
-    Ok(Some((
-        RequestHead {
-            method: req.method.unwrap_or_default().to_owned(),
-            target: req.path.unwrap_or_default().to_owned(),
-            minor,
-            keep_alive: keep_alive(&headers, minor),
-            expect_continue,
-            host,
-            body,
-            headers,
-        },
-        n,
-    )))
+        let minor = req.version.unwrap_or(1);
+        let headers = collect(req.headers)?;
+        let body = framing(&headers, minor)?.unwrap_or(Body::None);
+        let hosts: Vec<&Header> = headers.iter().filter(|h| eq(&h.name, "host")).collect();
+        if minor == 1 && hosts.len() != 1 {
+            return Err(HeadError::Bad(format!(
+                "an HTTP/1.1 request needs exactly one Host header, it has {}",
+                hosts.len()
+            )));
+        }
+        let host = hosts.first().map(|h| String::from_utf8_lossy(&h.value).into_owned());
+        let expect_continue =
+            headers.iter().any(|h| eq(&h.name, "expect") && h.value.eq_ignore_ascii_case(b"100-continue"));
+        Ok(Some((
+            RequestHead {
+                method: req.method.unwrap_or_default().to_owned(),
+                target: req.path.unwrap_or_default().to_owned(),
+                minor,
+                keep_alive: keep_alive(&headers, minor),
+                expect_continue,
+                host,
+                body,
+                headers,
+            },
+            n,
+        )))
+    })
 }
 
 /// Parse a response head to a request with method `method`.
 pub fn parse_response(buf: &[u8], limits: &Limits, method: &str) -> Result<Option<(ResponseHead, usize)>, HeadError> {
-    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
-    let mut heap;
-    let raw: &mut [httparse::Header<'_>] = if limits.max_headers <= STACK_HEADERS {
-        &mut stack[..limits.max_headers]
-    } else {
-        heap = vec![httparse::EMPTY_HEADER; limits.max_headers];
-        &mut heap
-    };
-    let mut res = httparse::Response::new(raw);
-    let httparse::Status::Complete(n) = res.parse(buf).map_err(map_err)? else {
-        if buf.len() > limits.max_head_bytes {
-            return Err(HeadError::TooLarge(format!("response head over {} bytes", limits.max_head_bytes)));
-        }
-        return Ok(None);
-    };
-    let minor = res.version.unwrap_or(1);
-    let status = res.code.unwrap_or(0);
-    let headers = collect(res.headers)?;
-    let no_body = method.eq_ignore_ascii_case("HEAD") || (100..200).contains(&status) || status == 204 || status == 304;
-    let framed = framing(&headers, minor)?;
-    let body = if no_body { Body::None } else { framed.unwrap_or(Body::UntilClose) };
-    let keep_alive = keep_alive(&headers, minor) && body != Body::UntilClose;
-    Ok(Some((
-        ResponseHead { status, reason: res.reason.unwrap_or_default().to_owned(), minor, headers, body, keep_alive },
-        n,
-    )))
+    with_slots(limits.max_headers, |raw| {
+        let mut res = httparse::Response::new(raw);
+        let httparse::Status::Complete(n) = res.parse(buf).map_err(map_err)? else {
+            if buf.len() > limits.max_head_bytes {
+                return Err(HeadError::TooLarge(format!("response head over {} bytes", limits.max_head_bytes)));
+            }
+            return Ok(None);
+        };
+        let minor = res.version.unwrap_or(1);
+        let status = res.code.unwrap_or(0);
+        let headers = collect(res.headers)?;
+        let no_body =
+            method.eq_ignore_ascii_case("HEAD") || (100..200).contains(&status) || status == 204 || status == 304;
+        let framed = framing(&headers, minor)?;
+        let body = if no_body { Body::None } else { framed.unwrap_or(Body::UntilClose) };
+        let keep_alive = keep_alive(&headers, minor) && body != Body::UntilClose;
+        Ok(Some((
+            ResponseHead {
+                status,
+                reason: res.reason.unwrap_or_default().to_owned(),
+                minor,
+                headers,
+                body,
+                keep_alive,
+            },
+            n,
+        )))
+    })
 }
 
 #[cfg(test)]

@@ -966,6 +966,20 @@ impl HttpLayer {
         }
     }
 
+    /// Read an upstream connection into `buf` (up to `cap`) when its
+    /// readiness says there may be something, keeping its flags.
+    fn read_up(&self, u: &mut Up, buf: &mut Vec<u8>, cap: usize) -> std::io::Result<Filled> {
+        if !u.rd || u.eof {
+            return Ok(Filled { n: 0, eof: false, drained: true });
+        }
+        let r = fill(&mut u.sock, buf, cap, &mut self.scratch.borrow_mut());
+        if let Ok(f) = &r {
+            u.rd = !f.drained || (u.hup && !f.eof);
+            u.eof |= f.eof;
+        }
+        r
+    }
+
     /// Detach the transaction's upstream connection: back to the pool when
     /// `reusable`, else closed.
     fn release_upstream(&self, t: &mut Txn, reusable: bool) {
@@ -1077,15 +1091,7 @@ impl HttpLayer {
         }
         let wrote = flush(&mut u.sock, &mut t.up_out, &mut t.up_out_pos);
         // Read even after a failed write: the upstream may have answered early.
-        let r = if u.rd {
-            fill(&mut u.sock, &mut t.up_in, site.limits.max_head_bytes + BODY_BUF, &mut self.scratch.borrow_mut())
-        } else {
-            Ok(Filled { n: 0, eof: false, drained: true })
-        };
-        if let Ok(f) = &r {
-            u.rd = !f.drained || (u.hup && !f.eof);
-            u.eof |= f.eof;
-        }
+        let r = self.read_up(u, &mut t.up_in, site.limits.max_head_bytes + BODY_BUF);
         let up_eof = u.eof;
         drop(ups);
         match wrote {
@@ -1216,15 +1222,7 @@ impl HttpLayer {
         let Some(up) = t.up else { return Flow::Close };
         let mut ups = self.ups.borrow_mut();
         let Some(u) = ups[up].as_mut() else { return Flow::Close };
-        let r = if u.rd && !u.eof {
-            fill(&mut u.sock, &mut t.up_in, BODY_BUF, &mut self.scratch.borrow_mut())
-        } else {
-            Ok(Filled { n: 0, eof: false, drained: true })
-        };
-        if let Ok(f) = &r {
-            u.rd = !f.drained || (u.hup && !f.eof);
-            u.eof |= f.eof;
-        }
+        let r = self.read_up(u, &mut t.up_in, BODY_BUF);
         let eof = u.eof;
         drop(ups);
         match r {

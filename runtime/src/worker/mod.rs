@@ -633,21 +633,10 @@ impl WorkerCore {
         // SAFETY: as in `dispatch`: slots never move, and this one is freed
         // only after an END, which is never processed inside this call.
         let version: &VersionRef = unsafe { &*version };
-        let abi = molt_event {
-            size: v1_0::EVENT_SIZE as u32,
-            abi_major: MOLT_ABI_MAJOR,
-            abi_minor: MOLT_ABI_MINOR,
-            kind,
-            flags: 0,
-            target,
-            source: 0,
-            tag: 0,
-            data: if data.is_empty() { core::ptr::null() } else { data.as_ptr() },
-            len: data.len(),
-            handle,
-            arg0: args.0,
-            arg1: args.1,
-        };
+        let mut abi = crate::module::event(kind, target, 0, 0, data);
+        abi.handle = handle;
+        abi.arg0 = args.0;
+        abi.arg1 = args.1;
         let env = CallEnv {
             services: self,
             worker: self.index(),
