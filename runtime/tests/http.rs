@@ -418,3 +418,21 @@ fn no_route_is_404_and_http_1_0_keep_alive_works() {
     assert_eq!(c.read("GET").unwrap().status, 200, "the connection survived the HEAD");
     rt.shutdown();
 }
+
+#[test]
+fn idle_keep_alive_connections_are_closed_quietly() {
+    let dir = RunDir::new("http-idle");
+    let (b, _) = backend("b1");
+    let limits = HttpLimits { keepalive_timeout: Duration::from_millis(300), ..HttpLimits::default() };
+    let (rt, addr) = start(&dir, site(vec![("b", vec![b])], vec![route("/", Some(0), &[])], limits), &[]);
+    // Nothing sent: closed after the keep-alive timeout, without a response.
+    let mut c = Client::connect(addr);
+    let t = Instant::now();
+    assert!(c.closed());
+    assert!(t.elapsed() >= Duration::from_millis(250), "closed too early: {:?}", t.elapsed());
+    // After a response, the same.
+    let mut c = Client::connect(addr);
+    assert_eq!(c.get("/echo").unwrap().status, 200);
+    assert!(c.closed());
+    rt.shutdown();
+}
