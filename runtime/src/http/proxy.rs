@@ -219,7 +219,7 @@ enum Stage {
 /// One module's continuation in a transaction.
 struct Hooked {
     cont: u64,
-    name: String,
+    name: Box<str>,
     policy: FailurePolicy,
     /// Skipped for the rest of the transaction (failed under fail_open).
     skip: bool,
@@ -597,8 +597,7 @@ impl HttpLayer {
         let n = self.next_txn.get() + 1;
         self.next_txn.set(n);
         let id = (u64::from(self.worker) + 1) << 48 | n;
-        let path = req.target.split('?').next().unwrap_or("").to_owned();
-        let route = site.route_for(req.host.as_deref(), &path);
+        let route = site.route_for(req.host.as_deref(), req.target.split('?').next().unwrap_or(""));
         let mut t = Box::new(Txn {
             data: TxnData {
                 id,
@@ -662,9 +661,12 @@ impl HttpLayer {
                 break;
             };
             match core.spawn_host(&entry.version) {
-                Ok(cont) => {
-                    t.conts.push(Hooked { cont, name: name.clone(), policy: entry.cfg.failure_policy, skip: false })
-                }
+                Ok(cont) => t.conts.push(Hooked {
+                    cont,
+                    name: name.as_str().into(),
+                    policy: entry.cfg.failure_policy,
+                    skip: false,
+                }),
                 Err((_, e)) => {
                     answer(&mut t, Answer::host(503, &format!("cannot start module {name} for this request: {e}")));
                     break;
@@ -1153,7 +1155,8 @@ impl HttpLayer {
         t.status = r.status;
         let head_req = t.data.req.method.eq_ignore_ascii_case("HEAD");
         let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", r.status, reason_or(&r.reason, r.status)).as_bytes());
+        let reason = if r.reason.is_empty() { reason(r.status) } else { r.reason.as_str() };
+        let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", r.status);
         for h in &r.headers {
             if head::is_hop_by_hop(&h.name, &r.headers) || h.name.eq_ignore_ascii_case("transfer-encoding") {
                 continue;
@@ -1164,7 +1167,7 @@ impl HttpLayer {
             put_header(&mut out, &h.name, &h.value);
         }
         match &t.resp_body {
-            Framing::Length(n) => put_header(&mut out, "Content-Length", n.to_string().as_bytes()),
+            Framing::Length(n) => put_length(&mut out, *n),
             Framing::Chunked(_) | Framing::UntilClose if c.minor == 1 => {
                 t.chunk_out = true;
                 put_header(&mut out, "Transfer-Encoding", b"chunked");
@@ -1366,8 +1369,9 @@ impl HttpLayer {
     }
 }
 
-fn reason_or(r: &str, status: u16) -> String {
-    if r.is_empty() { reason(status).to_owned() } else { r.to_owned() }
+/// `Content-Length: n` without formatting through a String.
+fn put_length(out: &mut Vec<u8>, n: u64) {
+    let _ = write!(out, "Content-Length: {n}\r\n");
 }
 
 fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -1415,7 +1419,7 @@ fn request_bytes(req: &RequestHead, peer_ip: &str, upstream: SocketAddr) -> Vec<
         put_header(&mut out, "Host", upstream.to_string().as_bytes());
     }
     match req.body {
-        Body::Length(n) => put_header(&mut out, "Content-Length", n.to_string().as_bytes()),
+        Body::Length(n) => put_length(&mut out, n),
         Body::Chunked => put_header(&mut out, "Transfer-Encoding", b"chunked"),
         _ => {}
     }
@@ -1426,11 +1430,11 @@ fn request_bytes(req: &RequestHead, peer_ip: &str, upstream: SocketAddr) -> Vec<
 /// A whole answer: head and body.
 fn answer_bytes(a: &Answer, method: &str, minor: u8, close: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(128 + a.body.len());
-    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", a.status, reason(a.status)).as_bytes());
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", a.status, reason(a.status));
     for h in &a.headers {
         put_header(&mut out, &h.name, &h.value);
     }
-    put_header(&mut out, "Content-Length", a.body.len().to_string().as_bytes());
+    put_length(&mut out, a.body.len() as u64);
     if close {
         put_header(&mut out, "Connection", b"close");
     } else if minor == 0 {
