@@ -436,3 +436,27 @@ fn idle_keep_alive_connections_are_closed_quietly() {
     assert!(c.closed());
     rt.shutdown();
 }
+
+#[test]
+fn the_upstream_timeout_runs_from_the_end_of_the_request() {
+    let dir = RunDir::new("http-slow-upload");
+    let (b, _) = backend("b1");
+    let limits = HttpLimits {
+        upstream_timeout: Duration::from_millis(400),
+        request_timeout: Duration::from_secs(5),
+        ..HttpLimits::default()
+    };
+    let (rt, addr) = start(&dir, site(vec![("b", vec![b])], vec![route("/", Some(0), &[])], limits), &[]);
+    // A client uploading slower than the upstream timeout is not a slow upstream.
+    let mut c = Client::connect(addr);
+    c.send(b"POST /sink HTTP/1.1\r\nHost: t\r\nContent-Length: 600\r\n\r\n");
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(200));
+        c.send(&[b'u'; 100]);
+    }
+    let r = c.read("POST").unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "received 600"));
+    // An upstream that takes longer than it once the request is out: 504.
+    assert_eq!(c.get("/delay/1500").map(|r| r.status), Some(504));
+    rt.shutdown();
+}

@@ -256,6 +256,8 @@ struct Txn {
     reused: bool,
     /// A pooled connection failed and the request went out again once.
     retried: bool,
+    /// The whole request was written upstream (the upstream timeout runs from then).
+    sent: bool,
 }
 
 struct Client {
@@ -629,6 +631,7 @@ impl HttpLayer {
             fail_status: 502,
             reused: false,
             retried: false,
+            sent: false,
         });
         t.req_body = Framing::of(t.data.req.body);
         let answer = |t: &mut Txn, a: Answer| {
@@ -809,7 +812,10 @@ impl HttpLayer {
                     t.stage = Stage::ResponseHooks;
                 }
                 Stage::End => {
-                    let reusable = t.up_reusable;
+                    // Reusable only if the exchange is complete both ways: an
+                    // upstream that answered before the whole request body
+                    // went out is in no known state.
+                    let reusable = t.up_reusable && t.req_body.done() && t.up_out.is_empty();
                     self.release_upstream(t, reusable);
                     if !self.end_hooks(core, c, t, false) {
                         self.retry.borrow_mut().push(idx);
@@ -897,6 +903,7 @@ impl HttpLayer {
             t.up_out.clear();
             t.up_out_pos = 0;
             t.up_out.extend_from_slice(&t.head_copy);
+            t.sent = false;
             if t.data.req.expect_continue && !t.req_body.done() && c.inb.is_empty() && t.req_seen == 0 {
                 c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             }
@@ -1092,6 +1099,11 @@ impl HttpLayer {
             }
         }
         let wrote = flush(&mut u.sock, &mut t.up_out, &mut t.up_out_pos);
+        if !t.sent && wrote.is_ok() && t.up_out.is_empty() && t.req_body.done() {
+            // The whole request is out: the upstream's time to answer starts.
+            t.sent = true;
+            t.up_since = Instant::now();
+        }
         // Read even after a failed write: the upstream may have answered early.
         let r = self.read_up(u, &mut t.up_in, site.limits.max_head_bytes + BODY_BUF);
         let up_eof = u.eof;
@@ -1288,7 +1300,7 @@ impl HttpLayer {
                         t.stage = Stage::Answer;
                         c.close = true;
                         drive = true;
-                    } else if now.duration_since(t.up_since) > l.upstream_timeout {
+                    } else if t.sent && now.duration_since(t.up_since) > l.upstream_timeout {
                         let mut tt = c.txn.take().expect("txn");
                         self.upstream_failed(&mut c, &site, &mut tt, true);
                         c.txn = Some(tt);
