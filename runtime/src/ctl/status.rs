@@ -121,7 +121,7 @@ pub fn metrics(rt: &RuntimeShared) -> String {
         }
     }
     type Proxy = (&'static str, &'static str, fn(&RuntimeShared, usize) -> u64);
-    let proxy: [Proxy; 12] = [
+    let proxy: [Proxy; 13] = [
         ("molt_http_requests_total", "HTTP requests whose head was read.", |r, w| {
             r.http_stats(w).requests.load(Ordering::Relaxed)
         }),
@@ -145,6 +145,9 @@ pub fn metrics(rt: &RuntimeShared) -> String {
         }),
         ("molt_http_hook_failures_total", "HTTP hook calls that failed.", |r, w| {
             r.http_stats(w).hook_failures.load(Ordering::Relaxed)
+        }),
+        ("molt_http_held_hooks_total", "HTTP hook attempts that met a module held for a state migration.", |r, w| {
+            r.http_stats(w).held_hooks.load(Ordering::Relaxed)
         }),
         ("molt_tcp_accepted_total", "TCP proxy connections accepted.", |r, w| {
             r.tcp_stats(w).accepted.load(Ordering::Relaxed)

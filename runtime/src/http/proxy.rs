@@ -67,6 +67,9 @@ pub struct HttpStats {
     pub upstream_failures: AtomicU64,
     /// Hook calls that failed.
     pub hook_failures: AtomicU64,
+    /// Hook call attempts that met a held module version (a state migration);
+    /// the transaction is driven again each loop turn until the hold ends.
+    pub held_hooks: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -700,7 +703,10 @@ impl HttpLayer {
             };
             match r {
                 CallNow::Done => {}
-                CallNow::Held => return false,
+                CallNow::Held => {
+                    add(&self.stats.held_hooks, 1);
+                    return false;
+                }
                 CallNow::Stale => {
                     // Ended by force (its version's drain deadline passed).
                     t.conts[pos].skip = true;
