@@ -277,7 +277,8 @@ impl WorkerCore {
     fn io_ready(&self, ev: &mio::event::Event) {
         let token = ev.token().0;
         if let Some(l) = self.layers().get(token >> io::TOKEN_BITS) {
-            l.ready(self, token & ((1 << io::TOKEN_BITS) - 1), io::Readiness::of(ev));
+            let inner = token & ((1 << io::TOKEN_BITS) - 1);
+            self.guard("readiness", || l.ready(self, inner, io::Readiness::of(ev)));
         }
     }
 
@@ -285,9 +286,22 @@ impl WorkerCore {
         let now = Instant::now();
         let mut worked = false;
         for l in self.layers() {
-            worked |= l.tick(self, now);
+            worked |= self.guard("tick", || l.tick(self, now)).unwrap_or(false);
         }
         worked
+    }
+
+    /// Run layer code so that a bug of ours there (a panic) costs the
+    /// connection it was handling, not the worker and every connection on it.
+    fn guard<R>(&self, what: &str, f: impl FnOnce() -> R) -> Option<R> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(r) => Some(r),
+            Err(_) => {
+                bump(&self.shared.stats.errors);
+                tracing::error!(worker = self.index(), "socket layer panicked during {what}; the worker goes on");
+                None
+            }
+        }
     }
 
     fn layer_of(&self, conn: u64) -> ServiceResult<(&dyn io::Io, u64)> {
