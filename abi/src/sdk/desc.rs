@@ -216,7 +216,22 @@ unsafe extern "C" fn handle_event<M: Module>(
         let cont = unsafe { data.cast::<M::Cont>().as_mut() };
         // SAFETY: `raw` is the host's event for this call.
         let event = unsafe { Event::from_raw(raw) };
-        inst.module.handle_event(&c, cont, &event)
+        let m = &inst.module;
+        let status = |x: u64| u16::try_from(x).unwrap_or(0);
+        match raw.kind {
+            MOLT_EV_HTTP_REQUEST => m.http_request(&c, &c.txn(&event)),
+            MOLT_EV_HTTP_UPSTREAM => m.http_upstream(&c, &c.txn(&event)),
+            MOLT_EV_HTTP_RESPONSE => m.http_response(&c, &c.txn(&event), status(event.arg0), event.arg1),
+            MOLT_EV_HTTP_TXN_END => m.http_txn_end(&c, &c.txn(&event), status(event.arg0), event.arg1),
+            MOLT_EV_CONN_OPEN => {
+                let peer = core::str::from_utf8(event.data).unwrap_or("");
+                m.conn_open(&c, cont, event.handle, peer, event.arg0 == 1)
+            }
+            MOLT_EV_CONN_DATA => m.conn_data(&c, cont, event.handle, event.data),
+            MOLT_EV_CONN_CLOSED => m.conn_closed(&c, cont, event.handle, event.arg0),
+            MOLT_EV_CONN_WRITABLE => m.conn_writable(&c, cont, event.handle),
+            _ => m.handle_event(&c, cont, &event),
+        }
     })
 }
 

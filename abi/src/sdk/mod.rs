@@ -150,8 +150,83 @@ pub trait Module: Sized + Send + Sync + 'static {
 
     /// Handle one event. `cont` is the continuation's data (`None` for a
     /// continuation the host created for the module). `END` events never
-    /// reach here: they go to [`Module::end`].
-    fn handle_event(&self, ctx: &Ctx<'_, Self>, cont: Option<&mut Self::Cont>, event: &Event<'_>) -> Result<()>;
+    /// reach here: they go to [`Module::end`]; HTTP and connection events go
+    /// to the hooks below. The default ignores the event.
+    fn handle_event(&self, ctx: &Ctx<'_, Self>, cont: Option<&mut Self::Cont>, event: &Event<'_>) -> Result<()> {
+        let _ = (ctx, cont, event);
+        Ok(())
+    }
+
+    // HTTP hooks (ABI 1.1), in the order a transaction meets them, each on
+    // the transaction's own continuation of the version that was active
+    // when its request arrived (docs/proxy.md):
+    //
+    //   http_request -> http_upstream (when nobody answered) -> http_response -> http_txn_end
+    //
+    // A hook decides during its call through `txn`; an error fails the
+    // request (500) unless the module is `fail_open`.
+
+    /// The request head arrived: read or change it, answer it
+    /// ([`Txn::respond`]), or choose the upstream group.
+    fn http_request(&self, ctx: &Ctx<'_, Self>, txn: &Txn<'_, '_, Self>) -> Result<()> {
+        let _ = (ctx, txn);
+        Ok(())
+    }
+
+    /// Choose the upstream group ([`Txn::select_upstream`]).
+    fn http_upstream(&self, ctx: &Ctx<'_, Self>, txn: &Txn<'_, '_, Self>) -> Result<()> {
+        let _ = (ctx, txn);
+        Ok(())
+    }
+
+    /// The response head (`status`) is about to be sent: read or change its
+    /// headers. `by` says who made it: 0 the upstream, 1 a module, 2 the host.
+    fn http_response(&self, ctx: &Ctx<'_, Self>, txn: &Txn<'_, '_, Self>, status: u16, by: u64) -> Result<()> {
+        let _ = (ctx, txn, status, by);
+        Ok(())
+    }
+
+    /// The transaction is over: `status` sent (0: none, the client left)
+    /// and `body_bytes` of response body.
+    fn http_txn_end(&self, ctx: &Ctx<'_, Self>, txn: &Txn<'_, '_, Self>, status: u16, body_bytes: u64) -> Result<()> {
+        let _ = (ctx, txn, status, body_bytes);
+        Ok(())
+    }
+
+    // Connection hooks (ABI 1.1): a [[tcp]] route's accept hooks and
+    // handler, and connections opened with [`Ctx::conn_connect`].
+
+    /// Connection `conn` is open: accepted from `peer`, or connected to it
+    /// (`connected`). In an accept hook, [`Ctx::conn_close`] rejects it.
+    fn conn_open(
+        &self,
+        ctx: &Ctx<'_, Self>,
+        cont: Option<&mut Self::Cont>,
+        conn: u64,
+        peer: &str,
+        connected: bool,
+    ) -> Result<()> {
+        let _ = (ctx, cont, conn, peer, connected);
+        Ok(())
+    }
+
+    /// Bytes arrived on `conn` (borrowed for the call).
+    fn conn_data(&self, ctx: &Ctx<'_, Self>, cont: Option<&mut Self::Cont>, conn: u64, data: &[u8]) -> Result<()> {
+        let _ = (ctx, cont, conn, data);
+        Ok(())
+    }
+
+    /// `conn` closed: `why` 0 orderly, 1 error or timeout, 2 connect failed.
+    fn conn_closed(&self, ctx: &Ctx<'_, Self>, cont: Option<&mut Self::Cont>, conn: u64, why: u64) -> Result<()> {
+        let _ = (ctx, cont, conn, why);
+        Ok(())
+    }
+
+    /// `conn` drained below half its queue after [`Ctx::conn_write`] said it was full.
+    fn conn_writable(&self, ctx: &Ctx<'_, Self>, cont: Option<&mut Self::Cont>, conn: u64) -> Result<()> {
+        let _ = (ctx, cont, conn);
+        Ok(())
+    }
 
     /// The continuation ended (its last event); `data` is its data, dropped
     /// on return unless moved elsewhere. `adopted` is true when a newer

@@ -12,7 +12,7 @@
 use core::ffi::CStr;
 
 use molt_abi::molt_module;
-use molt_abi::sdk::{Config, Ctx, Event, EventKind, Module, Result};
+use molt_abi::sdk::{Config, Ctx, Event, Module, Result, Txn};
 
 /// The instance: the greeting from config.
 pub struct Hello {
@@ -31,12 +31,13 @@ impl Module for Hello {
         Ok(Hello { greeting })
     }
 
+    fn http_request(&self, _ctx: &Ctx<'_, Self>, txn: &Txn<'_, '_, Self>) -> Result<()> {
+        let version = Self::VERSION.to_str().unwrap_or("?");
+        let body = format!("{} from hello {version}\n", self.greeting);
+        txn.respond(200, "text/plain; charset=utf-8", body.as_bytes())
+    }
+
     fn handle_event(&self, ctx: &Ctx<'_, Self>, _cont: Option<&mut ()>, event: &Event<'_>) -> Result<()> {
-        if event.kind == EventKind::HttpRequest {
-            let version = Self::VERSION.to_str().unwrap_or("?");
-            let body = format!("{} from hello {version}\n", self.greeting);
-            return ctx.txn(event).respond(200, "text/plain; charset=utf-8", body.as_bytes());
-        }
         if event.is_message() {
             let version = Self::VERSION.to_str().unwrap_or("?");
             let mut reply = format!("{} from hello {version}: ", self.greeting).into_bytes();

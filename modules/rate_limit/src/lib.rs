@@ -18,7 +18,7 @@ use core::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use molt_abi::molt_module;
-use molt_abi::sdk::{Config, Ctx, Error, Event, EventKind, Module, Msg, Result, StateBlock};
+use molt_abi::sdk::{Config, Ctx, Error, Module, Msg, Result, StateBlock, Txn};
 
 const TOKEN_BITS: u32 = 22;
 const TOKEN_MASK: u64 = (1 << TOKEN_BITS) - 1;
@@ -118,19 +118,22 @@ impl Module for RateLimit {
         Ok(RateLimit { block, rate, burst_units: burst * UNIT })
     }
 
-    fn handle_event(&self, ctx: &Ctx<'_, Self>, _cont: Option<&mut ()>, event: &Event<'_>) -> Result<()> {
-        if event.kind == EventKind::ConnOpen && event.arg0 == 0 {
-            // An accept hook of a [[tcp]] route: no token, no connection.
-            let peer = String::from_utf8_lossy(event.data);
-            if self.take(key_of(&peer), now_ms()).is_err() {
-                ctx.conn_close(event.handle)?;
-            }
-            return Ok(());
+    /// An accept hook of a `[[tcp]]` route: no token, no connection.
+    fn conn_open(
+        &self,
+        ctx: &Ctx<'_, Self>,
+        _cont: Option<&mut ()>,
+        conn: u64,
+        peer: &str,
+        connected: bool,
+    ) -> Result<()> {
+        if !connected && self.take(key_of(peer), now_ms()).is_err() {
+            ctx.conn_close(conn)?;
         }
-        if event.kind != EventKind::HttpRequest {
-            return Ok(());
-        }
-        let txn = ctx.txn(event);
+        Ok(())
+    }
+
+    fn http_request(&self, _ctx: &Ctx<'_, Self>, txn: &Txn<'_, '_, Self>) -> Result<()> {
         let key = key_of(&txn.client_addr()?);
         if let Err(wait_ms) = self.take(key, now_ms()) {
             txn.respond(429, "text/plain; charset=utf-8", b"429 Too Many Requests: slow down\n")?;

@@ -16,7 +16,7 @@
 use core::ffi::CStr;
 
 use molt_abi::molt_module;
-use molt_abi::sdk::{Config, Ctx, Error, Event, EventKind, Module, Msg, Result};
+use molt_abi::sdk::{Config, Ctx, Error, Module, Msg, Result, Txn};
 
 /// The instance: the rules from config.
 pub struct Router {
@@ -79,31 +79,29 @@ impl Module for Router {
         Ok(r)
     }
 
-    fn handle_event(&self, ctx: &Ctx<'_, Self>, _cont: Option<&mut ()>, event: &Event<'_>) -> Result<()> {
-        match event.kind {
-            EventKind::HttpRequest => {
-                if let Some(m) = &self.mark {
-                    ctx.txn(event).set_header(Msg::Request, "X-Router-Mark", m)?;
-                }
-            }
-            EventKind::HttpUpstream => {
-                let txn = ctx.txn(event);
-                let by_header = match &self.header {
-                    Some(h) => txn.request_header(h)?,
-                    None => None,
-                };
-                if let Some(group) = self.choose(&txn.path()?, by_header) {
-                    txn.select_upstream(group)?;
-                }
-            }
-            EventKind::HttpResponse => {
-                if let Some(m) = &self.mark {
-                    ctx.txn(event).set_header(Msg::Response, "X-Router-Mark", m)?;
-                }
-            }
-            _ => {}
+    fn http_request(&self, _ctx: &Ctx<'_, Self>, txn: &Txn<'_, '_, Self>) -> Result<()> {
+        match &self.mark {
+            Some(m) => txn.set_header(Msg::Request, "X-Router-Mark", m),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    fn http_upstream(&self, _ctx: &Ctx<'_, Self>, txn: &Txn<'_, '_, Self>) -> Result<()> {
+        let by_header = match &self.header {
+            Some(h) => txn.request_header(h)?,
+            None => None,
+        };
+        match self.choose(&txn.path()?, by_header) {
+            Some(group) => txn.select_upstream(group),
+            None => Ok(()),
+        }
+    }
+
+    fn http_response(&self, _ctx: &Ctx<'_, Self>, txn: &Txn<'_, '_, Self>, _status: u16, _by: u64) -> Result<()> {
+        match &self.mark {
+            Some(m) => txn.set_header(Msg::Response, "X-Router-Mark", m),
+            None => Ok(()),
+        }
     }
 }
 
