@@ -213,3 +213,46 @@ fn another_uid_cannot_use_the_control_socket() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("permission denied: uid 65534 may not use this control socket"), "{err}");
 }
+
+#[test]
+fn the_built_in_default_serves_http_through_the_example_modules() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    common::module_lib("hello"); // builds the example modules next to the binary
+    let dir = RunDir::new("ctl-default");
+    let child = Command::new(MOLT)
+        .args(["run", "--http", "127.0.0.1:0", "--for", "60"])
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut molt = Running(child);
+    let mut lines = BufReader::new(molt.0.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    let addr = loop {
+        let line = lines.next().expect("molt printed its HTTP address").unwrap();
+        printed.push(line.clone());
+        if let Some(rest) = line.strip_prefix("http: http://") {
+            break rest.split('/').next().unwrap().to_owned();
+        }
+    };
+    for _ in 0..3 {
+        printed.push(lines.next().unwrap().unwrap());
+    }
+    let text = printed.join("\n");
+    assert!(text.contains("[rate_limit, header_rewrite, hello]"), "{text}");
+    assert!(text.contains("control socket:") && text.contains("reload:"), "{text}");
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+    assert!(resp.contains("X-Served-By: molt\r\n"), "{resp}");
+    assert!(resp.ends_with("hello from hello 1.0.0\n"), "{resp}");
+    signal(&molt, rustix::process::Signal::TERM);
+    let status = molt.0.wait().unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    assert!(rest.iter().any(|l| l.starts_with("molt stopped:") && l.contains("0 pinned")), "{rest:?}");
+}

@@ -460,3 +460,32 @@ fn the_upstream_timeout_runs_from_the_end_of_the_request() {
     assert_eq!(c.get("/delay/1500").map(|r| r.status), Some(504));
     rt.shutdown();
 }
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let dir = RunDir::new("http-pipeline");
+    let (b, _) = backend("b1");
+    let modules = vec![module_cfg("hello", &module_lib("hello"), &[("greeting", "hi")])];
+    let routes = vec![route("/", Some(0), &[]), route("/hello", None, &["hello"])];
+    let (rt, addr) = start(&dir, site(vec![("b", vec![b])], routes, HttpLimits::default()), &modules);
+    let mut c = Client::connect(addr);
+    // Five requests in one write, proxied and answered here, with a body among them.
+    c.send(
+        b"GET /echo/1 HTTP/1.1\r\nHost: t\r\n\r\n\
+          POST /echo/2 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc\
+          GET /hello HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /echo/4 HTTP/1.1\r\nHost: t\r\nX-Test: four\r\n\r\n\
+          GET /hello HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    let r1 = c.read("GET").unwrap();
+    let r2 = c.read("POST").unwrap();
+    let r3 = c.read("GET").unwrap();
+    let r4 = c.read("GET").unwrap();
+    let r5 = c.read("GET").unwrap();
+    assert_eq!((r1.status, r1.text().as_str()), (200, ""));
+    assert_eq!(r2.text(), "abc");
+    assert_eq!(r3.text(), "hi from hello 1.0.0\n");
+    assert_eq!(r4.header("X-Seen-X-Test").as_deref(), Some("four"));
+    assert_eq!(r5.text(), "hi from hello 1.0.0\n");
+    rt.shutdown();
+}
