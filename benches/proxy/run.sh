@@ -5,20 +5,25 @@
 # (rate_limit, header_rewrite, router); nginx does the equivalent work in its
 # own config (adds a request and a response header, keep-alive upstream pool).
 #
-#   benches/proxy/run.sh [--rounds N] [--duration S] [--connections C] [--workers W]
+#   benches/proxy/run.sh [--rounds N] [--duration S] [--connections C] [--workers W] [--no-modules]
+#
+# --no-modules runs molt's route without its module chain (and nginx without
+# the extra headers): the proxy core alone, to see what the chain costs.
 #
 # Installs wrk and nginx from Debian when missing (apt-get; needs root or
 # sudo). Everything listens on 127.0.0.1 and stops by itself.
 set -euo pipefail
 
-ROUNDS=3 DURATION=10 CONNS=64 WORKERS=1
+ROUNDS=3 DURATION=10 CONNS=64 WORKERS=1 CHAIN='"rate_limit", "header_rewrite", "router"'
+NGX_EXTRA='proxy_set_header X-Proxy molt-bench; add_header X-Served-By nginx;'
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --connections) CONNS=$2; shift 2 ;;
     --workers) WORKERS=$2; shift 2 ;;
-    *) echo "usage: $0 [--rounds N] [--duration S] [--connections C] [--workers W]" >&2; exit 2 ;;
+    --no-modules) CHAIN=''; NGX_EXTRA=''; shift ;;
+    *) echo "usage: $0 [--rounds N] [--duration S] [--connections C] [--workers W] [--no-modules]" >&2; exit 2 ;;
   esac
 done
 
@@ -90,8 +95,7 @@ http {
       proxy_pass http://backend;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_set_header X-Proxy molt-bench;
-      add_header X-Served-By nginx;
+      $NGX_EXTRA
     }
   }
 }
@@ -135,7 +139,7 @@ backend = ["$BACKEND"]
 [[http.routes]]
 path = "/"
 upstream = "backend"
-modules = ["rate_limit", "header_rewrite", "router"]
+modules = [$CHAIN]
 CONF
 "$BIN/molt" run --config "$WORK/molt.toml" >"$WORK/molt.log" 2>&1 &
 PIDS+=($!)
@@ -144,7 +148,9 @@ for addr in $BACKEND $MOLT $NGX; do
   for _ in $(seq 100); do curl -sf "http://$addr/" >/dev/null 2>&1 && break; sleep 0.1; done
   curl -sf "http://$addr/" >/dev/null || { echo "nothing answers on $addr" >&2; cat "$WORK/molt.log" >&2; exit 1; }
 done
-curl -si "http://$MOLT/" | grep -qi "X-Served-By: molt" || { echo "molt's module chain did not run" >&2; exit 1; }
+if [ -n "$CHAIN" ]; then
+  curl -si "http://$MOLT/" | grep -qi "X-Served-By: molt" || { echo "molt's module chain did not run" >&2; exit 1; }
+fi
 
 # wrk's --latency output -> "rps p50_us p99_us"
 measure() {
@@ -164,6 +170,7 @@ to_us() {
 }
 
 echo "proxy bench: $(nproc) CPUs ($(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')), kernel $(uname -r)"
+echo "molt modules: [${CHAIN:-none}]"
 echo "workers $WORKERS each, wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS rounds A(molt) B(nginx), backend nginx (1 worker, 64-byte body)"
 printf '%-6s %12s %10s %10s   %12s %10s %10s   %8s %8s\n' round molt_rps p50_us p99_us nginx_rps p50_us p99_us rps_x p99_x
 for r in $(seq "$ROUNDS"); do
