@@ -94,6 +94,27 @@ impl<M: Module> Txn<'_, '_, M> {
         Ok(v.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// Pass an item (`MOLT_HTTP_ITEM_*`) to `f` without allocating when it
+    /// fits 512 bytes (the hot path of a hook); `f` gets `None` when the item
+    /// has no value yet.
+    pub fn with_item<R>(&self, item: u32, f: impl FnOnce(Option<&[u8]>) -> R) -> Result<R> {
+        let get = crate::api_get!(self.ctx.api(), http_get).ok_or_else(|| unsupported("http_get"))?;
+        let mut buf = [0u8; 512];
+        let mut len = 0usize;
+        // SAFETY: host function called with the current ctx, a buffer
+        // writable for its length and a valid length slot.
+        let rc = unsafe { get(self.ctx.ptr(), self.id, item, buf.as_mut_ptr().cast(), buf.len(), &mut len) };
+        match rc {
+            MOLT_OK => Ok(f(Some(&buf[..len.min(buf.len())]))),
+            MOLT_ERR_NOT_FOUND => Ok(f(None)),
+            MOLT_ERR_LIMIT => {
+                let v = self.get(item)?;
+                Ok(f(v.as_deref().map(str::as_bytes)))
+            }
+            rc => Err(Error::from_host(rc, "http_get")),
+        }
+    }
+
     /// The request method.
     pub fn method(&self) -> Result<String> {
         Ok(self.get(MOLT_HTTP_ITEM_METHOD)?.unwrap_or_default())

@@ -17,6 +17,7 @@ use core::ffi::CStr;
 use core::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use molt_abi::ffi::MOLT_HTTP_ITEM_CLIENT_ADDR;
 use molt_abi::molt_module;
 use molt_abi::sdk::{Config, Ctx, Error, Module, Msg, Result, StateBlock, Txn};
 
@@ -134,7 +135,9 @@ impl Module for RateLimit {
     }
 
     fn http_request(&self, _ctx: &Ctx<'_, Self>, txn: &Txn<'_, '_, Self>) -> Result<()> {
-        let key = key_of(&txn.client_addr()?);
+        let key = txn.with_item(MOLT_HTTP_ITEM_CLIENT_ADDR, |a| {
+            key_of(core::str::from_utf8(a.unwrap_or_default()).unwrap_or(""))
+        })?;
         if let Err(wait_ms) = self.take(key, now_ms()) {
             txn.respond(429, "text/plain; charset=utf-8", b"429 Too Many Requests: slow down\n")?;
             txn.set_header(Msg::Response, "Retry-After", &wait_ms.div_ceil(1000).to_string())?;

@@ -15,6 +15,7 @@
 
 use core::ffi::CStr;
 
+use molt_abi::ffi::MOLT_HTTP_ITEM_PATH;
 use molt_abi::molt_module;
 use molt_abi::sdk::{Config, Ctx, Error, Module, Msg, Result, Txn};
 
@@ -91,10 +92,12 @@ impl Module for Router {
             Some(h) => txn.request_header(h)?,
             None => None,
         };
-        match self.choose(&txn.path()?, by_header) {
-            Some(group) => txn.select_upstream(group),
-            None => Ok(()),
-        }
+        txn.with_item(MOLT_HTTP_ITEM_PATH, |p| {
+            match self.choose(core::str::from_utf8(p.unwrap_or_default()).unwrap_or(""), by_header) {
+                Some(group) => txn.select_upstream(group),
+                None => Ok(()),
+            }
+        })?
     }
 
     fn http_response(&self, _ctx: &Ctx<'_, Self>, txn: &Txn<'_, '_, Self>, _status: u16, _by: u64) -> Result<()> {
