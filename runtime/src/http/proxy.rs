@@ -263,6 +263,31 @@ struct Txn {
     sent: bool,
 }
 
+/// A transaction's buffers, carried from one transaction of a connection to
+/// the next; larger than [`KEEP_BUF`] they are dropped instead.
+#[derive(Default)]
+struct Buffers {
+    conts: Vec<Hooked>,
+    head_copy: Vec<u8>,
+    up_out: Vec<u8>,
+    up_in: Vec<u8>,
+}
+
+/// The largest buffer an idle connection keeps.
+const KEEP_BUF: usize = 16 * 1024;
+
+impl Buffers {
+    fn take_from(t: &mut Txn) -> Buffers {
+        let keep = |v: &mut Vec<u8>| if v.capacity() <= KEEP_BUF { std::mem::take(v) } else { Vec::new() };
+        Buffers {
+            conts: std::mem::take(&mut t.conts),
+            head_copy: keep(&mut t.head_copy),
+            up_out: keep(&mut t.up_out),
+            up_in: keep(&mut t.up_in),
+        }
+    }
+}
+
 struct Client {
     sock: TcpStream,
     peer: SocketAddr,
@@ -274,6 +299,8 @@ struct Client {
     out: Vec<u8>,
     out_pos: usize,
     txn: Option<Box<Txn>>,
+    /// The last transaction's box, kept for the next one (its buffers reused).
+    spare: Option<Box<Txn>>,
     /// Start of the current wait: the idle keep-alive, or the request.
     since: Instant,
     last_read: Instant,
@@ -427,6 +454,7 @@ impl HttpLayer {
                 out: Vec::new(),
                 out_pos: 0,
                 txn: None,
+                spare: None,
                 since: now,
                 last_read: now,
                 eof: false,
@@ -603,7 +631,19 @@ impl HttpLayer {
         self.next_txn.set(n);
         let id = (u64::from(self.worker) + 1) << 48 | n;
         let route = site.route_for(req.host.as_deref(), req.target.split('?').next().unwrap_or(""));
-        let mut t = Box::new(Txn {
+        // The previous transaction's box and buffers, when the connection kept them.
+        let (spare, mut bufs) = match c.spare.take() {
+            Some(mut old) => {
+                let bufs = Buffers::take_from(&mut old);
+                (Some(old), bufs)
+            }
+            None => (None, Buffers::default()),
+        };
+        bufs.conts.clear();
+        bufs.head_copy.clear();
+        bufs.up_out.clear();
+        bufs.up_in.clear();
+        let txn = Txn {
             data: TxnData {
                 id,
                 req,
@@ -613,7 +653,7 @@ impl HttpLayer {
                 resp: None,
                 upstream_addr: None,
             },
-            conts: Vec::new(),
+            conts: bufs.conts,
             stage: Stage::RequestHooks,
             hook_pos: 0,
             req_body: Framing::None,
@@ -621,10 +661,10 @@ impl HttpLayer {
             up: None,
             tried: 0,
             rr_start: 0,
-            head_copy: Vec::new(),
-            up_out: Vec::new(),
+            head_copy: bufs.head_copy,
+            up_out: bufs.up_out,
             up_out_pos: 0,
-            up_in: Vec::new(),
+            up_in: bufs.up_in,
             up_since: Instant::now(),
             resp_body: Framing::None,
             chunk_out: false,
@@ -635,7 +675,14 @@ impl HttpLayer {
             reused: false,
             retried: false,
             sent: false,
-        });
+        };
+        let mut t = match spare {
+            Some(mut b) => {
+                *b = txn;
+                b
+            }
+            None => Box::new(txn),
+        };
         t.req_body = Framing::of(t.data.req.body);
         let answer = |t: &mut Txn, a: Answer| {
             t.data.answer = Some(a);
@@ -759,6 +806,13 @@ impl HttpLayer {
                 c.close = true;
             }
             c.since = Instant::now();
+            if !c.close {
+                // Keep the box and its buffers for the connection's next
+                // request; not the answer or response held (they can be large).
+                t.data.answer = None;
+                t.data.resp = None;
+                c.spare = Some(t);
+            }
             return Flow::Moved;
         }
         c.txn = Some(t);
