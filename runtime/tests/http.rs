@@ -489,3 +489,61 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!(r5.text(), "hi from hello 1.0.0\n");
     rt.shutdown();
 }
+
+/// Mutated and random requests: every connection is answered or closed, and
+/// the proxy keeps serving (no worker lost, nothing reaches the upstream
+/// that was not a valid request).
+#[test]
+fn mutated_requests_never_break_the_proxy() {
+    let dir = RunDir::new("http-fuzz");
+    let (b, _) = backend("b1");
+    let limits = HttpLimits { request_timeout: Duration::from_millis(300), ..HttpLimits::default() };
+    let (rt, addr) = start(&dir, site(vec![("b", vec![b])], vec![route("/", Some(0), &[])], limits), &[]);
+    let seeds: &[&[u8]] = &[
+        b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"GET /echo HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /echo HTTP/1.1\r\nHost: t\r\n\r\n",
+    ];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..400 {
+        let mut input = seeds[i % seeds.len()].to_vec();
+        match rnd() % 4 {
+            0 => {
+                for _ in 0..1 + rnd() % 4 {
+                    let p = (rnd() as usize) % input.len();
+                    input[p] = rnd() as u8;
+                }
+            }
+            1 => input.truncate((rnd() as usize) % input.len()),
+            2 => {
+                let p = (rnd() as usize) % input.len();
+                let junk: Vec<u8> = (0..rnd() % 64).map(|_| rnd() as u8).collect();
+                input.splice(p..p, junk);
+            }
+            _ => input = (0..rnd() % 512).map(|_| rnd() as u8).collect(),
+        }
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(&input);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = Vec::new();
+        let r = s.read_to_end(&mut out);
+        assert!(r.is_ok() || out.starts_with(b"HTTP/1.1 "), "input {i} {input:?}: neither answered nor closed: {r:?}");
+        if !out.is_empty() {
+            assert!(out.starts_with(b"HTTP/1.1 "), "input {i}: not a response: {:?}", String::from_utf8_lossy(&out));
+        }
+    }
+    // Still serving, on every worker.
+    for _ in 0..20 {
+        assert_eq!(Client::connect(addr).get("/echo").map(|r| r.status), Some(200));
+    }
+    assert_eq!(rt.total(|s| &s.errors), 0, "a socket layer panicked");
+    rt.shutdown();
+}
