@@ -189,24 +189,11 @@ impl Net {
         Ok(Net { layer, routes: out, pairs: Vec::new(), free: Vec::new(), stats, last_sweep: Instant::now() })
     }
 
-    /// Whether anything is registered (the loop polls only then).
-    pub fn is_active(&self) -> bool {
-        !self.routes.is_empty()
-    }
-
-    /// Handle one readiness event.
+    /// Readiness of a pair's socket (listeners are the layer's: it runs
+    /// the accept hooks).
     pub fn on_event(&mut self, registry: &Registry, token: usize) {
-        if token < PAIR_BASE {
-            self.accept(registry, token);
-        } else {
-            let idx = (token - PAIR_BASE) / 2;
-            self.pump(registry, idx);
-        }
-    }
-
-    fn accept(&mut self, registry: &Registry, route: usize) {
-        while let Some((client, _)) = self.accept_one(route) {
-            self.start_pair(registry, route, client);
+        if token >= PAIR_BASE {
+            self.pump(registry, (token - PAIR_BASE) / 2);
         }
     }
 
