@@ -110,6 +110,8 @@ pub struct RuntimeShared {
     held: Mutex<Vec<VersionId>>,
     /// Migrations committed by the reload in progress (module, src, dst).
     migrations: Mutex<Vec<(String, u64, u64)>>,
+    /// Modules whose failure policy asks for a restart after a panic.
+    restarts: Mutex<Vec<String>>,
     /// Each worker's TCP proxy counters.
     tcp_stats: Vec<std::sync::Arc<crate::net::TcpStats>>,
     /// Each worker's HTTP proxy counters.
@@ -122,6 +124,34 @@ const UNLOADED_KEPT: usize = 32;
 pub const UNLOADS_KEPT: usize = 4096;
 
 impl RuntimeShared {
+    /// Ask the control plane to restart module `module` (its active version
+    /// panicked and its `failure_policy` is `restart`): a fresh version from
+    /// the same file and config, done by the ticker thread, never by a worker.
+    pub fn request_restart(&self, module: &str) {
+        let mut r = self.restarts.lock();
+        if !r.iter().any(|m| m == module) {
+            r.push(module.to_owned());
+        }
+    }
+
+    /// Restart the modules asked for whose active version did panic.
+    fn run_restarts(&self) {
+        let asked = std::mem::take(&mut *self.restarts.lock());
+        for m in asked {
+            let panicked = self.registry.active().and_then(|g| g.get(&m).map(|v| v.has_panicked())).unwrap_or(false);
+            if !panicked {
+                continue;
+            }
+            match self.registry.restart(self, &m) {
+                Ok(r) => {
+                    tracing::warn!(module = %m, reload_id = r.id, "module restarted after a panic (failure_policy restart)")
+                }
+                Err(crate::module::registry::ReloadError::Busy) => self.request_restart(&m),
+                Err(e) => tracing::error!(module = %m, "restart after a panic failed; the failed version stays: {e}"),
+            }
+        }
+    }
+
     /// Worker `w`'s TCP proxy counters.
     pub fn tcp_stats(&self, w: usize) -> &crate::net::TcpStats {
         &self.tcp_stats[w]
@@ -432,6 +462,7 @@ impl Runtime {
             run_dir: config.run_dir.clone(),
             held: Mutex::new(Vec::new()),
             migrations: Mutex::new(Vec::new()),
+            restarts: Mutex::new(Vec::new()),
             tcp_stats: (0..n).map(|_| std::sync::Arc::default()).collect(),
             http_stats: (0..n).map(|_| std::sync::Arc::default()).collect(),
         });
@@ -515,6 +546,7 @@ impl Runtime {
             while !rt.is_shutting_down() {
                 std::thread::sleep(Duration::from_millis(20));
                 rt.registry.tick(&rt);
+                rt.run_restarts();
                 rt.reap();
             }
         })?);

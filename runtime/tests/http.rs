@@ -547,3 +547,30 @@ fn mutated_requests_never_break_the_proxy() {
     assert_eq!(rt.total(|s| &s.errors), 0, "a socket layer panicked");
     rt.shutdown();
 }
+
+#[test]
+fn a_module_that_panics_under_restart_policy_is_restarted() {
+    let dir = RunDir::new("http-restart");
+    let probe = module_cfg("fixture_probe", &module_lib("fixture_probe"), &[]);
+    assert_eq!(probe.failure_policy, molt_runtime::config::FailurePolicy::Restart);
+    let (rt, addr) =
+        start(&dir, site(vec![], vec![route("/", None, &["fixture_probe"])], HttpLimits::default()), &[probe]);
+    let before = rt.active("fixture_probe").unwrap().id();
+    let mut c = Client::connect(addr);
+    assert_eq!(c.get("/").unwrap().text(), "probe\n");
+    // The hook panics: this request fails, and the control plane loads a fresh version.
+    let r = Client::connect(addr).get_with("/", "X-Panic: 1\r\n").unwrap();
+    assert_eq!(r.status, 500);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rt.active("fixture_probe").unwrap().id() == before {
+        assert!(Instant::now() < deadline, "the panicked module was not restarted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let now = rt.active("fixture_probe").unwrap();
+    assert!(!now.has_panicked());
+    assert_eq!(Client::connect(addr).get("/").unwrap().text(), "probe\n");
+    let history = rt.shared().registry().history();
+    assert!(history.iter().any(|r| r.kind == "restart" && r.ok && r.loaded.len() == 1), "{history:?}");
+    drop(now);
+    rt.shutdown();
+}

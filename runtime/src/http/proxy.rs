@@ -762,6 +762,9 @@ impl HttpLayer {
                     add(&self.stats.hook_failures, 1);
                     let h = &mut t.conts[pos];
                     tracing::warn!(worker = self.worker, module = %h.name, hook = kind, "hook failed: {e}");
+                    if e.panicked() && h.policy == FailurePolicy::Restart {
+                        core.runtime().request_restart(&h.name);
+                    }
                     if h.policy == FailurePolicy::FailOpen {
                         h.skip = true;
                     } else if kind == MOLT_EV_HTTP_REQUEST || kind == MOLT_EV_HTTP_UPSTREAM {

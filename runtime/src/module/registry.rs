@@ -281,13 +281,22 @@ impl Registry {
     /// Load `modules` as the new active generation (the first load, or a reload).
     pub fn reload(&self, rt: &RuntimeShared, modules: &[ModuleConfig]) -> Result<ReloadRecord, ReloadError> {
         let first = self.active.lock().is_none();
-        self.apply(rt, modules, if first { "load" } else { "reload" })
+        self.apply(rt, modules, if first { "load" } else { "reload" }, None)
     }
 
     /// Re-activate the previous generation's modules from their kept copies.
     pub fn rollback(&self, rt: &RuntimeShared) -> Result<ReloadRecord, ReloadError> {
         let prev = self.previous.lock().clone().ok_or(ReloadError::NoPrevious)?;
-        self.apply(rt, &prev, "rollback")
+        self.apply(rt, &prev, "rollback", None)
+    }
+
+    /// Load a fresh version of `module` from the active generation's own
+    /// config (its file and settings unchanged), keeping every other module:
+    /// `failure_policy = "restart"` after the module panicked.
+    pub fn restart(&self, rt: &RuntimeShared, module: &str) -> Result<ReloadRecord, ReloadError> {
+        let active = self.active.lock().clone().ok_or(ReloadError::NoPrevious)?;
+        let configs: Vec<ModuleConfig> = active.entries.iter().map(|e| e.cfg.clone()).collect();
+        self.apply(rt, &configs, "restart", Some(module))
     }
 
     fn apply(
@@ -295,6 +304,7 @@ impl Registry {
         rt: &RuntimeShared,
         modules: &[ModuleConfig],
         kind: &'static str,
+        force: Option<&str>,
     ) -> Result<ReloadRecord, ReloadError> {
         let Some(_one_at_a_time) = self.reload_lock.try_lock() else {
             return Err(ReloadError::Busy);
@@ -321,7 +331,7 @@ impl Registry {
             kept: Vec::new(),
             generation: None,
         };
-        let built = self.build(rt, modules, old.as_deref(), &settings, &mut record);
+        let built = self.build(rt, modules, old.as_deref(), &settings, &mut record, force);
         record.duration_us = t0.elapsed().as_micros() as u64;
         let entries = match built {
             Ok(e) => e,
@@ -376,6 +386,7 @@ impl Registry {
         old: Option<&Generation>,
         settings: &RegistrySettings,
         record: &mut ReloadRecord,
+        force: Option<&str>,
     ) -> Result<Vec<Entry>, ReloadError> {
         let mut entries = Vec::with_capacity(modules.len());
         for mc in modules {
@@ -402,8 +413,8 @@ impl Registry {
                     });
                 }
             }
-            if let Some(p) = prior.filter(|p| p.sha256 == sha256 && p.cfg.config == mc.config && p.cfg.mode == mc.mode)
-            {
+            let unchanged = |p: &&Entry| p.sha256 == sha256 && p.cfg.config == mc.config && p.cfg.mode == mc.mode;
+            if let Some(p) = prior.filter(unchanged).filter(|_| force != Some(mc.name.as_str())) {
                 record.kept.push(module);
                 entries.push(Entry { cfg: mc.clone(), sha256, version: p.version.clone() });
                 continue;
