@@ -129,6 +129,8 @@ fn molt_run_serves_the_control_socket_reloads_on_sighup_and_stops_on_sigterm() {
     assert!(text.contains("molt_dispatch_total{worker=\"0\"}"), "{text}");
     assert!(text.contains("molt_reloads_total{kind=\"rollback\",result=\"ok\"} 1"), "{text}");
     assert!(text.contains("molt_versions_loaded{module=\"hello\"}"), "{text}");
+    assert!(text.contains("molt_http_requests_total{worker=\"0\"} 0"), "{text}");
+    assert!(text.contains("molt_http_responses_total{worker=\"1\",class=\"5xx\"} 0"), "{text}");
 
     // The human table.
     let out = Command::new(MOLT).args(["ctl", "status", "--socket"]).arg(&socket).output().unwrap();
