@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use common::http::{Client, backend, once};
 use common::{RunDir, module_cfg, module_lib, rss_bytes};
+use molt_runtime::Runtime;
 use molt_runtime::config::ModuleConfig;
 use molt_runtime::http::{HttpLimits, HttpRoute, HttpSite};
 use molt_runtime::sync::Ordering;
-use molt_runtime::{Runtime, RuntimeConfig};
 
 fn route(path: &str, upstream: Option<usize>, modules: &[&str]) -> HttpRoute {
     HttpRoute {
@@ -36,21 +36,7 @@ fn site(groups: Vec<(&str, Vec<SocketAddr>)>, routes: Vec<HttpRoute>, limits: Ht
 }
 
 fn start(dir: &RunDir, s: HttpSite, modules: &[ModuleConfig]) -> (Runtime, SocketAddr) {
-    let rt = Runtime::start(RuntimeConfig {
-        workers: 2,
-        run_dir: dir.path().to_owned(),
-        http: vec![s],
-        state: molt_runtime::runtime::StateConfig {
-            path: Some(dir.path().join("state.molt")),
-            size: 8 << 20,
-            reset: false,
-        },
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
-    if !modules.is_empty() {
-        rt.reload(modules).unwrap();
-    }
+    let rt = common::proxy_runtime(dir.path(), vec![s], vec![], modules);
     let addr = rt.http_addrs()[0];
     (rt, addr)
 }

@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 use common::http::{Client, backend};
 use common::{RunDir, module_cfg, module_lib};
 use molt_runtime::config::ModuleConfig;
-use molt_runtime::http::{HttpLimits, HttpRoute, HttpSite};
-use molt_runtime::{Runtime, RuntimeConfig};
 
 fn modules(generation: u64) -> Vec<ModuleConfig> {
     let mark = format!("g{generation}");
@@ -62,26 +60,8 @@ fn check(r: &common::http::Resp, active: u64, t: &Tally) -> Result<(), String> {
 fn swaps_every_100ms_under_load_lose_nothing() {
     let dir = RunDir::new("http-swap");
     let (b, bs) = backend("b");
-    let site = HttpSite {
-        name: "swap".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        routes: vec![HttpRoute {
-            name: "all".into(),
-            host: None,
-            path: "/".into(),
-            upstream: Some(0),
-            modules: vec!["header_rewrite".into(), "router".into()],
-        }],
-        groups: vec![("b".into(), vec![b])],
-        limits: HttpLimits::default(),
-    };
-    let rt = Runtime::start(RuntimeConfig {
-        workers: 2,
-        run_dir: dir.path().to_owned(),
-        http: vec![site],
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
+    let site = common::one_route_site(b, &["header_rewrite", "router"]);
+    let rt = common::proxy_runtime(dir.path(), vec![site], vec![], &[]);
     rt.reload(&modules(1)).unwrap();
     let addr: SocketAddr = rt.http_addrs()[0];
     let active = Arc::new(AtomicU64::new(1));
@@ -175,31 +155,8 @@ fn schema_changing_swaps_under_load_lose_nothing() {
         c.mode = molt_runtime::config::SwapMode::Upgrade;
         vec![c]
     };
-    let site = HttpSite {
-        name: "schema".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        routes: vec![HttpRoute {
-            name: "all".into(),
-            host: None,
-            path: "/".into(),
-            upstream: Some(0),
-            modules: vec!["counter".into()],
-        }],
-        groups: vec![("b".into(), vec![b])],
-        limits: HttpLimits::default(),
-    };
-    let rt = Runtime::start(RuntimeConfig {
-        workers: 2,
-        run_dir: dir.path().to_owned(),
-        http: vec![site],
-        state: molt_runtime::runtime::StateConfig {
-            path: Some(dir.path().join("state.molt")),
-            size: 8 << 20,
-            reset: false,
-        },
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
+    let site = common::one_route_site(b, &["counter"]);
+    let rt = common::proxy_runtime(dir.path(), vec![site], vec![], &[]);
     rt.reload(&cfg(&v1[0])).unwrap();
     let addr = rt.http_addrs()[0];
     let stop = Arc::new(AtomicBool::new(false));

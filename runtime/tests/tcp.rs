@@ -186,20 +186,7 @@ fn large_streams_use_bounded_memory() {
 }
 
 fn modules_runtime(dir: &RunDir, routes: Vec<TcpRoute>, modules: &[molt_runtime::config::ModuleConfig]) -> Runtime {
-    let rt = Runtime::start(RuntimeConfig {
-        workers: 2,
-        run_dir: dir.path().to_owned(),
-        tcp: routes,
-        state: molt_runtime::runtime::StateConfig {
-            path: Some(dir.path().join("state.molt")),
-            size: 8 << 20,
-            reset: false,
-        },
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
-    rt.reload(modules).unwrap();
-    rt
+    common::proxy_runtime(dir.path(), vec![], routes, modules)
 }
 
 #[test]

@@ -114,3 +114,44 @@ pub fn rss_bytes() -> u64 {
     let pages: u64 = statm.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
     pages * 4096
 }
+
+/// A two-worker runtime over `dir` (its state in `dir/state.molt`) with these
+/// listeners, and `modules` loaded when there are any.
+pub fn proxy_runtime(
+    dir: &Path,
+    http: Vec<molt_runtime::http::HttpSite>,
+    tcp: Vec<molt_runtime::net::TcpRoute>,
+    modules: &[molt_runtime::config::ModuleConfig],
+) -> molt_runtime::Runtime {
+    let rt = molt_runtime::Runtime::start(molt_runtime::RuntimeConfig {
+        workers: 2,
+        run_dir: dir.to_owned(),
+        http,
+        tcp,
+        state: molt_runtime::runtime::StateConfig { path: Some(dir.join("state.molt")), size: 8 << 20, reset: false },
+        ..molt_runtime::RuntimeConfig::default()
+    })
+    .expect("start the runtime");
+    if !modules.is_empty() {
+        rt.reload(modules).expect("load the modules");
+    }
+    rt
+}
+
+/// An HTTP listener on 127.0.0.1:0 with one route, `/`, to upstream group
+/// `b` (`upstream`), calling `modules`.
+pub fn one_route_site(upstream: std::net::SocketAddr, modules: &[&str]) -> molt_runtime::http::HttpSite {
+    molt_runtime::http::HttpSite {
+        name: "test".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        routes: vec![molt_runtime::http::HttpRoute {
+            name: "all".into(),
+            host: None,
+            path: "/".into(),
+            upstream: Some(0),
+            modules: modules.iter().map(|m| (*m).to_owned()).collect(),
+        }],
+        groups: vec![("b".into(), vec![upstream])],
+        limits: molt_runtime::http::HttpLimits::default(),
+    }
+}
