@@ -492,25 +492,9 @@ impl WorkerCore {
         // lives across the call.
         let version: &VersionRef = unsafe { &*version };
         let abi = ev.as_abi();
-        let env = CallEnv {
-            services: self,
-            worker: self.index(),
-            replies: Some(&self.rt.replies),
-            owner: Some(version),
-            txn: None,
-        };
-        self.current.set(ev.target);
-        // SAFETY: `data` and `handler` are this continuation's, created for
-        // (or adopted into) this version; a worker runs one call at a time,
-        // so no other call for this continuation is in flight.
-        let r = unsafe { version.handle_event(env, ev.target, handler, data, &abi) };
-        self.current.set(0);
-        bump(&self.shared.stats.dispatched);
-        if let Err(e) = r {
-            bump(&self.shared.stats.errors);
-            if e.panicked() {
-                bump(&self.shared.stats.panics);
-            }
+        // SAFETY: `handler` and `data` are this live continuation's, read
+        // from its slot just now, on its home worker.
+        if let Err(e) = unsafe { self.call(ev.target, version, handler, data, &abi, None) } {
             tracing::warn!(worker = self.index(), cont = ev.target, "{e}");
         }
         if ev.kind == MOLT_EV_END {
@@ -651,29 +635,50 @@ impl WorkerCore {
         abi.handle = handle;
         abi.arg0 = args.0;
         abi.arg1 = args.1;
-        let env = CallEnv {
-            services: self,
-            worker: self.index(),
-            replies: Some(&self.rt.replies),
-            owner: Some(version),
-            txn,
-        };
+        // SAFETY: `handler` and `cdata` are this live continuation's, read
+        // from its slot just now, on its home worker.
+        match unsafe { self.call(target, version, handler, cdata, &abi, txn) } {
+            Ok(()) => CallNow::Done,
+            Err(e) => CallNow::Failed(e),
+        }
+    }
+
+    /// The environment of a call from this worker into `owner`.
+    fn env<'a>(&'a self, owner: &'a VersionRef, txn: Option<&'a dyn crate::host::TxnAccess>) -> CallEnv<'a> {
+        CallEnv { services: self, worker: self.index(), replies: Some(&self.rt.replies), owner: Some(owner), txn }
+    }
+
+    /// Call continuation `target`'s handler with `abi`, as the current
+    /// continuation, and count the call (dispatched, errors, panics): the
+    /// one call path of `dispatch` and `call_now`.
+    ///
+    /// # Safety
+    ///
+    /// `handler` and `data` are `target`'s, a live continuation of `version`
+    /// on this worker, and no other call for it is in flight (a worker runs
+    /// one call at a time, and the loop calls this outside any module call).
+    #[inline]
+    unsafe fn call(
+        &self,
+        target: u64,
+        version: &VersionRef,
+        handler: Option<molt_handler_fn>,
+        data: *mut c_void,
+        abi: &molt_event,
+        txn: Option<&dyn crate::host::TxnAccess>,
+    ) -> Result<(), crate::module::CallError> {
         let outer = self.current.replace(target);
-        // SAFETY: this continuation's handler and data on its home worker,
-        // with no other call for it in flight (the loop is outside any call).
-        let r = unsafe { version.handle_event(env, target, handler, cdata, &abi) };
+        // SAFETY: per this function's contract.
+        let r = unsafe { version.handle_event(self.env(version, txn), target, handler, data, abi) };
         self.current.set(outer);
         bump(&self.shared.stats.dispatched);
-        match r {
-            Ok(()) => CallNow::Done,
-            Err(e) => {
-                bump(&self.shared.stats.errors);
-                if e.panicked() {
-                    bump(&self.shared.stats.panics);
-                }
-                CallNow::Failed(e)
+        if let Err(e) = &r {
+            bump(&self.shared.stats.errors);
+            if e.panicked() {
+                bump(&self.shared.stats.panics);
             }
         }
+        r
     }
 
     /// Continuations of this worker owned by version `version`.
@@ -758,13 +763,7 @@ impl WorkerCore {
                 Slot::Live(c) => (c.version.clone(), c.handler, c.data),
                 _ => continue,
             };
-            let env = CallEnv {
-                services: self,
-                worker: self.index(),
-                replies: Some(&self.rt.replies),
-                owner: Some(new),
-                txn: None,
-            };
+            let env = self.env(new, None);
             self.current.set(id);
             // SAFETY: we are the home worker between this continuation's events.
             let r = unsafe { new.adopt(env, id, old_data, old_ref.meta().version_number) };
@@ -786,13 +785,7 @@ impl WorkerCore {
                 let mut ev = Event::bare(MOLT_EV_END, id, 0, 0);
                 ev.flags = MOLT_EVF_ADOPTED;
                 let abi = ev.as_abi();
-                let env = CallEnv {
-                    services: self,
-                    worker: self.index(),
-                    replies: Some(&self.rt.replies),
-                    owner: Some(&old_ref),
-                    txn: None,
-                };
+                let env = self.env(&old_ref, None);
                 self.current.set(id);
                 // SAFETY: the old version's handler and data for this
                 // continuation, on its home worker between events.
