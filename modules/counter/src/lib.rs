@@ -3,6 +3,8 @@
 //! Block `count` (schema 1) holds one `u64` at offset 0. A message with tag
 //! [`TAG_INCREMENT`] adds one and replies with the new count; tag
 //! [`TAG_READ`] replies with the count. Replies are 8 bytes, native-endian.
+//! As the handler of a `[[tcp]]` route, each byte a connection sends is an
+//! increment, answered with the new count.
 //! Its continuations carry no data, so it adopts them across versions (and
 //! across schema changes, which move every live continuation).
 #![forbid(unsafe_code)]
@@ -48,6 +50,16 @@ impl Module for Counter {
             other => return Err(Error::failed(format!("counter: unknown tag {other} (1 increments, 2 reads)"))),
         };
         ctx.reply(event, &value.to_ne_bytes())
+    }
+
+    /// As a TCP handler: every byte received increments the count, and the
+    /// new count goes back as 8 bytes, native-endian.
+    fn conn_data(&self, ctx: &Ctx<'_, Self>, _cont: Option<&mut ()>, conn: u64, data: &[u8]) -> Result<()> {
+        let count = &self.block.atomic_u64s()[0];
+        for _ in data {
+            ctx.conn_write(conn, &(count.fetch_add(1, Ordering::AcqRel) + 1).to_ne_bytes())?;
+        }
+        Ok(())
     }
 
     /// Counter continuations carry no data: the count is in the block.

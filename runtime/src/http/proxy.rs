@@ -32,7 +32,7 @@ use super::head::{self, Body, RequestHead};
 use super::site::HttpSite;
 use super::txn::{Answer, TxnData, View, reason};
 use crate::config::FailurePolicy;
-use crate::module::registry::Generation;
+use crate::module::registry::GenerationCache;
 use crate::sync::{AtomicU64, Ordering};
 use crate::worker::{CallNow, WorkerCore, io};
 
@@ -339,12 +339,6 @@ struct Group {
     failed_until: Vec<Option<Instant>>,
 }
 
-/// The modules' versions as of the last generation seen.
-struct Chains {
-    epoch: u64,
-    generation: Option<crate::sync::Arc<Generation>>,
-}
-
 /// The HTTP proxy as a worker layer.
 pub struct HttpLayer {
     layer: usize,
@@ -358,7 +352,8 @@ pub struct HttpLayer {
     up_free: RefCell<Vec<usize>>,
     pool: RefCell<HashMap<SocketAddr, Vec<usize>>>,
     health: RefCell<Vec<Vec<Group>>>,
-    chains: RefCell<Chains>,
+    /// The active generation, for the module chains' versions.
+    generations: RefCell<GenerationCache>,
     stats: Arc<HttpStats>,
     next_txn: Cell<u64>,
     /// Clients whose hooks met a held module version: driven again next tick.
@@ -411,7 +406,7 @@ impl HttpLayer {
             up_free: RefCell::new(Vec::new()),
             pool: RefCell::new(HashMap::new()),
             health: RefCell::new(health),
-            chains: RefCell::new(Chains { epoch: u64::MAX, generation: None }),
+            generations: RefCell::new(GenerationCache::default()),
             stats,
             next_txn: Cell::new(0),
             retry: RefCell::new(Vec::new()),
@@ -610,17 +605,6 @@ impl HttpLayer {
         c.inb.clear();
     }
 
-    fn generation(&self, core: &WorkerCore) -> Option<crate::sync::Arc<Generation>> {
-        let reg = core.runtime().registry();
-        let epoch = reg.epoch();
-        let mut ch = self.chains.borrow_mut();
-        if ch.epoch != epoch {
-            ch.generation = reg.active();
-            ch.epoch = epoch;
-        }
-        ch.generation.clone()
-    }
-
     /// A request head arrived: make its transaction.
     fn begin(&self, core: &WorkerCore, c: &mut Client, site: &HttpSite, req: RequestHead) {
         add(&self.stats.requests, 1);
@@ -702,10 +686,12 @@ impl HttpLayer {
             return;
         }
         t.data.group = site.routes[route].upstream;
-        // One continuation per module of the chain, of its active version.
-        let generation = self.generation(core);
+        // One continuation per module of the chain, of its active version
+        // (spawn_host calls no module, so the cache stays borrowed).
+        let mut generations = self.generations.borrow_mut();
+        let generation = generations.get(core.runtime().registry());
         for name in &site.routes[route].modules {
-            let entry = generation.as_ref().and_then(|g| g.entries.iter().find(|e| &e.cfg.name == name));
+            let entry = generation.and_then(|g| g.entries.iter().find(|e| &e.cfg.name == name));
             let Some(entry) = entry else {
                 answer(
                     &mut t,
@@ -1548,12 +1534,7 @@ impl io::Io for HttpLayer {
     }
 
     fn tick(&self, core: &WorkerCore, now: Instant) -> bool {
-        // The cached generation holds its module versions: let a replaced
-        // one go even when no request comes to refresh it.
-        if self.chains.borrow().epoch != core.runtime().registry().epoch() {
-            let old = std::mem::replace(&mut *self.chains.borrow_mut(), Chains { epoch: u64::MAX, generation: None });
-            drop(old);
-        }
+        self.generations.borrow_mut().release_stale(core.runtime().registry());
         let retry = std::mem::take(&mut *self.retry.borrow_mut());
         let worked = !retry.is_empty();
         for idx in retry {

@@ -25,6 +25,37 @@ use crate::config::{ModuleConfig, SwapMode};
 use crate::runtime::RuntimeShared;
 use crate::sync::{Arc, Mutex};
 
+/// A worker's copy of the active generation for its data path: re-read
+/// (under the registry's lock) only when the registry's epoch moved, so
+/// finding a module's version costs an atomic load, not a lock.
+#[derive(Default)]
+pub struct GenerationCache {
+    /// The epoch `generation` was read at (`None`: nothing read yet).
+    epoch: Option<u64>,
+    generation: Option<Arc<Generation>>,
+}
+
+impl GenerationCache {
+    /// The active generation, fresh as of `registry`'s epoch.
+    pub fn get(&mut self, registry: &Registry) -> Option<&Generation> {
+        let epoch = registry.epoch();
+        if self.epoch != Some(epoch) {
+            self.generation = registry.active();
+            self.epoch = Some(epoch);
+        }
+        self.generation.as_deref()
+    }
+
+    /// Let go of a replaced generation (it holds its module versions alive)
+    /// without reading the new one: for idle moments, when no request came
+    /// to refresh the cache.
+    pub fn release_stale(&mut self, registry: &Registry) {
+        if self.epoch.is_some_and(|e| e != registry.epoch()) {
+            *self = GenerationCache::default();
+        }
+    }
+}
+
 /// One module of a generation.
 #[derive(Clone)]
 pub struct Entry {

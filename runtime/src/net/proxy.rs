@@ -220,11 +220,6 @@ impl Net {
         }
     }
 
-    /// The route's config.
-    pub(crate) fn route(&self, route: usize) -> &TcpRoute {
-        &self.routes[route].cfg
-    }
-
     /// Proxy `client` to an upstream of `route`.
     pub(crate) fn start_pair(&mut self, registry: &Registry, route: usize, client: TcpStream) {
         {
@@ -433,6 +428,35 @@ struct ModConn {
     /// conn_write said LIMIT: send WRITABLE when `out` drains below half.
     want_writable: bool,
     peer: String,
+    /// Events its module's version could not take yet (held for a state
+    /// migration), in order: (kind, arg0, data). Nothing more is read
+    /// until they are delivered.
+    held: std::collections::VecDeque<(u32, u64, Vec<u8>)>,
+}
+
+/// An accepted connection whose accept hooks met a held module version.
+struct Waiting {
+    route: usize,
+    sock: TcpStream,
+    peer: SocketAddr,
+    /// The next hook to call.
+    next: usize,
+}
+
+/// A CLOSED a held module version could not take yet.
+struct Unreported {
+    cont: u64,
+    handle: u64,
+    why: u64,
+    host_cont: bool,
+}
+
+/// What the accept hooks decided.
+enum Verdict {
+    Accept,
+    Reject,
+    /// Hook `next` met a held version: ask again later.
+    Wait(usize),
 }
 
 /// The TCP proxy, and module-owned connections, as a worker layer.
@@ -440,15 +464,27 @@ pub struct TcpLayer {
     layer: usize,
     net: std::cell::RefCell<Net>,
     registry: Registry,
+    /// Each route's accept hooks and handler module.
+    hooks: Vec<(Vec<String>, Option<String>)>,
+    /// The active generation, for the hooks' module versions.
+    versions: std::cell::RefCell<crate::module::registry::GenerationCache>,
     conns: std::cell::RefCell<Vec<Option<ModConn>>>,
     free: std::cell::RefCell<Vec<usize>>,
+    /// Each connection slot's generation (for stale handles).
     generations: std::cell::RefCell<Vec<u32>>,
     /// The connection in its accept hooks, and whether a module rejected it.
     pending: std::cell::Cell<Option<(u64, bool)>>,
     /// Module-owned connections to close and report (outside module calls).
     closed: std::cell::RefCell<Vec<(usize, u64)>>,
+    /// Work that met a held module version, tried again every turn.
+    waiting: std::cell::RefCell<Vec<Waiting>>,
+    unreported: std::cell::RefCell<Vec<Unreported>>,
+    held_conns: std::cell::RefCell<Vec<usize>>,
     scratch: std::cell::RefCell<Box<[u8]>>,
 }
+
+/// The read buffer of module connections.
+const SCRATCH: usize = 64 * 1024;
 
 impl TcpLayer {
     /// The layer at position `layer` over `registry` (the worker's poller).
@@ -458,22 +494,34 @@ impl TcpLayer {
         routes: Vec<(TcpRoute, std::net::TcpListener)>,
         stats: std::sync::Arc<TcpStats>,
     ) -> std::io::Result<TcpLayer> {
+        let hooks = routes.iter().map(|(r, _)| (r.modules.clone(), r.handler.clone())).collect();
         let net = Net::new(layer, registry, routes, stats)?;
         Ok(TcpLayer {
             layer,
             net: std::cell::RefCell::new(net),
             registry: registry.try_clone()?,
+            hooks,
+            versions: std::cell::RefCell::default(),
             conns: std::cell::RefCell::new(Vec::new()),
             free: std::cell::RefCell::new(Vec::new()),
             generations: std::cell::RefCell::new(Vec::new()),
             pending: std::cell::Cell::new(None),
             closed: std::cell::RefCell::new(Vec::new()),
-            scratch: std::cell::RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice()),
+            waiting: std::cell::RefCell::new(Vec::new()),
+            unreported: std::cell::RefCell::new(Vec::new()),
+            held_conns: std::cell::RefCell::new(Vec::new()),
+            scratch: std::cell::RefCell::new(vec![0u8; SCRATCH].into_boxed_slice()),
         })
     }
 
+    /// The layer's own handle of slot `idx` at `generation` (modules see it
+    /// through [`io::handle`]).
+    fn local(idx: usize, generation: u32) -> u64 {
+        (u64::from(generation) << 32) | (idx as u64 + 1)
+    }
+
     fn handle_of(&self, idx: usize, generation: u32) -> u64 {
-        io::handle(self.layer, (u64::from(generation) << 32) | (idx as u64 + 1))
+        io::handle(self.layer, Self::local(idx, generation))
     }
 
     /// The slot of a layer-local handle, if it is live.
@@ -484,55 +532,65 @@ impl TcpLayer {
         conns.get(idx)?.as_ref().filter(|c| c.generation == generation).map(|_| idx)
     }
 
-    fn module_version(core: &WorkerCore, name: &str) -> Option<crate::module::VersionRef> {
-        core.runtime().registry().active()?.get(name).cloned()
+    /// A host-made continuation of module `name`'s active version.
+    fn spawn(&self, core: &WorkerCore, name: &str) -> Option<u64> {
+        let mut versions = self.versions.borrow_mut();
+        let version = versions.get(core.runtime().registry()).and_then(|g| g.get(name));
+        match version {
+            Some(v) => core.spawn_host(v).ok(),
+            None => {
+                tracing::warn!(module = name, "TCP route: the module is not loaded; the connection is refused");
+                None
+            }
+        }
     }
 
     fn accept(&self, core: &WorkerCore, route: usize) {
         loop {
             let Some((client, peer)) = self.net.borrow_mut().accept_one(route) else { return };
-            let (modules, handler) = {
-                let n = self.net.borrow();
-                let r = n.route(route);
-                (r.modules.clone(), r.handler.clone())
-            };
-            if let Some(h) = handler {
-                self.adopt_conn(core, client, peer, &h);
-                continue;
-            }
-            if !modules.is_empty() && !self.accept_hooks(core, &modules, peer) {
-                continue; // rejected: dropped, closed
-            }
-            self.net.borrow_mut().start_pair(&self.registry, route, client);
+            self.admit(core, route, client, peer, 0);
         }
     }
 
-    /// Call every accept hook; false when one rejected the connection.
-    fn accept_hooks(&self, core: &WorkerCore, modules: &[String], peer: SocketAddr) -> bool {
+    /// Run `route`'s accept hooks from hook `from`, then hand the connection
+    /// to its handler module or to the proxy.
+    fn admit(&self, core: &WorkerCore, route: usize, sock: TcpStream, peer: SocketAddr, from: usize) {
+        let (modules, handler) = &self.hooks[route];
+        match self.accept_hooks(core, &modules[from..], peer) {
+            Verdict::Reject => {} // dropped: closed
+            Verdict::Wait(k) => self.waiting.borrow_mut().push(Waiting { route, sock, peer, next: from + k }),
+            Verdict::Accept => match handler {
+                Some(h) => self.adopt_conn(core, sock, peer, h),
+                None => self.net.borrow_mut().start_pair(&self.registry, route, sock),
+            },
+        }
+    }
+
+    /// Call the accept hooks `modules` in order.
+    fn accept_hooks(&self, core: &WorkerCore, modules: &[String], peer: SocketAddr) -> Verdict {
         // A handle for the hooks only: the pair is not a module connection.
         let handle = io::handle(self.layer, (0x00ff_ffff << 32) | 0xffff_fffe);
         let text = peer.to_string();
-        for m in modules {
-            let Some(v) = Self::module_version(core, m) else {
-                tracing::warn!(module = %m, "TCP accept hook: the module is not loaded; connection refused");
-                return false;
-            };
-            let Ok(cont) = core.spawn_host(&v) else { return false };
+        for (k, m) in modules.iter().enumerate() {
+            let Some(cont) = self.spawn(core, m) else { return Verdict::Reject };
             self.pending.set(Some((handle, false)));
             let r = core.call_now(cont, MOLT_EV_CONN_OPEN, handle, (0, 0), text.as_bytes(), None);
             let rejected = self.pending.take().is_some_and(|(_, r)| r);
             let _ = core.destroy(cont);
-            if let crate::worker::CallNow::Failed(e) = r {
-                tracing::warn!(module = %m, "TCP accept hook failed; connection refused: {e}");
-                return false;
-            }
-            if rejected {
-                return false;
+            match r {
+                crate::worker::CallNow::Held => return Verdict::Wait(k),
+                crate::worker::CallNow::Failed(e) => {
+                    tracing::warn!(module = %m, "TCP accept hook failed; connection refused: {e}");
+                    return Verdict::Reject;
+                }
+                _ if rejected => return Verdict::Reject,
+                _ => {}
             }
         }
-        true
+        Verdict::Accept
     }
 
+    /// Register a module connection; its slot and layer-local handle.
     fn insert(
         &self,
         mut sock: TcpStream,
@@ -567,31 +625,36 @@ impl TcpLayer {
             closing: false,
             want_writable: false,
             peer,
+            held: std::collections::VecDeque::new(),
         });
-        Some((idx, self.handle_of(idx, generation)))
+        Some((idx, Self::local(idx, generation)))
     }
 
     /// A connection of a `handler` route: its own continuation of the module.
     fn adopt_conn(&self, core: &WorkerCore, client: TcpStream, peer: SocketAddr, module: &str) {
-        let Some(v) = Self::module_version(core, module) else {
-            tracing::warn!(module, "TCP handler: the module is not loaded; connection closed");
-            return;
-        };
-        let Ok(cont) = core.spawn_host(&v) else { return };
+        let Some(cont) = self.spawn(core, module) else { return };
         let text = peer.to_string();
-        let Some((idx, handle)) = self.insert(client, cont, true, false, text.clone()) else {
+        let Some((idx, local)) = self.insert(client, cont, true, false, text.clone()) else {
             let _ = core.destroy(cont);
             return;
         };
-        self.deliver(core, idx, (cont, handle), MOLT_EV_CONN_OPEN, 0, text.as_bytes());
+        self.deliver(core, idx, (cont, io::handle(self.layer, local)), MOLT_EV_CONN_OPEN, 0, text.as_bytes());
         self.conn_io(core, idx);
     }
 
-    /// Call `to` = (continuation, connection handle) with an event of `kind`.
+    /// Call `to` = (continuation, connection handle) with an event of
+    /// `kind`; an event a held version cannot take yet waits in the
+    /// connection's `held` queue.
     fn deliver(&self, core: &WorkerCore, idx: usize, to: (u64, u64), kind: u32, arg0: u64, data: &[u8]) {
         let (cont, handle) = to;
         match core.call_now(cont, kind, handle, (arg0, 0), data, None) {
-            crate::worker::CallNow::Done | crate::worker::CallNow::Held => {}
+            crate::worker::CallNow::Done => {}
+            crate::worker::CallNow::Held => {
+                if let Some(c) = self.conns.borrow_mut().get_mut(idx).and_then(Option::as_mut) {
+                    c.held.push_back((kind, arg0, data.to_vec()));
+                    self.held_conns.borrow_mut().push(idx);
+                }
+            }
             crate::worker::CallNow::Stale => self.closed.borrow_mut().push((idx, 1)),
             crate::worker::CallNow::Failed(e) => {
                 tracing::warn!(conn = handle, "connection handler failed; closing the connection: {e}");
@@ -600,10 +663,40 @@ impl TcpLayer {
         }
     }
 
-    /// Move what can move on a module connection: connect completion,
-    /// queued output, input (as DATA events).
+    /// Deliver the events a held version could not take; whether none is left.
+    fn deliver_held(&self, core: &WorkerCore, idx: usize) -> bool {
+        loop {
+            let (next, to) = {
+                let mut conns = self.conns.borrow_mut();
+                let Some(c) = conns.get_mut(idx).and_then(Option::as_mut) else { return true };
+                let to = (c.cont, self.handle_of(idx, c.generation));
+                (c.held.pop_front(), to)
+            };
+            let Some((kind, arg0, data)) = next else { return true };
+            match core.call_now(to.0, kind, to.1, (arg0, 0), &data, None) {
+                crate::worker::CallNow::Done => {}
+                crate::worker::CallNow::Held => {
+                    if let Some(c) = self.conns.borrow_mut().get_mut(idx).and_then(Option::as_mut) {
+                        c.held.push_front((kind, arg0, data));
+                    }
+                    self.held_conns.borrow_mut().push(idx);
+                    return false;
+                }
+                _ => {
+                    self.closed.borrow_mut().push((idx, 1));
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Move what can move on a module connection: held events, connect
+    /// completion, queued output, input (as DATA events).
     fn conn_io(&self, core: &WorkerCore, idx: usize) {
         loop {
+            if !self.deliver_held(core, idx) {
+                return; // nothing more is read until the held events are in
+            }
             let (cont, handle, mut event): (u64, u64, Option<(u32, u64)>) = {
                 let mut conns = self.conns.borrow_mut();
                 let Some(c) = conns.get_mut(idx).and_then(Option::as_mut) else { return };
@@ -630,9 +723,14 @@ impl TcpLayer {
                 self.deliver(core, idx, (cont, handle), kind, arg0, peer.as_bytes());
                 continue;
             }
-            // Output.
+            // The read buffer is taken out for the module call that reads
+            // from it (a module's calls back into this layer never read).
+            let mut buf = std::mem::take(&mut *self.scratch.borrow_mut());
+            if buf.is_empty() {
+                buf = vec![0u8; SCRATCH].into_boxed_slice();
+            }
             let mut writable_event = false;
-            let mut input = Vec::new();
+            let mut n = 0;
             let mut eof = false;
             let mut failed = false;
             {
@@ -663,47 +761,76 @@ impl TcpLayer {
                 }
                 if c.closing && c.out.is_empty() {
                     drop(conns);
+                    *self.scratch.borrow_mut() = buf;
                     self.closed.borrow_mut().push((idx, 0));
                     return self.reap(core);
                 }
                 if !failed && !c.closing {
-                    let mut scratch = self.scratch.borrow_mut();
-                    match c.sock.read(&mut scratch) {
+                    match c.sock.read(&mut buf) {
                         Ok(0) => eof = true,
-                        Ok(k) => input.extend_from_slice(&scratch[..k]),
+                        Ok(k) => n = k,
                         Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
                         Err(_) => failed = true,
                     }
                 }
             }
             if failed || eof {
+                *self.scratch.borrow_mut() = buf;
                 self.closed.borrow_mut().push((idx, u64::from(failed)));
                 return self.reap(core);
             }
             if writable_event {
                 self.deliver(core, idx, (cont, handle), MOLT_EV_CONN_WRITABLE, 0, &[]);
             }
-            if input.is_empty() {
+            if n > 0 {
+                self.deliver(core, idx, (cont, handle), MOLT_EV_CONN_DATA, 0, &buf[..n]);
+            }
+            *self.scratch.borrow_mut() = buf;
+            if n == 0 {
                 return;
             }
-            self.deliver(core, idx, (cont, handle), MOLT_EV_CONN_DATA, 0, &input);
         }
     }
 
     /// Close and report the connections queued in `closed`.
     fn reap(&self, core: &WorkerCore) {
         loop {
-            let Some((idx, why)) = self.closed.borrow_mut().pop() else { return };
+            let Some((idx, why)) = self.closed.borrow_mut().pop() else { break };
             let Some(mut c) = self.conns.borrow_mut().get_mut(idx).and_then(Option::take) else { continue };
             let _ = self.registry.deregister(&mut c.sock);
             let _ = c.sock.shutdown(std::net::Shutdown::Both);
             self.free.borrow_mut().push(idx);
             let handle = self.handle_of(idx, c.generation);
-            let _ = core.call_now(c.cont, MOLT_EV_CONN_CLOSED, handle, (why, 0), &[], None);
-            if c.host_cont {
-                let _ = core.destroy(c.cont);
+            // Events still held are lost with the connection; CLOSED is not.
+            self.unreported.borrow_mut().push(Unreported { cont: c.cont, handle, why, host_cont: c.host_cont });
+        }
+        let reports = std::mem::take(&mut *self.unreported.borrow_mut());
+        for r in reports {
+            if let crate::worker::CallNow::Held =
+                core.call_now(r.cont, MOLT_EV_CONN_CLOSED, r.handle, (r.why, 0), &[], None)
+            {
+                self.unreported.borrow_mut().push(r);
+                continue;
+            }
+            if r.host_cont {
+                let _ = core.destroy(r.cont);
             }
         }
+    }
+
+    /// Retry what met a held module version; whether anything was waiting.
+    fn retry_held(&self, core: &WorkerCore) -> bool {
+        let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
+        let conns = std::mem::take(&mut *self.held_conns.borrow_mut());
+        let worked = !waiting.is_empty() || !conns.is_empty() || !self.unreported.borrow().is_empty();
+        for w in waiting {
+            self.admit(core, w.route, w.sock, w.peer, w.next);
+        }
+        for idx in conns {
+            self.conn_io(core, idx);
+        }
+        self.reap(core);
+        worked
     }
 }
 
@@ -721,9 +848,10 @@ impl io::Io for TcpLayer {
 
     fn tick(&self, core: &crate::worker::WorkerCore, _now: Instant) -> bool {
         self.net.borrow_mut().sweep(&self.registry);
+        self.versions.borrow_mut().release_stale(core.runtime().registry());
         let worked = !self.closed.borrow().is_empty();
         self.reap(core);
-        worked
+        self.retry_held(core) || worked
     }
 
     fn conn_write(&self, core: &WorkerCore, conn: u64, data: &[u8]) -> crate::host::ServiceResult<()> {
@@ -792,9 +920,9 @@ impl io::Io for TcpLayer {
         })?;
         let sock = TcpStream::connect(a).map_err(|e| (MOLT_ERR_FAILED, format!("conn_connect to {a}: {e}")))?;
         let _ = sock.set_nodelay(true);
-        let (_, handle) = self
+        let (_, local) = self
             .insert(sock, cont, false, true, a.to_string())
             .ok_or((MOLT_ERR_FAILED, format!("conn_connect to {a}: cannot register the socket")))?;
-        Ok(io::split_handle(handle).map_or(0, |(_, h)| h))
+        Ok(local)
     }
 }
