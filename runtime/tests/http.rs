@@ -69,6 +69,11 @@ fn keep_alive_both_sides_reuses_connections() {
     assert_eq!(bs.requests.load(Ordering::Relaxed), 200);
     assert_eq!(bs.connections.load(Ordering::Relaxed), 1, "the upstream connection was not reused");
     assert_eq!(http_total(&rt, |s| s.pool_reuses.load(Ordering::Relaxed)), 199);
+    // The client's X-Forwarded-For values come first; fields named in Connection are the hop's.
+    let r = c.get_with("/echo", "X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\n").unwrap();
+    assert_eq!(r.header("X-Seen-X-Forwarded-For").as_deref(), Some("10.0.0.1, 10.0.0.2, 127.0.0.1"));
+    let r = c.get_with("/echo", "Connection: X-Test\r\nX-Test: hop\r\n").unwrap();
+    assert_eq!(r.header("X-Seen-X-Test"), None, "a field named in Connection was forwarded");
     // HTTP/1.0 without keep-alive: answered, then closed.
     let r = once(addr, b"GET /echo HTTP/1.0\r\n\r\n", "GET").unwrap();
     assert_eq!(r.status, 200);

@@ -126,11 +126,32 @@ pub const HOP_BY_HOP: &[&str] = &[
 
 /// Whether `name` is hop-by-hop here: in [`HOP_BY_HOP`] or listed in a `Connection` header.
 pub fn is_hop_by_hop(name: &str, headers: &[Header]) -> bool {
-    HOP_BY_HOP.iter().any(|h| eq(h, name))
-        || headers
+    HopByHop::of(headers).contains(name)
+}
+
+/// The hop-by-hop names of one message: [`HOP_BY_HOP`] and those its
+/// `Connection` headers list, read once for all its fields.
+pub struct HopByHop<'a> {
+    listed: Vec<&'a str>,
+}
+
+impl<'a> HopByHop<'a> {
+    /// Read the `Connection` headers of `headers` (allocates only when there are some).
+    pub fn of(headers: &'a [Header]) -> HopByHop<'a> {
+        let listed = headers
             .iter()
             .filter(|h| eq(&h.name, "connection"))
-            .any(|h| String::from_utf8_lossy(&h.value).split(',').any(|t| eq(t.trim(), name)))
+            .filter_map(|h| std::str::from_utf8(&h.value).ok())
+            .flat_map(|v| v.split(',').map(str::trim))
+            .filter(|t| !t.is_empty())
+            .collect();
+        HopByHop { listed }
+    }
+
+    /// Whether field `name` describes the hop, not the message.
+    pub fn contains(&self, name: &str) -> bool {
+        HOP_BY_HOP.iter().any(|h| eq(h, name)) || self.listed.iter().any(|t| eq(t, name))
+    }
 }
 
 fn tokens<'a>(headers: &'a [Header], name: &'a str) -> impl Iterator<Item = String> + 'a {

@@ -153,6 +153,31 @@ fn transfer(framing: &mut Framing, input: &mut Vec<u8>, out: &mut Vec<u8>, chunk
     Ok(moved)
 }
 
+/// Whether reading a socket may find something: set by a readiness event,
+/// cleared when a read drains the socket. A peer's close (`EPOLLRDHUP`)
+/// keeps it set until EOF is read, since a short read says nothing then.
+#[derive(Debug, Clone, Copy)]
+struct Readable {
+    rd: bool,
+    hup: bool,
+}
+
+impl Readable {
+    /// A new socket: try a read.
+    const NEW: Readable = Readable { rd: true, hup: false };
+
+    fn on_ready(&mut self, ready: io::Readiness) {
+        if ready.readable {
+            self.rd = true;
+            self.hup |= ready.read_closed;
+        }
+    }
+
+    fn after(&mut self, f: &Filled) {
+        self.rd = !f.drained || (self.hup && !f.eof);
+    }
+}
+
 /// What a read did: bytes, whether it met EOF, and whether the socket is
 /// drained (it would block, or a read came back short), so that reading
 /// again before the next readiness event would only cost a syscall.
@@ -312,10 +337,8 @@ struct Client {
     keep_alive: bool,
     /// Lingering close: our side is shut, input is dropped until EOF or this time.
     linger: Option<Instant>,
-    /// Reading may find something (a readiness event came since it drained).
-    rd: bool,
-    /// The peer closed its side: read until EOF whatever the reads return.
-    hup: bool,
+    /// Whether reading may find something.
+    rx: Readable,
 }
 
 struct Up {
@@ -324,10 +347,8 @@ struct Up {
     connected: bool,
     owner: Option<usize>,
     idle_since: Instant,
-    /// Reading may find something.
-    rd: bool,
-    /// The server closed its side (a readiness event said so).
-    hup: bool,
+    /// Whether reading may find something.
+    rx: Readable,
     /// EOF was read.
     eof: bool,
     /// Idle connections kept per server (its listener's `pool_per_server`).
@@ -416,6 +437,11 @@ impl HttpLayer {
         })
     }
 
+    /// Count a response by its status class.
+    fn count_status(&self, status: u16) {
+        add(&self.stats.responses[usize::from(status / 100).saturating_sub(1).min(4)], 1);
+    }
+
     fn accept(&self, site: usize) {
         let Some(l) = self.listeners.get(site) else { return };
         loop {
@@ -430,7 +456,7 @@ impl HttpLayer {
             add(&self.stats.accepted, 1);
             if self.open.get() >= self.sites[site].limits.max_connections {
                 add(&self.stats.overload, 1);
-                add(&self.stats.responses[4], 1);
+                self.count_status(503);
                 let a = Answer::host(503, "this worker is at its connection limit; try again");
                 let _ = sock.write(&answer_bytes(&a, "GET", 1, true));
                 continue;
@@ -457,8 +483,7 @@ impl HttpLayer {
                 minor: 1,
                 keep_alive: true,
                 linger: None,
-                rd: true,
-                hup: false,
+                rx: Readable::NEW,
             };
             let idx = self.client_free.borrow_mut().pop().unwrap_or_else(|| {
                 let mut cs = self.clients.borrow_mut();
@@ -524,7 +549,7 @@ impl HttpLayer {
                 }
             }
         }
-        let site = self.sites[c.site].clone();
+        let site: &HttpSite = &self.sites[c.site];
         let mut moved = false;
         // Read the client when there is room: a head, or a body in transit.
         let cap = match c.txn.as_ref().map(|t| t.stage) {
@@ -532,14 +557,14 @@ impl HttpLayer {
             Some(Stage::Proxy | Stage::Connect) => BODY_BUF,
             Some(_) => 0,
         };
-        if c.rd && !c.eof && c.inb.len() < cap {
+        if c.rx.rd && !c.eof && c.inb.len() < cap {
             match fill(&mut c.sock, &mut c.inb, cap, &mut self.scratch.borrow_mut()) {
                 Ok(f) => {
                     if f.n > 0 {
                         moved = true;
                         c.last_read = Instant::now();
                     }
-                    c.rd = !f.drained || (c.hup && !f.eof);
+                    c.rx.after(&f);
                     c.eof |= f.eof;
                     moved |= f.eof;
                 }
@@ -600,7 +625,7 @@ impl HttpLayer {
         tracing::debug!(worker = self.worker, peer = %c.peer, status, "refused: {why}");
         let text = why.split_once(": ").map_or(why, |(_, t)| t);
         c.out.extend_from_slice(&answer_bytes(&Answer::host(status, text), "GET", 1, true));
-        add(&self.stats.responses[(status / 100 - 1).min(4) as usize], 1);
+        self.count_status(status);
         c.close = true;
         c.inb.clear();
     }
@@ -789,7 +814,7 @@ impl HttpLayer {
         let flow = self.advance_txn(core, idx, c, site, &mut t);
         if t.stage == Stage::End && t.conts.is_empty() {
             // Finished: the next request may come.
-            add(&self.stats.responses[(t.status / 100).saturating_sub(1).min(4) as usize], 1);
+            self.count_status(t.status);
             let body_left = !t.req_body.done();
             if !c.keep_alive || body_left || c.eof {
                 c.close = true;
@@ -983,8 +1008,7 @@ impl HttpLayer {
             connected: false,
             owner: None,
             idle_since: Instant::now(),
-            rd: true,
-            hup: false,
+            rx: Readable::NEW,
             eof: false,
             pool_cap,
         });
@@ -1000,10 +1024,10 @@ impl HttpLayer {
             // closes it (up_ready closes it then); one whose event is not
             // handled yet is checked here.
             let alive = match ups[idx].as_mut() {
-                Some(u) if u.hup || u.eof => false,
-                Some(u) if u.rd => {
+                Some(u) if u.rx.hup || u.eof => false,
+                Some(u) if u.rx.rd => {
                     let mut b = [0u8; 1];
-                    u.rd = false;
+                    u.rx.rd = false;
                     matches!(u.sock.read(&mut b), Err(e) if e.kind() == ErrorKind::WouldBlock)
                 }
                 Some(_) => true,
@@ -1027,12 +1051,12 @@ impl HttpLayer {
     /// Read an upstream connection into `buf` (up to `cap`) when its
     /// readiness says there may be something, keeping its flags.
     fn read_up(&self, u: &mut Up, buf: &mut Vec<u8>, cap: usize) -> std::io::Result<Filled> {
-        if !u.rd || u.eof {
+        if !u.rx.rd || u.eof {
             return Ok(Filled { n: 0, eof: false, drained: true });
         }
         let r = fill(&mut u.sock, buf, cap, &mut self.scratch.borrow_mut());
         if let Ok(f) = &r {
-            u.rd = !f.drained || (u.hup && !f.eof);
+            u.rx.after(f);
             u.eof |= f.eof;
         }
         r
@@ -1218,8 +1242,9 @@ impl HttpLayer {
         let mut out = Vec::with_capacity(256);
         let reason = if r.reason.is_empty() { reason(r.status) } else { r.reason.as_str() };
         let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", r.status);
+        let hop = head::HopByHop::of(&r.headers);
         for h in &r.headers {
-            if head::is_hop_by_hop(&h.name, &r.headers) || h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if hop.contains(&h.name) {
                 continue;
             }
             if h.name.eq_ignore_ascii_case("content-length") && !head_req {
@@ -1316,7 +1341,7 @@ impl HttpLayer {
     /// Timeouts of one client (and its transaction); whether it is to close.
     fn expire(&self, core: &WorkerCore, idx: usize, now: Instant) {
         let Some(mut c) = self.clients.borrow_mut().get_mut(idx).and_then(Option::take) else { return };
-        let site = self.sites[c.site].clone();
+        let site: &HttpSite = &self.sites[c.site];
         let l = &site.limits;
         let mut close = false;
         let mut drive = false;
@@ -1411,9 +1436,9 @@ impl HttpLayer {
                 // Idle in the pool: the server closed it (or sent what it should not).
                 let mut ups = self.ups.borrow_mut();
                 let gone = match ups[idx].as_mut() {
-                    Some(u) if u.rd => {
+                    Some(u) if u.rx.rd => {
                         let mut b = [0u8; 1];
-                        u.rd = false;
+                        u.rx.rd = false;
                         !matches!(u.sock.read(&mut b), Err(e) if e.kind() == ErrorKind::WouldBlock)
                     }
                     _ => false,
@@ -1450,31 +1475,23 @@ fn request_bytes(req: &RequestHead, peer_ip: &str, upstream: SocketAddr) -> Vec<
     out.push(b' ');
     out.extend_from_slice(req.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut xff: Option<Vec<u8>> = None;
+    let hop = head::HopByHop::of(&req.headers);
+    let xff = |n: &str| n.eq_ignore_ascii_case("x-forwarded-for");
     for h in &req.headers {
         let n = h.name.as_str();
-        if head::is_hop_by_hop(n, &req.headers)
-            || n.eq_ignore_ascii_case("content-length")
-            || n.eq_ignore_ascii_case("expect")
-        {
-            continue;
-        }
-        if n.eq_ignore_ascii_case("x-forwarded-for") {
-            let v = xff.get_or_insert_with(Vec::new);
-            if !v.is_empty() {
-                v.extend_from_slice(b", ");
-            }
-            v.extend_from_slice(&h.value);
+        if hop.contains(n) || n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("expect") || xff(n) {
             continue;
         }
         put_header(&mut out, n, &h.value);
     }
-    let mut v = xff.unwrap_or_default();
-    if !v.is_empty() {
-        v.extend_from_slice(b", ");
+    // The client's X-Forwarded-For values, in order, then the client.
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for h in req.headers.iter().filter(|h| xff(&h.name)) {
+        out.extend_from_slice(&h.value);
+        out.extend_from_slice(b", ");
     }
-    v.extend_from_slice(peer_ip.as_bytes());
-    put_header(&mut out, "X-Forwarded-For", &v);
+    out.extend_from_slice(peer_ip.as_bytes());
+    out.extend_from_slice(b"\r\n");
     if req.host.is_none() {
         // An HTTP/1.0 request may come without Host; HTTP/1.1 upstream needs one.
         put_header(&mut out, "Host", upstream.to_string().as_bytes());
@@ -1514,20 +1531,14 @@ impl io::Io for HttpLayer {
             self.accept(token);
         } else if token < UP_BASE {
             let idx = token - CLIENT_BASE;
-            if ready.readable
-                && let Some(c) = self.clients.borrow_mut().get_mut(idx).and_then(Option::as_mut)
-            {
-                c.rd = true;
-                c.hup |= ready.read_closed;
+            if let Some(c) = self.clients.borrow_mut().get_mut(idx).and_then(Option::as_mut) {
+                c.rx.on_ready(ready);
             }
             self.drive(core, idx);
         } else {
             let idx = token - UP_BASE;
-            if ready.readable
-                && let Some(u) = self.ups.borrow_mut().get_mut(idx).and_then(Option::as_mut)
-            {
-                u.rd = true;
-                u.hup |= ready.read_closed;
+            if let Some(u) = self.ups.borrow_mut().get_mut(idx).and_then(Option::as_mut) {
+                u.rx.on_ready(ready);
             }
             self.up_ready(core, idx);
         }

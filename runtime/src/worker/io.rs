@@ -43,8 +43,6 @@ pub fn split_handle(h: u64) -> Option<(usize, u64)> {
 pub struct Readiness {
     /// Reading may make progress (data, EOF or an error is there).
     pub readable: bool,
-    /// Writing may make progress.
-    pub writable: bool,
     /// The peer closed its side (or an error came): reading will reach EOF,
     /// even after a short read.
     pub read_closed: bool,
@@ -55,7 +53,6 @@ impl Readiness {
     pub fn of(ev: &mio::event::Event) -> Readiness {
         Readiness {
             readable: ev.is_readable() || ev.is_read_closed() || ev.is_error(),
-            writable: ev.is_writable() || ev.is_write_closed() || ev.is_error(),
             read_closed: ev.is_read_closed() || ev.is_error(),
         }
     }
