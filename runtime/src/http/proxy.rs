@@ -584,7 +584,7 @@ impl HttpLayer {
                     Ok(None) => {}
                     Ok(Some((h, n))) => {
                         c.inb.drain(..n);
-                        self.begin(core, c, &site, h);
+                        self.begin(core, c, site, h);
                         moved = true;
                     }
                     Err(e) => {
@@ -595,7 +595,7 @@ impl HttpLayer {
             }
         }
         if c.txn.is_some() {
-            match self.advance(core, idx, c, &site) {
+            match self.advance(core, idx, c, site) {
                 Flow::Moved => moved = true,
                 Flow::Wait => {}
                 Flow::Close => return Flow::Close,
@@ -1363,7 +1363,7 @@ impl HttpLayer {
                         if let Some(i) =
                             t.data.upstream_addr.and_then(|a| site.groups[g].1.iter().position(|x| *x == a))
                         {
-                            self.mark_failed(c.site, g, i, &site);
+                            self.mark_failed(c.site, g, i, site);
                         }
                         self.release_upstream(t, false);
                         t.stage = Stage::Connect;
@@ -1376,7 +1376,7 @@ impl HttpLayer {
                         drive = true;
                     } else if t.sent && now.duration_since(t.up_since) > l.upstream_timeout {
                         let mut tt = c.txn.take().expect("txn");
-                        self.upstream_failed(&mut c, &site, &mut tt, true);
+                        self.upstream_failed(&mut c, site, &mut tt, true);
                         c.txn = Some(tt);
                         drive = true;
                     }

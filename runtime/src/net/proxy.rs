@@ -133,6 +133,24 @@ impl Buf {
         Ok(n)
     }
 
+    /// Fill from `from`, drain to `to` (counting the bytes passed on in
+    /// `bytes`); bytes moved, with `failed` set on an error.
+    fn pump(&mut self, from: &mut TcpStream, to: &mut TcpStream, bytes: &AtomicU64, failed: &mut bool) -> usize {
+        let mut moved = 0;
+        match self.fill(from) {
+            Ok(n) => moved += n,
+            Err(_) => *failed = true,
+        }
+        match self.drain(to) {
+            Ok(n) => {
+                moved += n;
+                add(bytes, n as u64);
+            }
+            Err(_) => *failed = true,
+        }
+        moved
+    }
+
     fn done(&self) -> bool {
         self.eof && self.shut
     }
@@ -307,29 +325,8 @@ impl Net {
         }
         let mut failed = false;
         loop {
-            let mut moved = 0;
-            match p.up.fill(&mut p.client) {
-                Ok(n) => moved += n,
-                Err(_) => failed = true,
-            }
-            match p.up.drain(&mut p.upstream) {
-                Ok(n) => {
-                    moved += n;
-                    add(&self.stats.bytes_up, n as u64);
-                }
-                Err(_) => failed = true,
-            }
-            match p.down.fill(&mut p.upstream) {
-                Ok(n) => moved += n,
-                Err(_) => failed = true,
-            }
-            match p.down.drain(&mut p.client) {
-                Ok(n) => {
-                    moved += n;
-                    add(&self.stats.bytes_down, n as u64);
-                }
-                Err(_) => failed = true,
-            }
+            let mut moved = p.up.pump(&mut p.client, &mut p.upstream, &self.stats.bytes_up, &mut failed);
+            moved += p.down.pump(&mut p.upstream, &mut p.client, &self.stats.bytes_down, &mut failed);
             if moved > 0 {
                 p.last = Instant::now();
             }
