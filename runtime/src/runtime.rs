@@ -428,6 +428,24 @@ impl StateHooks for Hooks {
     }
 }
 
+/// Bind `addr` once per worker (`SO_REUSEPORT`); a port 0 is resolved by
+/// the first bind and reused by the others. The listeners and the address.
+fn bind_workers(
+    addr: std::net::SocketAddr,
+    workers: usize,
+    what: &str,
+) -> std::io::Result<(Vec<std::net::TcpListener>, std::net::SocketAddr)> {
+    let mut addr = addr;
+    let mut out = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let l = crate::net::bind_reuseport(addr)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{what}: cannot listen on {addr} (worker {w}): {e}")))?;
+        addr = l.local_addr()?;
+        out.push(l);
+    }
+    Ok((out, addr))
+}
+
 impl Runtime {
     /// Start `config.workers` worker threads and the control-plane ticker.
     pub fn start(config: RuntimeConfig) -> std::io::Result<Runtime> {
@@ -468,18 +486,13 @@ impl Runtime {
         });
         #[cfg(not(molt_loom))]
         shared.loader.host().set_hooks(Box::new(Hooks(Arc::downgrade(&shared))));
-        // Each worker binds every TCP route itself (SO_REUSEPORT); port 0
-        // is resolved by the first bind and reused by the others.
+        // Each worker binds every listener itself (SO_REUSEPORT).
         let mut tcp_addrs = Vec::with_capacity(config.tcp.len());
         let mut per_worker: Vec<Vec<(crate::net::TcpRoute, std::net::TcpListener)>> =
             (0..n).map(|_| Vec::new()).collect();
         for route in &config.tcp {
-            let mut addr = route.listen;
-            for (w, list) in per_worker.iter_mut().enumerate() {
-                let l = crate::net::bind_reuseport(addr).map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("TCP route: cannot listen on {addr} (worker {w}): {e}"))
-                })?;
-                addr = l.local_addr()?;
+            let (listeners, addr) = bind_workers(route.listen, n, "TCP route")?;
+            for (list, l) in per_worker.iter_mut().zip(listeners) {
                 list.push((route.clone(), l));
             }
             tcp_addrs.push(addr);
@@ -488,18 +501,10 @@ impl Runtime {
         let mut http_per_worker: Vec<Vec<(std::sync::Arc<crate::http::HttpSite>, std::net::TcpListener)>> =
             (0..n).map(|_| Vec::new()).collect();
         for site in &config.http {
-            let mut addr = site.listen;
-            let mut site = site.clone();
-            for (w, list) in http_per_worker.iter_mut().enumerate() {
-                let l = crate::net::bind_reuseport(addr).map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!("HTTP listener {}: cannot listen on {addr} (worker {w}): {e}", site.name),
-                    )
-                })?;
-                addr = l.local_addr()?;
-                site.listen = addr;
-                list.push((std::sync::Arc::new(site.clone()), l));
+            let (listeners, addr) = bind_workers(site.listen, n, &format!("HTTP listener {}", site.name))?;
+            let site = std::sync::Arc::new(crate::http::HttpSite { listen: addr, ..site.clone() });
+            for (list, l) in http_per_worker.iter_mut().zip(listeners) {
+                list.push((site.clone(), l));
             }
             http_addrs.push(addr);
         }
