@@ -73,28 +73,37 @@ macro_rules! thread_ping_pong {
 thread_ping_pong!(crossbeam, crossbeam_channel::bounded::<u64>);
 thread_ping_pong!(flume, flume::bounded::<u64>);
 
+/// The echoing party of a tokio ping-pong: sends back what it receives.
+async fn tokio_echo(mut rx: tokio::sync::mpsc::Receiver<u64>, tx: tokio::sync::mpsc::Sender<u64>) {
+    while let Some(v) = rx.recv().await {
+        if tx.send(v).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The timing party: `rounds` round trips, each timed.
+async fn tokio_ping(
+    tx: tokio::sync::mpsc::Sender<u64>,
+    mut rx: tokio::sync::mpsc::Receiver<u64>,
+    rounds: u64,
+) -> Vec<u64> {
+    let mut out = Vec::with_capacity(rounds as usize);
+    for i in 0..rounds {
+        let t = Instant::now();
+        tx.send(i).await.unwrap();
+        rx.recv().await.unwrap();
+        out.push(t.elapsed().as_nanos() as u64);
+    }
+    out
+}
+
 fn tokio_mpsc(rt: &tokio::runtime::Runtime, rounds: u64) -> Vec<u64> {
     rt.block_on(async move {
-        let (to_b, mut b_rx) = tokio::sync::mpsc::channel::<u64>(1);
-        let (to_a, mut a_rx) = tokio::sync::mpsc::channel::<u64>(1);
-        let b = tokio::spawn(async move {
-            while let Some(v) = b_rx.recv().await {
-                if to_a.send(v).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let a = tokio::spawn(async move {
-            let mut out = Vec::with_capacity(rounds as usize);
-            for i in 0..rounds {
-                let t = Instant::now();
-                to_b.send(i).await.unwrap();
-                a_rx.recv().await.unwrap();
-                out.push(t.elapsed().as_nanos() as u64);
-            }
-            out
-        });
-        let out = a.await.unwrap();
+        let (to_b, b_rx) = tokio::sync::mpsc::channel::<u64>(1);
+        let (to_a, a_rx) = tokio::sync::mpsc::channel::<u64>(1);
+        let b = tokio::spawn(tokio_echo(b_rx, to_a));
+        let out = tokio::spawn(tokio_ping(to_b, a_rx, rounds)).await.unwrap();
         b.await.unwrap();
         out
     })
@@ -103,29 +112,12 @@ fn tokio_mpsc(rt: &tokio::runtime::Runtime, rounds: u64) -> Vec<u64> {
 /// tokio mpsc with each party on its own thread (a current-thread runtime
 /// each), so every round trip crosses threads as molt's does.
 fn tokio_two_threads(rounds: u64) -> Vec<u64> {
-    let (to_b, mut b_rx) = tokio::sync::mpsc::channel::<u64>(1);
-    let (to_a, mut a_rx) = tokio::sync::mpsc::channel::<u64>(1);
+    let (to_b, b_rx) = tokio::sync::mpsc::channel::<u64>(1);
+    let (to_a, a_rx) = tokio::sync::mpsc::channel::<u64>(1);
     let b = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        rt.block_on(async move {
-            while let Some(v) = b_rx.recv().await {
-                if to_a.send(v).await.is_err() {
-                    break;
-                }
-            }
-        });
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(tokio_echo(b_rx, to_a));
     });
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let out = rt.block_on(async move {
-        let mut out = Vec::with_capacity(rounds as usize);
-        for i in 0..rounds {
-            let t = Instant::now();
-            to_b.send(i).await.unwrap();
-            a_rx.recv().await.unwrap();
-            out.push(t.elapsed().as_nanos() as u64);
-        }
-        out
-    });
+    let out = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(tokio_ping(to_b, a_rx, rounds));
     b.join().unwrap();
     out
 }
