@@ -5,10 +5,17 @@
 # (rate_limit, header_rewrite, router); nginx does the equivalent work in its
 # own config (adds a request and a response header, keep-alive upstream pool).
 #
-#   benches/proxy/run.sh [--rounds N] [--duration S] [--connections C] [--workers W] [--no-modules]
+#   benches/proxy/run.sh [--rounds N] [--duration S] [--connections C] [--workers W]
+#                        [--no-modules | --direct]
 #
 # --no-modules runs molt's route without its module chain (and nginx without
 # the extra headers): the proxy core alone, to see what the chain costs.
+# --direct measures answering without an upstream: molt's chain is the
+# built-in default's (rate_limit, header_rewrite, hello answering), nginx
+# answers the same body with `return 200` and `add_header`.
+#
+# At the end it prints how molt's listener spread the requests over its
+# workers (from `molt ctl metrics`).
 #
 # Installs wrk and nginx from Debian when missing (apt-get; needs root or
 # sudo). Everything listens on 127.0.0.1 and stops by itself.
@@ -16,6 +23,7 @@ set -euo pipefail
 
 ROUNDS=3 DURATION=10 CONNS=64 WORKERS=1 CHAIN='"rate_limit", "header_rewrite", "router"'
 NGX_EXTRA='proxy_set_header X-Proxy molt-bench; add_header X-Served-By nginx;'
+MODE=proxy
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -23,7 +31,8 @@ while [ $# -gt 0 ]; do
     --connections) CONNS=$2; shift 2 ;;
     --workers) WORKERS=$2; shift 2 ;;
     --no-modules) CHAIN=''; NGX_EXTRA=''; shift ;;
-    *) echo "usage: $0 [--rounds N] [--duration S] [--connections C] [--workers W] [--no-modules]" >&2; exit 2 ;;
+    --direct) MODE=direct; CHAIN='"rate_limit", "header_rewrite", "hello"'; shift ;;
+    *) echo "usage: $0 [--rounds N] [--duration S] [--connections C] [--workers W] [--no-modules | --direct]" >&2; exit 2 ;;
   esac
 done
 
@@ -76,7 +85,14 @@ CONF
 "$NGINX" -c "$WORK/backend/nginx.conf" -p "$WORK/backend" &
 PIDS+=($!)
 
-# nginx as the reverse proxy.
+# nginx as the reverse proxy (or, --direct, answering itself).
+if [ "$MODE" = direct ]; then
+  NGX_LOCATION='add_header X-Served-By nginx; return 200 "hello from hello 1.0.0\n";'
+  MOLT_UPSTREAM=''
+else
+  NGX_LOCATION="proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; $NGX_EXTRA"
+  MOLT_UPSTREAM='upstream = "backend"'
+fi
 cat >"$WORK/nginx/nginx.conf" <<CONF
 worker_processes $WORKERS;
 daemon off;
@@ -92,10 +108,7 @@ http {
   server {
     listen $NGX;
     location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      $NGX_EXTRA
+      $NGX_LOCATION
     }
   }
 }
@@ -107,7 +120,6 @@ PIDS+=($!)
 cat >"$WORK/molt.toml" <<CONF
 [runtime]
 workers = $WORKERS
-spin_us = ${MOLT_SPIN_US:-50}
 run_dir = "$WORK/run"
 state_file = "$WORK/state.molt"
 state_size_mb = 8
@@ -116,7 +128,7 @@ state_size_mb = 8
 name = "rate_limit"
 path = "$BIN/librate_limit.so"
 [modules.config]
-rate = 100000
+rate = 1000000
 burst = 200000
 
 [[modules]]
@@ -132,13 +144,17 @@ path = "$BIN/librouter.so"
 [modules.config]
 default = "backend"
 
+[[modules]]
+name = "hello"
+path = "$BIN/libhello.so"
+
 [[http]]
 listen = "$MOLT"
 [http.upstreams]
 backend = ["$BACKEND"]
 [[http.routes]]
 path = "/"
-upstream = "backend"
+$MOLT_UPSTREAM
 modules = [$CHAIN]
 CONF
 "$BIN/molt" run --config "$WORK/molt.toml" >"$WORK/molt.log" 2>&1 &
@@ -170,7 +186,7 @@ to_us() {
 }
 
 echo "proxy bench: $(nproc) CPUs ($(awk -F: '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/^ //')), kernel $(uname -r)"
-echo "molt modules: [${CHAIN:-none}]"
+echo "mode $MODE, molt modules: [${CHAIN:-none}]"
 echo "workers $WORKERS each, wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS rounds A(molt) B(nginx), backend nginx (1 worker, 64-byte body)"
 printf '%-6s %12s %10s %10s   %12s %10s %10s   %8s %8s\n' round molt_rps p50_us p99_us nginx_rps p50_us p99_us rps_x p99_x
 for r in $(seq "$ROUNDS"); do
@@ -180,3 +196,7 @@ for r in $(seq "$ROUNDS"); do
     "$(awk -v a="$mr" -v b="$nr" 'BEGIN {printf "%.2f", a/b}')" "$(awk -v a="$m99" -v b="$n99" 'BEGIN {printf "%.2f", a/b}')"
 done
 echo "rps_x: molt req/s over nginx's (higher is better for molt); p99_x: molt p99 over nginx's (lower is better)"
+# How molt's SO_REUSEPORT listeners spread the requests over its workers.
+"$BIN/molt" ctl metrics --socket "$WORK/run/ctl.sock" 2>/dev/null |
+  awk '/^molt_http_requests_total/ { split($1, a, "\""); n[a[2]] = $2; t += $2 }
+       END { if (t > 0) { printf "molt requests per worker:"; for (w in n) printf " worker %s %.1f%%", w, 100 * n[w] / t; print "" } }'

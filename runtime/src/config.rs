@@ -517,7 +517,7 @@ impl Config {
             modules: vec![
                 m("hello", vec![("greeting", "hello")]),
                 m("header_rewrite", vec![("response.set.X-Served-By", "molt")]),
-                m("rate_limit", vec![("rate", "100000"), ("burst", "100000")]),
+                m("rate_limit", vec![("rate", "1000000"), ("burst", "200000")]),
                 m("echo_c", vec![]),
                 m("counter", vec![]),
             ],
