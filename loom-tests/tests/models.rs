@@ -133,7 +133,7 @@ fn inbox_concurrent_producers() {
         for p in producers {
             p.join().unwrap();
         }
-        // SAFETY: sole consumer.
+        // SAFETY: this thread is the inbox's only consumer (invariant 1), as for pop above.
         assert!(unsafe { q.is_empty() });
     });
 }
@@ -198,7 +198,7 @@ fn park_wake_never_loses_a_wakeup() {
                     return;
                 }
                 cs.prepare();
-                // SAFETY: sole consumer.
+                // SAFETY: this thread is the inbox's only consumer (invariant 1), as for pop above.
                 if !unsafe { cq.is_empty() } {
                     cs.awake();
                     thread::yield_now(); // a producer may be mid-push

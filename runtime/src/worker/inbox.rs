@@ -175,7 +175,7 @@ mod tests {
         for p in producers {
             p.join().unwrap();
         }
-        // SAFETY: sole consumer.
+        // SAFETY: this thread is the inbox's only consumer (invariant 1), as for pop above.
         assert!(unsafe { q.is_empty() });
     }
 
