@@ -67,8 +67,8 @@ pub struct HttpStats {
     pub upstream_failures: AtomicU64,
     /// Hook calls that failed.
     pub hook_failures: AtomicU64,
-    /// Hook call attempts that met a held module version (a state migration);
-    /// the transaction is driven again each loop turn until the hold ends.
+    /// Hook calls that met a held module version (a state migration); the
+    /// transaction waits and goes on when the worker's holds are released.
     pub held_hooks: AtomicU64,
 }
 
@@ -377,7 +377,8 @@ pub struct HttpLayer {
     generations: RefCell<GenerationCache>,
     stats: Arc<HttpStats>,
     next_txn: Cell<u64>,
-    /// Clients whose hooks met a held module version: driven again next tick.
+    /// Clients whose hooks met a held module version: driven again when the
+    /// worker's holds are released.
     retry: RefCell<Vec<usize>>,
     open: Cell<usize>,
     last_sweep: Cell<Instant>,
@@ -1546,16 +1547,18 @@ impl io::Io for HttpLayer {
 
     fn tick(&self, core: &WorkerCore, now: Instant) -> bool {
         self.generations.borrow_mut().release_stale(core.runtime().registry());
-        let retry = std::mem::take(&mut *self.retry.borrow_mut());
-        let worked = !retry.is_empty();
-        for idx in retry {
-            self.drive(core, idx);
-        }
         if now.duration_since(self.last_sweep.get()) >= std::time::Duration::from_millis(20) {
             self.last_sweep.set(now);
             self.sweep(core, now);
         }
-        worked
+        false
+    }
+
+    fn unheld(&self, core: &WorkerCore) {
+        let retry = std::mem::take(&mut *self.retry.borrow_mut());
+        for idx in retry {
+            self.drive(core, idx);
+        }
     }
 
     fn tick_every(&self) -> std::time::Duration {

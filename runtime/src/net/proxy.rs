@@ -473,7 +473,8 @@ pub struct TcpLayer {
     pending: std::cell::Cell<Option<(u64, bool)>>,
     /// Module-owned connections to close and report (outside module calls).
     closed: std::cell::RefCell<Vec<(usize, u64)>>,
-    /// Work that met a held module version, tried again every turn.
+    /// Work that met a held module version, tried again when the worker's
+    /// holds are released.
     waiting: std::cell::RefCell<Vec<Waiting>>,
     unreported: std::cell::RefCell<Vec<Unreported>>,
     held_conns: std::cell::RefCell<Vec<usize>>,
@@ -815,11 +816,10 @@ impl TcpLayer {
         }
     }
 
-    /// Retry what met a held module version; whether anything was waiting.
-    fn retry_held(&self, core: &WorkerCore) -> bool {
+    /// Retry what met a held module version.
+    fn retry_held(&self, core: &WorkerCore) {
         let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
         let conns = std::mem::take(&mut *self.held_conns.borrow_mut());
-        let worked = !waiting.is_empty() || !conns.is_empty() || !self.unreported.borrow().is_empty();
         for w in waiting {
             self.admit(core, w.route, w.sock, w.peer, w.next);
         }
@@ -827,7 +827,6 @@ impl TcpLayer {
             self.conn_io(core, idx);
         }
         self.reap(core);
-        worked
     }
 }
 
@@ -848,7 +847,11 @@ impl io::Io for TcpLayer {
         self.versions.borrow_mut().release_stale(core.runtime().registry());
         let worked = !self.closed.borrow().is_empty();
         self.reap(core);
-        self.retry_held(core) || worked
+        worked
+    }
+
+    fn unheld(&self, core: &WorkerCore) {
+        self.retry_held(core);
     }
 
     fn conn_write(&self, core: &WorkerCore, conn: u64, data: &[u8]) -> crate::host::ServiceResult<()> {

@@ -70,6 +70,9 @@ pub trait Io {
     fn ready(&self, core: &WorkerCore, token: usize, ready: Readiness);
     /// Timeouts and deferred work, at least every `tick_every`; whether it did anything.
     fn tick(&self, core: &WorkerCore, now: Instant) -> bool;
+    /// The worker's holds were released (a state migration ended): work
+    /// that met a held version ([`super::CallNow::Held`]) can go on now.
+    fn unheld(&self, _core: &WorkerCore) {}
     /// How soon the layer wants `tick` again when the worker is idle.
     fn tick_every(&self) -> Duration {
         Duration::from_millis(50)

@@ -149,6 +149,8 @@ pub struct WorkerCore {
     holding: Cell<bool>,
     /// Events held for them, in arrival order.
     parked: RefCell<VecDeque<Event>>,
+    /// Holds were released since the layers last heard of it.
+    released: Cell<bool>,
     /// The socket layers (set once when the loop starts).
     io: std::cell::OnceCell<Vec<Box<dyn io::Io>>>,
 }
@@ -183,6 +185,7 @@ impl WorkerCore {
             held: RefCell::new(Vec::new()),
             holding: Cell::new(false),
             parked: RefCell::new(VecDeque::new()),
+            released: Cell::new(false),
             io: std::cell::OnceCell::new(),
         }
     }
@@ -285,6 +288,12 @@ impl WorkerCore {
     fn io_tick(&self) -> bool {
         let now = Instant::now();
         let mut worked = false;
+        if self.released.take() {
+            for l in self.layers() {
+                self.guard("unheld", || l.unheld(self));
+            }
+            worked = true;
+        }
         for l in self.layers() {
             worked |= self.guard("tick", || l.tick(self, now)).unwrap_or(false);
         }
@@ -710,6 +719,7 @@ impl WorkerCore {
     pub fn unhold(&self) -> usize {
         self.held.borrow_mut().clear();
         self.holding.set(false);
+        self.released.set(true);
         let parked = std::mem::take(&mut *self.parked.borrow_mut());
         let n = parked.len();
         let mut l = self.local.borrow_mut();
