@@ -315,7 +315,6 @@ impl Buffers {
 
 struct Client {
     sock: TcpStream,
-    peer: SocketAddr,
     /// The peer as text, "ip:port" (for hooks), and its IP alone (for X-Forwarded-For).
     peer_text: std::rc::Rc<str>,
     peer_ip: std::rc::Rc<str>,
@@ -380,7 +379,6 @@ pub struct HttpLayer {
     /// Clients whose hooks met a held module version: driven again when the
     /// worker's holds are released.
     retry: RefCell<Vec<usize>>,
-    open: Cell<usize>,
     last_sweep: Cell<Instant>,
     /// The read buffer every read goes through.
     scratch: RefCell<Box<[u8]>>,
@@ -432,7 +430,6 @@ impl HttpLayer {
             stats,
             next_txn: Cell::new(0),
             retry: RefCell::new(Vec::new()),
-            open: Cell::new(0),
             last_sweep: Cell::new(Instant::now()),
             scratch: RefCell::new(vec![0u8; 32 * 1024].into_boxed_slice()),
         })
@@ -455,7 +452,7 @@ impl HttpLayer {
                 }
             };
             add(&self.stats.accepted, 1);
-            if self.open.get() >= self.sites[site].limits.max_connections {
+            if self.stats.open.load(Ordering::Relaxed) as usize >= self.sites[site].limits.max_connections {
                 add(&self.stats.overload, 1);
                 self.count_status(503);
                 let a = Answer::host(503, "this worker is at its connection limit; try again");
@@ -468,7 +465,6 @@ impl HttpLayer {
             let peer_ip: std::rc::Rc<str> = peer.ip().to_string().into();
             let c = Client {
                 sock,
-                peer,
                 peer_text,
                 peer_ip,
                 site,
@@ -498,7 +494,6 @@ impl HttpLayer {
                 continue;
             }
             self.clients.borrow_mut()[idx] = Some(c);
-            self.open.set(self.open.get() + 1);
             add(&self.stats.open, 1);
         }
     }
@@ -531,7 +526,6 @@ impl HttpLayer {
         let _ = self.registry.deregister(&mut c.sock);
         let _ = c.sock.shutdown(Shutdown::Both);
         self.client_free.borrow_mut().push(idx);
-        self.open.set(self.open.get().saturating_sub(1));
         sub(&self.stats.open, 1);
     }
 
@@ -623,7 +617,7 @@ impl HttpLayer {
 
     /// Queue a host error answer outside any transaction and stop reading.
     fn refuse(&self, c: &mut Client, status: u16, why: &str) {
-        tracing::debug!(worker = self.worker, peer = %c.peer, status, "refused: {why}");
+        tracing::debug!(worker = self.worker, peer = %c.peer_text, status, "refused: {why}");
         let text = why.split_once(": ").map_or(why, |(_, t)| t);
         c.out.extend_from_slice(&answer_bytes(&Answer::host(status, text), "GET", 1, true));
         self.count_status(status);
