@@ -332,27 +332,22 @@ impl ModuleVersion {
         let module = format!("{} {}", self.meta.name, self.meta.version);
         let id = self.meta.id;
         let fini_error = self.fini();
+        // A version whose library stays mapped, and why.
+        let pinned = |why: &str, fini_error| UnloadReport {
+            id,
+            module: module.clone(),
+            unmapped: false,
+            pinned: Some(why.into()),
+            copy_removed: false,
+            fini_error,
+        };
         let Some(lib) = self.lib.take() else {
-            return UnloadReport {
-                id,
-                module,
-                unmapped: false,
-                pinned: Some("already closed".into()),
-                copy_removed: false,
-                fini_error,
-            };
+            return pinned("already closed", fini_error);
         };
         if self.meta.flags & MOLT_MODULE_NEVER_UNLOAD != 0 {
             // The module asked never to be unmapped: keep the handle open for good.
             std::mem::forget(lib);
-            return UnloadReport {
-                id,
-                module,
-                unmapped: false,
-                pinned: Some("the module sets MOLT_MODULE_NEVER_UNLOAD".into()),
-                copy_removed: false,
-                fini_error,
-            };
+            return pinned("the module sets MOLT_MODULE_NEVER_UNLOAD", fini_error);
         }
         if let Err(e) = lib.close() {
             tracing::warn!(module = %self.meta.name, version = %self.meta.version, "dlclose failed: {e}");
