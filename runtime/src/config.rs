@@ -181,6 +181,8 @@ struct RawRoute {
     upstream: Option<String>,
     #[serde(default)]
     modules: Vec<String>,
+    #[serde(default)]
+    retry_non_idempotent: bool,
 }
 
 fn default_path() -> String {
@@ -352,7 +354,14 @@ fn parse_http(
                 ));
             }
         }
-        routes.push(crate::http::HttpRoute { name: rname, host: r.host, path: r.path, upstream, modules: r.modules });
+        routes.push(crate::http::HttpRoute {
+            name: rname,
+            host: r.host,
+            path: r.path,
+            upstream,
+            modules: r.modules,
+            retry_non_idempotent: r.retry_non_idempotent,
+        });
     }
     let d = crate::http::HttpLimits::default();
     let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
@@ -538,6 +547,7 @@ impl Config {
                 path: "/".into(),
                 upstream: None,
                 modules: vec!["rate_limit".into(), "header_rewrite".into(), "hello".into()],
+                retry_non_idempotent: false,
             }],
             groups: Vec::new(),
             limits: crate::http::HttpLimits::default(),
@@ -622,5 +632,19 @@ limits = { burst = 10, on = true }
 
         let e = parse("[[modules]]\nname = \"Bad Name\"\npath = \"x\"\n").unwrap_err();
         assert!(e.message.contains("[a-z0-9_-]"), "{e}");
+    }
+
+    #[test]
+    fn a_route_retries_only_idempotent_requests_unless_it_says_so() {
+        let src = |extra: &str| {
+            format!(
+                "[[http]]\nlisten = \"127.0.0.1:0\"\n[http.upstreams]\nb = [\"127.0.0.1:9\"]\n\
+                 [[http.routes]]\nupstream = \"b\"\n{extra}"
+            )
+        };
+        assert!(!parse(&src("")).unwrap().http[0].routes[0].retry_non_idempotent);
+        assert!(parse(&src("retry_non_idempotent = true\n")).unwrap().http[0].routes[0].retry_non_idempotent);
+        let e = parse(&src("retry_non_idempotent = 1\n")).unwrap_err();
+        assert!(e.message.contains("retry_non_idempotent") || e.message.contains("bool"), "{e}");
     }
 }

@@ -121,7 +121,7 @@ pub fn metrics(rt: &RuntimeShared) -> String {
         }
     }
     type Proxy = (&'static str, &'static str, fn(&RuntimeShared, usize) -> u64);
-    let proxy: [Proxy; 13] = [
+    let proxy: [Proxy; 15] = [
         ("molt_http_requests_total", "HTTP requests whose head was read.", |r, w| {
             r.http_stats(w).requests.load(Ordering::Relaxed)
         }),
@@ -140,8 +140,16 @@ pub fn metrics(rt: &RuntimeShared) -> String {
         ("molt_http_pool_reuses_total", "Requests sent on a pooled upstream connection.", |r, w| {
             r.http_stats(w).pool_reuses.load(Ordering::Relaxed)
         }),
-        ("molt_http_upstream_failures_total", "Upstream connects that failed or timed out.", |r, w| {
-            r.http_stats(w).upstream_failures.load(Ordering::Relaxed)
+        (
+            "molt_http_upstream_failures_total",
+            "Upstream attempts that failed (refused, closed, malformed, timed out).",
+            |r, w| r.http_stats(w).upstream_failures.load(Ordering::Relaxed),
+        ),
+        ("molt_http_upstream_retries_total", "HTTP requests sent again after a failed upstream attempt.", |r, w| {
+            r.http_stats(w).upstream_retries.load(Ordering::Relaxed)
+        }),
+        ("molt_http_client_aborts_total", "HTTP transactions given up because the client left mid-request.", |r, w| {
+            r.http_stats(w).client_aborts.load(Ordering::Relaxed)
         }),
         ("molt_http_hook_failures_total", "HTTP hook calls that failed.", |r, w| {
             r.http_stats(w).hook_failures.load(Ordering::Relaxed)

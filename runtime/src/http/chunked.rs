@@ -26,6 +26,28 @@ enum State {
 #[error("malformed chunked body: {0}")]
 pub struct ChunkError(pub String);
 
+/// The size on a chunk-size line (its CRLF already taken off): a hex
+/// number of at most 15 digits (so no size overflows, and none is near
+/// `u64::MAX`), optional whitespace before extensions (RFC 9112 §7.1.1
+/// BWS), and no control character but HTAB anywhere on the line.
+fn chunk_size(line: &[u8]) -> Result<u64, ChunkError> {
+    let shown = || String::from_utf8_lossy(line).into_owned();
+    if !line.first().is_some_and(u8::is_ascii_hexdigit) {
+        return Err(ChunkError(format!("bad chunk size line {:?}", shown())));
+    }
+    if line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(ChunkError(format!("a control character in the chunk size line {:?}", shown())));
+    }
+    let mut with_crlf = Vec::with_capacity(line.len() + 2);
+    with_crlf.extend_from_slice(line);
+    with_crlf.extend_from_slice(b"\r\n");
+    match httparse::parse_chunk_size(&with_crlf) {
+        // httparse takes up to 16 digits: a size near u64::MAX would pass.
+        Ok(httparse::Status::Complete((n, size))) if n == with_crlf.len() && size >> 60 == 0 => Ok(size),
+        _ => Err(ChunkError(format!("bad chunk size line {:?} (at most 15 hex digits)", shown()))),
+    }
+}
+
 /// An incremental decoder.
 #[derive(Debug, Clone)]
 pub struct Decoder {
@@ -85,12 +107,7 @@ impl Decoder {
                         }
                         continue;
                     }
-                    let size_part = line.split(|b| *b == b';').next().unwrap_or_default();
-                    if size_part.is_empty() || size_part.len() > 16 || !size_part.iter().all(u8::is_ascii_hexdigit) {
-                        return Err(ChunkError(format!("bad chunk size {:?}", String::from_utf8_lossy(size_part))));
-                    }
-                    let size = u64::from_str_radix(std::str::from_utf8(size_part).unwrap_or("x"), 16)
-                        .map_err(|_| ChunkError("chunk size overflows".into()))?;
+                    let size = chunk_size(&line)?;
                     self.state = if size == 0 { State::Trailers } else { State::Data(size) };
                 }
                 State::Data(left) => {
@@ -143,7 +160,7 @@ mod tests {
 
     #[test]
     fn decodes_extensions_trailers_and_stops_at_the_end() {
-        let body = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let body = b"5 ;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
         let (out, n, done) = decode_all(body).unwrap();
         assert_eq!((out.as_slice(), done), (&b"hello world"[..], true));
         assert_eq!(&body[n..], b"NEXT", "the next message's bytes are left");
@@ -151,7 +168,17 @@ mod tests {
 
     #[test]
     fn refuses_malformed_bodies() {
-        for bad in [&b"zz\r\n"[..], b"5\r\nhelloX", b"5\nhello\r\n", b"-1\r\n", b"11111111111111111\r\n"] {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"5\r\nhelloX",
+            b"5\nhello\r\n",
+            b"-1\r\n",
+            b"11111111111111111\r\n",
+            b"ffffffffffffffff\r\n",
+            b"5;a=\rb\r\nhello\r\n",
+            b";x\r\n",
+            b"\r\n",
+        ] {
             assert!(decode_all(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
         let long = [b"1".repeat(MAX_LINE + 1).as_slice(), b"\r\n"].concat();

@@ -3,10 +3,19 @@
 //!
 //! Refused (400): malformed syntax; obsolete line folding (httparse refuses
 //! it in requests); a `Content-Length` that is not a plain decimal number, or
-//! two that differ; `Transfer-Encoding` together with `Content-Length`; a
-//! transfer coding other than a single `chunked`; `Transfer-Encoding` in
-//! HTTP/1.0; an HTTP/1.1 request without exactly one `Host`. Refused (431):
-//! a head over the byte limit or with too many headers.
+//! two that differ; `Transfer-Encoding` together with `Content-Length`;
+//! `chunked` anywhere but last, or twice; `Transfer-Encoding` in HTTP/1.0;
+//! an HTTP/1.1 request without exactly one `Host`; a `Host` (or an
+//! absolute-form target's authority) that is not a valid authority; the
+//! asterisk target on any method but OPTIONS. Refused (431): a head over
+//! the byte limit or with too many headers. Refused (501): a transfer
+//! coding other than `chunked` (RFC 9112 §6.1). Refused (505): a major
+//! version other than 1; `HTTP/1.2` to `HTTP/1.9` are read as HTTP/1.1,
+//! the highest minor version we speak (RFC 9112 §2.3).
+//!
+//! An absolute-form target (`GET http://host/p HTTP/1.1`) is taken apart:
+//! its authority replaces the `Host` field (RFC 9112 §3.2.2) and the
+//! origin-form rest is what goes upstream.
 
 /// Header slots parsed on the stack; larger limits allocate.
 const STACK_HEADERS: usize = 128;
@@ -48,6 +57,12 @@ pub enum HeadError {
     /// 431: too large.
     #[error("431 Request Header Fields Too Large: {0}")]
     TooLarge(String),
+    /// 501: a transfer coding we do not implement.
+    #[error("501 Not Implemented: {0}")]
+    NotImplemented(String),
+    /// 505: an HTTP major version other than 1.
+    #[error("505 HTTP Version Not Supported: {0}")]
+    Version(String),
 }
 
 impl HeadError {
@@ -56,6 +71,8 @@ impl HeadError {
         match self {
             HeadError::Bad(_) => 400,
             HeadError::TooLarge(_) => 431,
+            HeadError::NotImplemented(_) => 501,
+            HeadError::Version(_) => 505,
         }
     }
 }
@@ -138,12 +155,14 @@ pub struct HopByHop<'a> {
 impl<'a> HopByHop<'a> {
     /// Read the `Connection` headers of `headers` (allocates only when there are some).
     pub fn of(headers: &'a [Header]) -> HopByHop<'a> {
+        // A Connection option can make a field hop-by-hop, but never Host:
+        // a request forwarded without it would be routed by guess upstream.
         let listed = headers
             .iter()
             .filter(|h| eq(&h.name, "connection"))
             .filter_map(|h| std::str::from_utf8(&h.value).ok())
             .flat_map(|v| v.split(',').map(str::trim))
-            .filter(|t| !t.is_empty())
+            .filter(|t| !t.is_empty() && !eq(t, "host"))
             .collect();
         HopByHop { listed }
     }
@@ -191,9 +210,16 @@ fn framing(headers: &[Header], minor: u8) -> Result<Option<Body>, HeadError> {
         if minor == 0 {
             return Err(HeadError::Bad("Transfer-Encoding in an HTTP/1.0 message".into()));
         }
-        if codings != ["chunked"] {
+        let chunked = codings.iter().filter(|c| *c == "chunked").count();
+        let last_chunked = codings.last().is_some_and(|c| c == "chunked");
+        if chunked > 1 || (chunked == 1 && !last_chunked) {
             return Err(HeadError::Bad(format!(
-                "unsupported Transfer-Encoding {codings:?}: only a single chunked is accepted"
+                "unsupported Transfer-Encoding {codings:?}: chunked must be the last coding, once"
+            )));
+        }
+        if codings.len() != 1 || !last_chunked {
+            return Err(HeadError::NotImplemented(format!(
+                "unsupported Transfer-Encoding {codings:?}: only chunked is implemented"
             )));
         }
         return Ok(Some(Body::Chunked));
@@ -235,12 +261,59 @@ fn with_slots<'b, R>(n: usize, f: impl FnOnce(&mut [httparse::Header<'b>]) -> R)
     }
 }
 
+/// Whether `v` is a valid `Host` value or absolute-form authority (RFC
+/// 3986 host, optional port): an IP literal in brackets, or unreserved,
+/// percent and sub-delim characters; no userinfo, path or whitespace.
+pub fn valid_authority(v: &[u8]) -> bool {
+    let (host, port) = match v.iter().rposition(|b| *b == b':') {
+        Some(i) if !v[i..].contains(&b']') => (&v[..i], Some(&v[i + 1..])),
+        _ => (v, None),
+    };
+    if port.is_some_and(|p| p.len() > 5 || !p.iter().all(u8::is_ascii_digit)) {
+        return false;
+    }
+    if let Some(inner) = host.strip_prefix(b"[") {
+        let Some(inner) = inner.strip_suffix(b"]") else { return false };
+        return !inner.is_empty() && inner.iter().all(|b| b.is_ascii_hexdigit() || b":.vV".contains(b));
+    }
+    !host.is_empty() && host.iter().all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b))
+}
+
+/// The request line's version when it is `HTTP/1.2` to `HTTP/1.9`: the
+/// offset of its minor digit (the head is then read as HTTP/1.1).
+fn future_minor(buf: &[u8]) -> Option<usize> {
+    let end = buf.iter().position(|b| *b == b'\n')?;
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let v = line.len().checked_sub(8)?;
+    let tail = &line[v..];
+    (tail.starts_with(b"HTTP/1.") && (b'2'..=b'9').contains(&tail[7]) && v > 0 && line[v - 1] == b' ').then_some(v + 7)
+}
+
 /// Parse a request head at the start of `buf`: `Ok(None)` when more bytes
 /// are needed, else the head and how many bytes it took.
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, HeadError> {
+    match parse_request_as_is(buf, limits) {
+        Err(HeadError::Version(v)) => match future_minor(buf) {
+            Some(at) => {
+                let mut copy = buf.to_vec();
+                copy[at] = b'1';
+                parse_request_as_is(&copy, limits)
+            }
+            None => Err(HeadError::Version(v)),
+        },
+        r => r,
+    }
+}
+
+fn parse_request_as_is(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, HeadError> {
     with_slots(limits.max_headers, |raw| {
         let mut req = httparse::Request::new(raw);
-        let status = req.parse(buf).map_err(map_err)?;
+        let status = match req.parse(buf) {
+            Err(httparse::Error::Version) => {
+                return Err(HeadError::Version("only HTTP/1.0 and HTTP/1.1 are served".into()));
+            }
+            r => r.map_err(map_err)?,
+        };
         let httparse::Status::Complete(n) = status else {
             if buf.len() > limits.max_head_bytes {
                 return Err(HeadError::TooLarge(format!("head over {} bytes", limits.max_head_bytes)));
@@ -251,7 +324,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead,
             return Err(HeadError::TooLarge(format!("head of {n} bytes, over {}", limits.max_head_bytes)));
         }
         let minor = req.version.unwrap_or(1);
-        let headers = collect(req.headers)?;
+        let mut headers = collect(req.headers)?;
         let body = framing(&headers, minor)?.unwrap_or(Body::None);
         let hosts: Vec<&Header> = headers.iter().filter(|h| eq(&h.name, "host")).collect();
         if minor == 1 && hosts.len() != 1 {
@@ -260,13 +333,37 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead,
                 hosts.len()
             )));
         }
-        let host = hosts.first().map(|h| String::from_utf8_lossy(&h.value).into_owned());
+        if hosts.len() > 1 {
+            return Err(HeadError::Bad("a request may carry one Host header".into()));
+        }
+        if let Some(h) = hosts.first()
+            && !valid_authority(&h.value)
+        {
+            return Err(HeadError::Bad(format!("Host {:?} is not a valid host", String::from_utf8_lossy(&h.value))));
+        }
+        let method = req.method.unwrap_or_default();
+        let mut target = req.path.unwrap_or_default().to_owned();
+        if target == "*" && method != "OPTIONS" {
+            return Err(HeadError::Bad(format!("the target * is for OPTIONS only, not {method}")));
+        }
+        if let Some((authority, rest)) = absolute_form(&target) {
+            if !valid_authority(authority.as_bytes()) {
+                return Err(HeadError::Bad(format!("the target's host {authority:?} is not a valid host")));
+            }
+            let host = Header { name: "Host".into(), value: authority.as_bytes().to_vec() };
+            headers.retain(|h| !eq(&h.name, "host"));
+            headers.insert(0, host);
+            target = rest;
+        } else if !target.starts_with('/') && target != "*" {
+            return Err(HeadError::Bad(format!("the target {target:?} is neither a path nor an absolute URI")));
+        }
+        let host = headers.iter().find(|h| eq(&h.name, "host")).map(|h| String::from_utf8_lossy(&h.value).into_owned());
         let expect_continue =
             headers.iter().any(|h| eq(&h.name, "expect") && h.value.eq_ignore_ascii_case(b"100-continue"));
         Ok(Some((
             RequestHead {
-                method: req.method.unwrap_or_default().to_owned(),
-                target: req.path.unwrap_or_default().to_owned(),
+                method: method.to_owned(),
+                target,
                 minor,
                 keep_alive: keep_alive(&headers, minor),
                 expect_continue,
@@ -277,6 +374,25 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead,
             n,
         )))
     })
+}
+
+/// An absolute-form target's authority and its origin-form rest (`/` when
+/// it has no path).
+fn absolute_form(target: &str) -> Option<(String, String)> {
+    let scheme_end = target.find("://")?;
+    let scheme = &target[..scheme_end];
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let after = &target[scheme_end + 3..];
+    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let (authority, rest) = after.split_at(end);
+    let rest = match rest.chars().next() {
+        Some('/') => rest.to_owned(),
+        Some('?') => format!("/{rest}"),
+        _ => "/".to_owned(),
+    };
+    Some((authority.to_owned(), rest))
 }
 
 /// Parse a response head to a request with method `method`.
@@ -347,7 +463,7 @@ mod tests {
                 "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
                 "Transfer-Encoding together with Content-Length",
             ),
-            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "unsupported Transfer-Encoding"),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", "chunked must be the last"),
             (
                 "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
                 "unsupported Transfer-Encoding",
@@ -363,6 +479,25 @@ mod tests {
             let e = req(bad).expect_err(bad);
             assert_eq!(e.status(), 400, "{bad}");
             assert!(e.to_string().contains(words), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn versions_codings_hosts_and_target_forms() {
+        let (h, _) = req("GET /a HTTP/1.2\r\nHost: x\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.minor, 1, "HTTP/1.2 is read as the highest minor we speak");
+        assert_eq!(req("GET /a HTTP/2.0\r\nHost: x\r\n\r\n").unwrap_err().status(), 505);
+        assert_eq!(req("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n").unwrap_err().status(), 501);
+        let (h, _) = req("GET HTTP://a.b:81?q HTTP/1.1\r\nHost: other\r\n\r\n").unwrap().unwrap();
+        assert_eq!((h.target.as_str(), h.host.as_deref()), ("/?q", Some("a.b:81")));
+        assert_eq!(h.headers.iter().filter(|x| eq(&x.name, "host")).count(), 1);
+        assert!(req("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n").is_ok());
+        assert_eq!(req("GET * HTTP/1.1\r\nHost: x\r\n\r\n").unwrap_err().status(), 400);
+        for bad in ["a b", "", "a/b", "u@h", "[::1", "h:port", "h:123456"] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad:?}");
+        }
+        for good in ["a.b", "a.b:80", "[::1]:8080", "[fe80::1]", "127.0.0.1", "xn--d1a.example"] {
+            assert!(valid_authority(good.as_bytes()), "{good:?}");
         }
     }
 

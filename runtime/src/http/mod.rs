@@ -4,11 +4,18 @@
 //! it allocates nothing per byte of body and never buffers a body whole.
 //! The proxy's connection handling, routes and module hooks build on it.
 
+mod body;
 pub mod chunked;
+mod client;
 pub mod head;
-mod proxy;
+mod hooks;
+mod layer;
 pub mod site;
+mod sock;
+mod stage;
 pub mod txn;
+mod upstream;
+mod wire;
 
-pub use proxy::{BODY_BUF, HttpLayer, HttpStats};
+pub use layer::{BODY_BUF, HttpLayer, HttpStats};
 pub use site::{HttpLimits, HttpRoute, HttpSite};

@@ -31,6 +31,9 @@ pub struct HttpRoute {
     pub upstream: Option<usize>,
     /// The module chain, called at every hook in this order.
     pub modules: Vec<String>,
+    /// Whether a request of any method may be sent again after a failed
+    /// attempt that may have reached a server (off: only idempotent ones).
+    pub retry_non_idempotent: bool,
 }
 
 /// Limits and timeouts of a listener, per worker where it says so.
@@ -118,6 +121,7 @@ mod tests {
             path: path.into(),
             upstream: None,
             modules: vec![],
+            retry_non_idempotent: false,
         };
         HttpSite {
             name: "s".into(),

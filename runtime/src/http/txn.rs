@@ -8,6 +8,7 @@ use molt_abi::ffi::*;
 
 use super::head::{Header, RequestHead, ResponseHead};
 use super::site::HttpSite;
+use super::wire::reason;
 use crate::host::{ServiceResult, TxnAccess};
 
 /// An answer made here (by a module or by the host), not by an upstream.
@@ -90,33 +91,6 @@ fn valid_value(v: &[u8]) -> bool {
 
 fn invalid(what: String) -> (molt_status, String) {
     (MOLT_ERR_INVALID_ARG, what)
-}
-
-/// The reason phrase of a status.
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Content Too Large",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
 }
 
 impl View<'_> {

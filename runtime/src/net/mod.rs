@@ -12,8 +12,10 @@
 //! Built on the core (the worker loop calls in); the core does not know it
 //! beyond that call.
 
+pub mod balance;
 mod listener;
 mod proxy;
+pub mod slots;
 
 pub use listener::bind_reuseport;
 pub use proxy::{Net, TcpLayer, TcpRoute, TcpStats};

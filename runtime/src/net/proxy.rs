@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry};
 
+use super::balance::{Balancer, Walk};
+use super::slots::Slots;
 use crate::worker::{WorkerCore, io};
 use molt_abi::ffi::*;
 
@@ -163,9 +165,8 @@ struct Pair {
     upstream: TcpStream,
     upstream_addr: SocketAddr,
     connected: bool,
-    /// The round-robin index this pair started at, and how many it tried.
-    rr_start: usize,
-    tried: usize,
+    /// Its walk over the route's upstreams.
+    walk: Walk,
     up: Buf,
     down: Buf,
     started: Instant,
@@ -175,16 +176,14 @@ struct Pair {
 struct Route {
     cfg: TcpRoute,
     listener: TcpListener,
-    next: usize,
-    failed_until: Vec<Option<Instant>>,
+    balancer: Balancer,
 }
 
 /// One worker's listeners and pairs.
 pub struct Net {
     layer: usize,
     routes: Vec<Route>,
-    pairs: Vec<Option<Pair>>,
-    free: Vec<usize>,
+    pairs: Slots<Pair>,
     stats: std::sync::Arc<TcpStats>,
     last_sweep: Instant,
 }
@@ -202,9 +201,9 @@ impl Net {
             let mut listener = TcpListener::from_std(l);
             registry.register(&mut listener, io::token(layer, i), Interest::READABLE)?;
             let n = cfg.upstreams.len();
-            out.push(Route { cfg, listener, next: 0, failed_until: vec![None; n] });
+            out.push(Route { cfg, listener, balancer: Balancer::new(n) });
         }
-        Ok(Net { layer, routes: out, pairs: Vec::new(), free: Vec::new(), stats, last_sweep: Instant::now() })
+        Ok(Net { layer, routes: out, pairs: Slots::default(), stats, last_sweep: Instant::now() })
     }
 
     /// Readiness of a pair's socket (listeners are the layer's: it runs
@@ -240,78 +239,61 @@ impl Net {
 
     /// Proxy `client` to an upstream of `route`.
     pub(crate) fn start_pair(&mut self, registry: &Registry, route: usize, client: TcpStream) {
-        {
-            let r = &mut self.routes[route];
-            let rr_start = r.next;
-            r.next = (r.next + 1) % r.cfg.upstreams.len();
-            match self.connect(route, rr_start, 0) {
-                Some((upstream, addr, tried)) => {
-                    let now = Instant::now();
-                    let pair = Pair {
-                        route,
-                        client,
-                        upstream,
-                        upstream_addr: addr,
-                        connected: false,
-                        rr_start,
-                        tried,
-                        up: Buf::new(),
-                        down: Buf::new(),
-                        started: now,
-                        last: now,
-                    };
-                    let idx = self.free.pop().unwrap_or_else(|| {
-                        self.pairs.push(None);
-                        self.pairs.len() - 1
-                    });
-                    self.pairs[idx] = Some(pair);
-                    if self.register(registry, idx).is_err() {
-                        self.close(registry, idx);
-                        return;
-                    }
-                    add(&self.stats.open, 1);
+        let mut walk = self.routes[route].balancer.walk();
+        match self.connect(route, &mut walk) {
+            Some((upstream, addr)) => {
+                let now = Instant::now();
+                let pair = Pair {
+                    route,
+                    client,
+                    upstream,
+                    upstream_addr: addr,
+                    connected: false,
+                    walk,
+                    up: Buf::new(),
+                    down: Buf::new(),
+                    started: now,
+                    last: now,
+                };
+                let idx = self.pairs.insert(pair);
+                add(&self.stats.open, 1);
+                if self.register(registry, idx).is_err() {
+                    self.close(registry, idx);
                 }
-                None => {
-                    add(&self.stats.upstream_failures, 1);
-                }
+            }
+            None => {
+                add(&self.stats.upstream_failures, 1);
             }
         }
     }
 
-    /// Start a connect to the next healthy upstream of `route`, counting
-    /// from `start` and skipping the `skip` already tried; an upstream
-    /// marked failed is tried only when nothing healthy is left.
-    fn connect(&mut self, route: usize, start: usize, skip: usize) -> Option<(TcpStream, SocketAddr, usize)> {
+    /// Start a connect to the next upstream of `route` on `walk` (an
+    /// upstream marked failed is tried only when nothing healthy is left).
+    fn connect(&mut self, route: usize, walk: &mut Walk) -> Option<(TcpStream, SocketAddr)> {
         let r = &mut self.routes[route];
-        let n = r.cfg.upstreams.len();
         let now = Instant::now();
-        let healthy_left = (skip..n).any(|k| r.failed_until[(start + k) % n].is_none_or(|t| t <= now));
-        for k in skip..n {
-            let i = (start + k) % n;
-            if healthy_left && r.failed_until[i].is_some_and(|t| t > now) {
-                continue;
-            }
+        while let Some(i) = r.balancer.pick(walk, now) {
             let addr = r.cfg.upstreams[i];
             match TcpStream::connect(addr) {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
-                    return Some((s, addr, k + 1));
+                    return Some((s, addr));
                 }
-                Err(_) => r.failed_until[i] = Some(now + r.cfg.retry_after),
+                Err(_) => r.balancer.mark_failed(i, now + r.cfg.retry_after),
             }
         }
         None
     }
 
     fn register(&mut self, registry: &Registry, idx: usize) -> std::io::Result<()> {
-        let p = self.pairs[idx].as_mut().ok_or(ErrorKind::NotFound)?;
+        let p = self.pairs.get_mut(idx).ok_or(ErrorKind::NotFound)?;
         let rw = Interest::READABLE | Interest::WRITABLE;
         registry.register(&mut p.client, io::token(self.layer, PAIR_BASE + 2 * idx), rw)?;
         registry.register(&mut p.upstream, io::token(self.layer, PAIR_BASE + 2 * idx + 1), rw)
     }
 
     fn pump(&mut self, registry: &Registry, idx: usize) {
-        let Some(p) = self.pairs.get_mut(idx).and_then(Option::as_mut) else { return };
+        let Some(p) = self.pairs.get_mut(idx) else { return };
         if !p.connected {
             match p.upstream.take_error() {
                 Ok(None) => {}
@@ -341,19 +323,19 @@ impl Net {
 
     /// The upstream connect failed: mark it and try the next one.
     fn retry(&mut self, registry: &Registry, idx: usize) {
-        let Some(p) = self.pairs[idx].as_mut() else { return };
+        let Some(p) = self.pairs.get_mut(idx) else { return };
         add(&self.stats.upstream_failures, 1);
         let route = p.route;
         let bad = p.upstream_addr;
-        let (start, tried) = (p.rr_start, p.tried);
+        let mut walk = p.walk;
         let r = &mut self.routes[route];
         if let Some(i) = r.cfg.upstreams.iter().position(|a| *a == bad) {
-            r.failed_until[i] = Some(Instant::now() + r.cfg.retry_after);
+            r.balancer.mark_failed(i, Instant::now() + r.cfg.retry_after);
         }
         let _ = registry.deregister(&mut p.upstream);
-        match self.connect(route, start, tried) {
-            Some((mut s, addr, t)) => {
-                let p = self.pairs[idx].as_mut().expect("pair");
+        match self.connect(route, &mut walk) {
+            Some((mut s, addr)) => {
+                let Some(p) = self.pairs.get_mut(idx) else { return };
                 if registry
                     .register(
                         &mut s,
@@ -366,7 +348,7 @@ impl Net {
                 }
                 p.upstream = s;
                 p.upstream_addr = addr;
-                p.tried = t;
+                p.walk = walk;
                 p.started = Instant::now();
             }
             None => self.close(registry, idx),
@@ -374,10 +356,9 @@ impl Net {
     }
 
     fn close(&mut self, registry: &Registry, idx: usize) {
-        if let Some(mut p) = self.pairs[idx].take() {
+        if let Some(mut p) = self.pairs.remove(idx) {
             let _ = registry.deregister(&mut p.client);
             let _ = registry.deregister(&mut p.upstream);
-            self.free.push(idx);
             self.stats.open.store(self.stats.open.load(Ordering::Relaxed).saturating_sub(1), Ordering::Relaxed);
         }
     }
@@ -389,8 +370,8 @@ impl Net {
             return;
         }
         self.last_sweep = now;
-        for idx in 0..self.pairs.len() {
-            let Some(p) = self.pairs[idx].as_ref() else { continue };
+        for idx in 0..self.pairs.bound() {
+            let Some(p) = self.pairs.get(idx) else { continue };
             let cfg = &self.routes[p.route].cfg;
             if !p.connected && now.duration_since(p.started) > cfg.connect_timeout {
                 self.retry(registry, idx);

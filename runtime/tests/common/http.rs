@@ -292,3 +292,165 @@ pub fn once(addr: SocketAddr, raw: &[u8], method: &str) -> Option<Resp> {
     c.send(raw);
     c.read(method)
 }
+
+/// What a scripted upstream saw: one line per request head read, in order,
+/// as "conn <n> <method> <target> host=<host> id=<X-Req-Id>".
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub lines: std::sync::Mutex<Vec<String>>,
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Connections whose peer was seen to close or reset (EOF or error on read).
+    pub peer_closed: AtomicU64,
+}
+
+impl Seen {
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+    /// How many requests carried `X-Req-Id: id`.
+    pub fn count_id(&self, id: &str) -> usize {
+        let want = format!(" id={id}");
+        self.lines.lock().unwrap().iter().filter(|l| l.ends_with(&want)).count()
+    }
+}
+
+/// One connection of a scripted upstream, handed to its script.
+pub struct Conn {
+    pub s: TcpStream,
+    /// Its number on this server, from 1.
+    pub n: u64,
+    buf: Vec<u8>,
+    seen: Arc<Seen>,
+}
+
+impl Conn {
+    /// Read one request head and its body; None when the peer closed first.
+    pub fn request(&mut self) -> Option<(head::RequestHead, Vec<u8>)> {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let limits = Limits { max_head_bytes: 64 * 1024, max_headers: 200 };
+        let (req, n) = loop {
+            match head::parse_request(&self.buf, &limits) {
+                Ok(Some(x)) => break x,
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            match self.s.read(&mut chunk) {
+                Ok(0) | Err(_) => {
+                    self.seen.peer_closed.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+                Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
+            }
+        };
+        self.buf.drain(..n);
+        let id = header(&req.headers, "x-req-id").map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+        let host = req.host.clone().unwrap_or_default();
+        self.seen
+            .lines
+            .lock()
+            .unwrap()
+            .push(format!("conn {} {} {} host={host} id={id}", self.n, req.method, req.target));
+        let body = match read_body(&mut self.s, &mut self.buf, req.body, true) {
+            Some((b, _)) => b,
+            None => {
+                self.seen.peer_closed.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        Some((req, body))
+    }
+
+    /// Read the request head only (its body is left in the socket).
+    pub fn head_only(&mut self) -> Option<head::RequestHead> {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let limits = Limits { max_head_bytes: 64 * 1024, max_headers: 200 };
+        loop {
+            if let Ok(Some((req, n))) = head::parse_request(&self.buf, &limits) {
+                self.buf.drain(..n);
+                return Some(req);
+            }
+            match self.s.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(k) => self.buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+    }
+
+    /// Read until the peer closes or resets; whether it did within `within`.
+    pub fn wait_closed(&mut self, within: Duration) -> bool {
+        let _ = self.s.set_read_timeout(Some(within));
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match self.s.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Write bytes (errors ignored: the script decides what a failure means).
+    pub fn write(&mut self, b: &[u8]) {
+        let _ = self.s.write_all(b);
+    }
+
+    /// A complete 200 whose every part names `tag`: reason, a header, the body.
+    pub fn answer(&mut self, tag: &str) {
+        let body = format!("{tag}-body-{tag}");
+        let r = format!("HTTP/1.1 200 {tag}\r\nX-From: {tag}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        self.write(r.as_bytes());
+    }
+
+    /// Close with a reset (SO_LINGER 0) instead of a FIN.
+    pub fn reset(self) {
+        let _ = rustix::net::sockopt::set_socket_linger(&self.s, Some(Duration::ZERO));
+        drop(self.s);
+    }
+}
+
+/// A scripted upstream: every accepted connection runs `script` on a thread
+/// of its own; what it read is logged in the returned [`Seen`].
+pub fn scripted(script: impl Fn(Conn) + Send + Sync + 'static) -> (SocketAddr, Arc<Seen>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let script = Arc::new(script);
+    let sn = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { return };
+            let _ = s.set_nodelay(true);
+            let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+            let n = sn.connections.fetch_add(1, Ordering::Relaxed) + 1;
+            let (script, seen) = (script.clone(), sn.clone());
+            std::thread::spawn(move || script(Conn { s, n, buf: Vec::new(), seen }));
+        }
+    });
+    (addr, seen)
+}
+
+/// An upstream that answers every request with [`Conn::answer`] tagged `tag`, keep-alive.
+pub fn answering(tag: &'static str) -> (SocketAddr, Arc<Seen>) {
+    scripted(move |mut c| {
+        while c.request().is_some() {
+            c.answer(tag);
+        }
+    })
+}
+
+/// Everything the peer sends until it closes (or `within` passes).
+pub fn read_to_close(s: &mut TcpStream, within: Duration) -> Vec<u8> {
+    let _ = s.set_read_timeout(Some(within));
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return out,
+            Ok(k) => out.extend_from_slice(&chunk[..k]),
+        }
+    }
+}

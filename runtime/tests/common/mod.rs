@@ -150,8 +150,30 @@ pub fn one_route_site(upstream: std::net::SocketAddr, modules: &[&str]) -> molt_
             path: "/".into(),
             upstream: Some(0),
             modules: modules.iter().map(|m| (*m).to_owned()).collect(),
+            retry_non_idempotent: false,
         }],
         groups: vec![("b".into(), vec![upstream])],
         limits: molt_runtime::http::HttpLimits::default(),
     }
+}
+
+/// An HTTP listener on 127.0.0.1:0 with one route, `/`, to the upstream
+/// group `b` of `servers`, no modules, under `limits`.
+pub fn group_site(
+    servers: Vec<std::net::SocketAddr>,
+    limits: molt_runtime::http::HttpLimits,
+) -> molt_runtime::http::HttpSite {
+    molt_runtime::http::HttpSite { groups: vec![("b".into(), servers)], limits, ..one_route_site(dead_addr(), &[]) }
+}
+
+/// An address nothing listens on.
+pub fn dead_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A two-worker proxy runtime over `dir` serving `site` alone, and its address.
+pub fn start_site(dir: &RunDir, site: molt_runtime::http::HttpSite) -> (molt_runtime::Runtime, std::net::SocketAddr) {
+    let rt = proxy_runtime(dir.path(), vec![site], vec![], &[]);
+    let addr = rt.http_addrs()[0];
+    (rt, addr)
 }

@@ -1,0 +1,410 @@
+//! [`HttpLayer`]: one worker's HTTP proxy as a socket layer of its loop:
+//! listeners, client connections, the sweep of timers, and the bridge from
+//! readiness events to the transaction stages (`stage.rs`).
+//!
+//! Everything is driven by `drive`: it takes the client out of its slot
+//! (so module calls made by hooks never meet a borrow of ours), moves bytes
+//! in every direction that can move and runs stages until nothing moves,
+//! then puts it back. Bodies stream through bounded buffers ([`BODY_BUF`]
+//! per direction); a full buffer stops reading that side.
+
+use std::cell::{Cell, RefCell};
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Interest, Registry};
+
+use super::client::{Client, Waiting};
+use super::head;
+use super::hooks::Caller;
+use super::site::HttpSite;
+use super::sock;
+use super::txn::Answer;
+use super::upstream::Upstreams;
+use super::wire;
+use crate::module::registry::GenerationCache;
+use crate::net::slots::Slots;
+use crate::sync::{AtomicU64, Ordering};
+use crate::worker::{WorkerCore, io};
+
+/// How long a lingering close waits for the client's EOF.
+const LINGER: Duration = Duration::from_secs(2);
+/// Bytes of body buffered per direction of a transaction.
+pub const BODY_BUF: usize = 64 * 1024;
+/// Tokens: listeners below `CLIENT_BASE`, clients below `UP_BASE`, upstreams above.
+const CLIENT_BASE: usize = 1 << 20;
+const UP_BASE: usize = 1 << 40;
+
+/// Counters of one worker's HTTP proxy (single writer: the worker).
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    /// Client connections accepted.
+    pub accepted: AtomicU64,
+    /// Client connections refused with 503 (over `max_connections`).
+    pub overload: AtomicU64,
+    /// Client connections open now.
+    pub open: AtomicU64,
+    /// Requests whose head was read.
+    pub requests: AtomicU64,
+    /// Responses by class: 1xx (unused), 2xx, 3xx, 4xx, 5xx.
+    pub responses: [AtomicU64; 5],
+    /// Answers made by modules.
+    pub module_answers: AtomicU64,
+    /// New upstream connections.
+    pub upstream_connects: AtomicU64,
+    /// Requests sent on a pooled upstream connection.
+    pub pool_reuses: AtomicU64,
+    /// Upstream attempts that failed: refused, closed, reset, malformed or timed out.
+    pub upstream_failures: AtomicU64,
+    /// Requests sent again after a failed attempt (the retry policy allowed it).
+    pub upstream_retries: AtomicU64,
+    /// Transactions given up because their client left mid-request.
+    pub client_aborts: AtomicU64,
+    /// Hook calls that failed.
+    pub hook_failures: AtomicU64,
+    /// Hook calls that met a held module version (a state migration); the
+    /// transaction waits and goes on when the worker's holds are released.
+    pub held_hooks: AtomicU64,
+}
+
+pub(super) fn add(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
+fn sub(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).saturating_sub(n), Ordering::Relaxed);
+}
+
+/// What one round of work on a client did.
+pub(super) enum Flow {
+    /// Something moved; go round again.
+    Moved,
+    /// Nothing can move until a socket is ready (or a tick).
+    Wait,
+    /// Close the client now.
+    Close,
+}
+
+/// The HTTP proxy as a worker layer.
+pub struct HttpLayer {
+    layer: usize,
+    pub(super) worker: u32,
+    registry: Registry,
+    pub(super) sites: Vec<Arc<HttpSite>>,
+    listeners: Vec<TcpListener>,
+    clients: RefCell<Slots<Client>>,
+    pub(super) ups: Upstreams,
+    /// The active generation, for the module chains' versions.
+    pub(super) generations: RefCell<GenerationCache>,
+    pub(super) stats: Arc<HttpStats>,
+    pub(super) next_txn: Cell<u64>,
+    /// Clients whose hooks met a held module version: driven again when the
+    /// worker's holds are released.
+    pub(super) held: RefCell<Vec<usize>>,
+    last_sweep: Cell<Instant>,
+    /// The read buffer every read goes through.
+    pub(super) scratch: RefCell<Box<[u8]>>,
+}
+
+impl HttpLayer {
+    /// The layer at position `layer` of worker `worker`, with its
+    /// listeners (one per site, bound by [`crate::net::bind_reuseport`]).
+    pub fn new(
+        layer: usize,
+        worker: u32,
+        registry: &Registry,
+        sites: Vec<(Arc<HttpSite>, std::net::TcpListener)>,
+        stats: Arc<HttpStats>,
+    ) -> std::io::Result<HttpLayer> {
+        let mut listeners = Vec::new();
+        let mut groups = Vec::new();
+        let mut out_sites = Vec::new();
+        for (i, (site, l)) in sites.into_iter().enumerate() {
+            let mut l = TcpListener::from_std(l);
+            registry.register(&mut l, io::token(layer, i), Interest::READABLE)?;
+            listeners.push(l);
+            groups.push(site.groups.iter().map(|(_, s)| s.len()).collect());
+            out_sites.push(site);
+        }
+        Ok(HttpLayer {
+            layer,
+            worker,
+            registry: registry.try_clone()?,
+            sites: out_sites,
+            listeners,
+            clients: RefCell::new(Slots::default()),
+            ups: Upstreams::new(layer, UP_BASE, registry.try_clone()?, groups),
+            generations: RefCell::new(GenerationCache::default()),
+            stats,
+            next_txn: Cell::new(0),
+            held: RefCell::new(Vec::new()),
+            last_sweep: Cell::new(Instant::now()),
+            scratch: RefCell::new(vec![0u8; 32 * 1024].into_boxed_slice()),
+        })
+    }
+
+    /// Count a response by its status class.
+    pub(super) fn count_status(&self, status: u16) {
+        add(&self.stats.responses[usize::from(status / 100).saturating_sub(1).min(4)], 1);
+    }
+
+    /// Who calls hooks for client `c`.
+    pub(super) fn caller<'a>(&'a self, core: &'a WorkerCore, c: &'a Client) -> Caller<'a> {
+        Caller {
+            core,
+            site: &self.sites[c.site],
+            peer: &c.peer_text,
+            worker: self.worker,
+            hook_failures: &self.stats.hook_failures,
+            held_hooks: &self.stats.held_hooks,
+        }
+    }
+
+    fn accept(&self, site: usize) {
+        let Some(l) = self.listeners.get(site) else { return };
+        loop {
+            let (mut sock, peer) = match l.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(worker = self.worker, "accept failed: {e}");
+                    return;
+                }
+            };
+            add(&self.stats.accepted, 1);
+            if self.stats.open.load(Ordering::Relaxed) as usize >= self.sites[site].limits.max_connections {
+                add(&self.stats.overload, 1);
+                self.count_status(503);
+                let a = Answer::host(503, "this worker is at its connection limit; try again");
+                let mut out = Vec::new();
+                wire::answer(&a, "GET", 1, true, &mut out);
+                let _ = sock.write(&out);
+                continue;
+            }
+            let _ = sock.set_nodelay(true);
+            let mut clients = self.clients.borrow_mut();
+            let idx = clients.reserve();
+            let token = io::token(self.layer, CLIENT_BASE + idx);
+            if self.registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE).is_err() {
+                clients.release(idx);
+                continue;
+            }
+            clients.fill(idx, Client::new(sock, peer, site, Instant::now()));
+            add(&self.stats.open, 1);
+        }
+    }
+
+    /// Drive client `idx` as far as it goes.
+    pub(super) fn drive(&self, core: &WorkerCore, idx: usize) {
+        let Some(mut c) = self.clients.borrow_mut().take(idx) else { return };
+        let keep = loop {
+            match self.step(core, idx, &mut c) {
+                Flow::Moved => continue,
+                Flow::Wait => break true,
+                Flow::Close => break false,
+            }
+        };
+        if keep {
+            self.clients.borrow_mut().fill(idx, c);
+        } else {
+            self.close_client(core, idx, c);
+        }
+    }
+
+    fn close_client(&self, core: &WorkerCore, idx: usize, mut c: Client) {
+        if let Some(mut t) = c.txn.take() {
+            // The client left (or broke) mid-transaction.
+            self.abandon(core, &c, &mut t);
+        }
+        // What is queued goes out as far as the socket takes it now (a
+        // response cut short by its upstream: the client sees the cut).
+        let _ = sock::flush(&mut c.sock, &mut c.out, &mut c.out_pos);
+        let _ = self.registry.deregister(&mut c.sock);
+        let _ = c.sock.shutdown(Shutdown::Both);
+        self.clients.borrow_mut().release(idx);
+        sub(&self.stats.open, 1);
+    }
+
+    /// One round: read, advance the transaction, write. What moved.
+    fn step(&self, core: &WorkerCore, idx: usize, c: &mut Client) -> Flow {
+        if c.linger.is_some() {
+            // Read and drop until EOF (or the sweep's deadline).
+            let mut scratch = self.scratch.borrow_mut();
+            loop {
+                match c.sock.read(&mut scratch) {
+                    Ok(0) => return Flow::Close,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Flow::Wait,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => return Flow::Close,
+                }
+            }
+        }
+        let site: &HttpSite = &self.sites[c.site];
+        let mut moved = false;
+        // Read the client when there is room: a head, or a body in transit.
+        let cap = match c.txn.as_ref().map(|t| &t.stage) {
+            None => site.limits.max_head_bytes + 1,
+            Some(s) if s.reads_request_body() => BODY_BUF,
+            Some(_) => 0,
+        };
+        if c.rx.rd && !c.eof && c.inb.len() < cap {
+            match sock::fill(&mut c.sock, &mut c.inb, cap, &mut self.scratch.borrow_mut()) {
+                Ok(f) => {
+                    if f.n > 0 {
+                        moved = true;
+                        c.last_read = Instant::now();
+                        c.head_bytes_arrived(c.last_read);
+                    }
+                    c.rx.after(&f);
+                    c.eof |= f.eof;
+                    moved |= f.eof;
+                }
+                Err(_) => return Flow::Close,
+            }
+        }
+        if c.txn.is_none() && !c.close {
+            if c.inb.is_empty() {
+                if c.eof {
+                    return Flow::Close;
+                }
+            } else {
+                let limits =
+                    head::Limits { max_head_bytes: site.limits.max_head_bytes, max_headers: site.limits.max_headers };
+                match head::parse_request(&c.inb, &limits) {
+                    Ok(None) if c.eof => return Flow::Close,
+                    Ok(None) => {}
+                    Ok(Some((h, n))) => {
+                        c.inb.drain(..n);
+                        self.begin(core, c, site, h);
+                        moved = true;
+                    }
+                    Err(e) => {
+                        self.refuse(c, e.status(), &e.to_string());
+                        moved = true;
+                    }
+                }
+            }
+        }
+        if c.txn.is_some() {
+            match self.advance(core, idx, c, site) {
+                Flow::Moved => moved = true,
+                Flow::Wait => {}
+                Flow::Close => return Flow::Close,
+            }
+        }
+        match sock::flush(&mut c.sock, &mut c.out, &mut c.out_pos) {
+            Ok(n) => moved |= n > 0,
+            Err(_) => return Flow::Close,
+        }
+        if c.close && c.txn.is_none() && c.out.is_empty() {
+            if c.eof {
+                return Flow::Close;
+            }
+            // Lingering close: the client may still be sending what we will
+            // not read (a refused body); closing now would reset the
+            // connection and could destroy our response in its buffers.
+            let _ = c.sock.shutdown(Shutdown::Write);
+            c.linger = Some(Instant::now() + LINGER);
+            c.inb.clear();
+            return Flow::Moved;
+        }
+        if moved { Flow::Moved } else { Flow::Wait }
+    }
+
+    /// Queue a host error answer outside any transaction and stop reading.
+    pub(super) fn refuse(&self, c: &mut Client, status: u16, why: &str) {
+        tracing::debug!(worker = self.worker, peer = %c.peer_text, status, "refused: {why}");
+        let text = why.split_once(": ").map_or(why, |(_, t)| t);
+        wire::answer(&Answer::host(status, text), "GET", 1, true, &mut c.out);
+        self.count_status(status);
+        c.close = true;
+        c.inb.clear();
+    }
+
+    /// Timers of one client (and its transaction).
+    fn expire(&self, core: &WorkerCore, idx: usize, now: Instant) {
+        let Some(mut c) = self.clients.borrow_mut().take(idx) else { return };
+        let site: &HttpSite = &self.sites[c.site];
+        let mut close = false;
+        let mut drive = false;
+        if let Some(at) = c.linger {
+            close = now > at;
+        } else if let Some(mut t) = c.txn.take() {
+            match self.expire_txn(&mut c, site, &mut t, now) {
+                Flow::Moved => drive = true,
+                Flow::Wait => {}
+                Flow::Close => close = true,
+            }
+            c.txn = Some(t);
+        } else if !c.close {
+            match c.waiting(&site.limits, now) {
+                Waiting::InTime => {}
+                Waiting::Idle => close = true,
+                Waiting::HeadLate => {
+                    self.refuse(&mut c, 408, "the request head did not arrive in time");
+                    drive = true;
+                }
+            }
+        }
+        if close {
+            self.close_client(core, idx, c);
+            return;
+        }
+        self.clients.borrow_mut().fill(idx, c);
+        if drive {
+            self.drive(core, idx);
+        }
+    }
+
+    fn sweep(&self, core: &WorkerCore, now: Instant) {
+        let n = self.clients.borrow().bound();
+        for idx in 0..n {
+            if self.clients.borrow().get(idx).is_some() {
+                self.expire(core, idx, now);
+            }
+        }
+        // Idle pooled connections past the keep-alive timeout.
+        let keep = self.sites.iter().map(|s| s.limits.keepalive_timeout).min().unwrap_or_default();
+        self.ups.sweep(now, keep);
+    }
+}
+
+impl io::Io for HttpLayer {
+    fn ready(&self, core: &WorkerCore, token: usize, ready: io::Readiness) {
+        if token < CLIENT_BASE {
+            self.accept(token);
+        } else if token < UP_BASE {
+            let idx = token - CLIENT_BASE;
+            if let Some(c) = self.clients.borrow_mut().get_mut(idx) {
+                c.rx.on_ready(ready);
+            }
+            self.drive(core, idx);
+        } else if let Some(owner) = self.ups.on_ready(token - UP_BASE, ready) {
+            self.drive(core, owner);
+        }
+    }
+
+    fn tick(&self, core: &WorkerCore, now: Instant) -> bool {
+        self.generations.borrow_mut().release_stale(core.runtime().registry());
+        if now.duration_since(self.last_sweep.get()) >= Duration::from_millis(20) {
+            self.last_sweep.set(now);
+            self.sweep(core, now);
+        }
+        false
+    }
+
+    fn unheld(&self, core: &WorkerCore) {
+        let held = std::mem::take(&mut *self.held.borrow_mut());
+        for idx in held {
+            self.drive(core, idx);
+        }
+    }
+
+    fn tick_every(&self) -> Duration {
+        Duration::from_millis(20)
+    }
+}
