@@ -340,10 +340,12 @@ impl HttpLayer {
                 Flow::Close => close = true,
             }
             c.txn = Some(t);
-        } else if !c.close {
+        } else {
             match c.waiting(&site.limits, now) {
                 Waiting::InTime => {}
                 Waiting::Idle => close = true,
+                // Refused already, and the answer is not read: give up.
+                Waiting::HeadLate if c.close => close = true,
                 Waiting::HeadLate => {
                     self.refuse(&mut c, 408, "the request head did not arrive in time");
                     drive = true;

@@ -491,8 +491,9 @@ impl HttpLayer {
             Err(_) => true,
         };
         if wrote.is_err() && a.inb.is_empty() {
-            // Some bytes may have gone out before the error.
-            a.wrote = true;
+            // Bytes written before the error stay counted: `out_pos` says
+            // how far this buffer got (it is reset only when all went out).
+            a.wrote |= a.out_pos > 0;
             return (self.attempt_failed(c, site, t, a, Failure::Closed), Flow::Moved);
         }
         // The response head.
