@@ -446,10 +446,8 @@ pub struct TcpLayer {
     hooks: Vec<(Vec<String>, Option<String>)>,
     /// The active generation, for the hooks' module versions.
     versions: std::cell::RefCell<crate::module::registry::GenerationCache>,
-    conns: std::cell::RefCell<Vec<Option<ModConn>>>,
-    free: std::cell::RefCell<Vec<usize>>,
-    /// Each connection slot's generation (for stale handles).
-    generations: std::cell::RefCell<Vec<u32>>,
+    /// Module-owned connections; a slot's generation makes stale handles fail.
+    conns: std::cell::RefCell<Slots<ModConn>>,
     /// The connection in its accept hooks, and whether a module rejected it.
     pending: std::cell::Cell<Option<(u64, bool)>>,
     /// Module-owned connections to close and report (outside module calls).
@@ -481,9 +479,7 @@ impl TcpLayer {
             registry: registry.try_clone()?,
             hooks,
             versions: std::cell::RefCell::default(),
-            conns: std::cell::RefCell::new(Vec::new()),
-            free: std::cell::RefCell::new(Vec::new()),
-            generations: std::cell::RefCell::new(Vec::new()),
+            conns: std::cell::RefCell::new(Slots::default()),
             pending: std::cell::Cell::new(None),
             closed: std::cell::RefCell::new(Vec::new()),
             waiting: std::cell::RefCell::new(Vec::new()),
@@ -508,7 +504,7 @@ impl TcpLayer {
         let idx = (h & 0xffff_ffff).checked_sub(1)? as usize;
         let generation = (h >> 32) as u32;
         let conns = self.conns.borrow();
-        conns.get(idx)?.as_ref().filter(|c| c.generation == generation).map(|_| idx)
+        conns.get(idx).filter(|c| c.generation == generation).map(|_| idx)
     }
 
     /// A host-made continuation of module `name`'s active version.
@@ -578,34 +574,31 @@ impl TcpLayer {
         connecting: bool,
         peer: String,
     ) -> Option<(usize, u64)> {
-        let idx = self.free.borrow_mut().pop().unwrap_or_else(|| {
-            self.conns.borrow_mut().push(None);
-            self.generations.borrow_mut().push(0);
-            self.conns.borrow().len() - 1
-        });
-        let generation = {
-            let mut g = self.generations.borrow_mut();
-            g[idx] = (g[idx] + 1) & 0x00ff_ffff;
-            g[idx]
-        };
+        let mut conns = self.conns.borrow_mut();
+        let idx = conns.reserve();
+        // Handles keep 24 bits of it.
+        let generation = conns.generation(idx) & 0x00ff_ffff;
         let token = io::token(self.layer, MOD_BASE + idx);
         if self.registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE).is_err() {
-            self.free.borrow_mut().push(idx);
+            conns.release(idx);
             return None;
         }
-        self.conns.borrow_mut()[idx] = Some(ModConn {
-            sock,
-            generation,
-            cont,
-            host_cont,
-            out: Vec::new(),
-            out_pos: 0,
-            connecting,
-            closing: false,
-            want_writable: false,
-            peer,
-            held: std::collections::VecDeque::new(),
-        });
+        conns.fill(
+            idx,
+            ModConn {
+                sock,
+                generation,
+                cont,
+                host_cont,
+                out: Vec::new(),
+                out_pos: 0,
+                connecting,
+                closing: false,
+                want_writable: false,
+                peer,
+                held: std::collections::VecDeque::new(),
+            },
+        );
         Some((idx, Self::local(idx, generation)))
     }
 
@@ -629,7 +622,7 @@ impl TcpLayer {
         match core.call_now(cont, kind, handle, (arg0, 0), data, None) {
             crate::worker::CallNow::Done => {}
             crate::worker::CallNow::Held => {
-                if let Some(c) = self.conns.borrow_mut().get_mut(idx).and_then(Option::as_mut) {
+                if let Some(c) = self.conns.borrow_mut().get_mut(idx) {
                     c.held.push_back((kind, arg0, data.to_vec()));
                     self.held_conns.borrow_mut().push(idx);
                 }
@@ -647,7 +640,7 @@ impl TcpLayer {
         loop {
             let (next, to) = {
                 let mut conns = self.conns.borrow_mut();
-                let Some(c) = conns.get_mut(idx).and_then(Option::as_mut) else { return true };
+                let Some(c) = conns.get_mut(idx) else { return true };
                 let to = (c.cont, self.handle_of(idx, c.generation));
                 (c.held.pop_front(), to)
             };
@@ -655,7 +648,7 @@ impl TcpLayer {
             match core.call_now(to.0, kind, to.1, (arg0, 0), &data, None) {
                 crate::worker::CallNow::Done => {}
                 crate::worker::CallNow::Held => {
-                    if let Some(c) = self.conns.borrow_mut().get_mut(idx).and_then(Option::as_mut) {
+                    if let Some(c) = self.conns.borrow_mut().get_mut(idx) {
                         c.held.push_front((kind, arg0, data));
                     }
                     self.held_conns.borrow_mut().push(idx);
@@ -678,7 +671,7 @@ impl TcpLayer {
             }
             let (cont, handle, mut event): (u64, u64, Option<(u32, u64)>) = {
                 let mut conns = self.conns.borrow_mut();
-                let Some(c) = conns.get_mut(idx).and_then(Option::as_mut) else { return };
+                let Some(c) = conns.get_mut(idx) else { return };
                 let handle = self.handle_of(idx, c.generation);
                 if c.connecting {
                     match (c.sock.take_error(), c.sock.peer_addr()) {
@@ -698,7 +691,7 @@ impl TcpLayer {
                 }
             };
             if let Some((kind, arg0)) = event.take() {
-                let peer = self.conns.borrow()[idx].as_ref().map(|c| c.peer.clone()).unwrap_or_default();
+                let peer = self.conns.borrow().get(idx).map(|c| c.peer.clone()).unwrap_or_default();
                 self.deliver(core, idx, (cont, handle), kind, arg0, peer.as_bytes());
                 continue;
             }
@@ -714,7 +707,7 @@ impl TcpLayer {
             let mut failed = false;
             {
                 let mut conns = self.conns.borrow_mut();
-                let Some(c) = conns.get_mut(idx).and_then(Option::as_mut) else { return };
+                let Some(c) = conns.get_mut(idx) else { return };
                 while c.out_pos < c.out.len() {
                     match c.sock.write(&c.out[c.out_pos..]) {
                         Ok(0) => {
@@ -775,10 +768,9 @@ impl TcpLayer {
     fn reap(&self, core: &WorkerCore) {
         loop {
             let Some((idx, why)) = self.closed.borrow_mut().pop() else { break };
-            let Some(mut c) = self.conns.borrow_mut().get_mut(idx).and_then(Option::take) else { continue };
+            let Some(mut c) = self.conns.borrow_mut().remove(idx) else { continue };
             let _ = self.registry.deregister(&mut c.sock);
             let _ = c.sock.shutdown(std::net::Shutdown::Both);
-            self.free.borrow_mut().push(idx);
             let handle = self.handle_of(idx, c.generation);
             // Events still held are lost with the connection; CLOSED is not.
             self.unreported.borrow_mut().push(Unreported { cont: c.cont, handle, why, host_cont: c.host_cont });
@@ -840,7 +832,7 @@ impl io::Io for TcpLayer {
         let idx = self.slot_of(conn).ok_or_else(stale)?;
         {
             let mut conns = self.conns.borrow_mut();
-            let c = conns[idx].as_mut().ok_or_else(stale)?;
+            let c = conns.get_mut(idx).ok_or_else(stale)?;
             if c.closing {
                 return Err(stale());
             }
@@ -859,7 +851,7 @@ impl io::Io for TcpLayer {
         let _ = core;
         // Written at once when the socket takes it; the rest on writability.
         let mut conns = self.conns.borrow_mut();
-        if let Some(c) = conns[idx].as_mut().filter(|c| !c.connecting) {
+        if let Some(c) = conns.get_mut(idx).filter(|c| !c.connecting) {
             while c.out_pos < c.out.len() {
                 match c.sock.write(&c.out[c.out_pos..]) {
                     Ok(k) if k > 0 => c.out_pos += k,
@@ -879,7 +871,7 @@ impl io::Io for TcpLayer {
         }
         let idx = self.slot_of(conn).ok_or_else(|| (MOLT_ERR_STALE, "the connection is closed".to_owned()))?;
         let mut conns = self.conns.borrow_mut();
-        let c = conns[idx].as_mut().expect("live slot");
+        let c = conns.get_mut(idx).expect("live slot");
         c.closing = true;
         if c.out_pos >= c.out.len() {
             drop(conns);

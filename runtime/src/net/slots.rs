@@ -1,29 +1,39 @@
 //! [`Slots`]: a list whose indices stay put, with a free list, for the
 //! connections of one worker's layer (an index is part of a poll token).
 
-/// Values at stable indices; a freed index is handed out again.
+/// Values at stable indices; a freed index is handed out again, with its
+/// generation bumped (so a handle of index and generation goes stale).
 ///
 /// A slot is *free* (in the free list), *reserved* (its index is in use but
 /// its value is out, e.g. taken while being driven) or *filled*.
 #[derive(Debug)]
 pub struct Slots<T> {
     items: Vec<Option<T>>,
+    generations: Vec<u32>,
     free: Vec<usize>,
 }
 
 impl<T> Default for Slots<T> {
     fn default() -> Self {
-        Slots { items: Vec::new(), free: Vec::new() }
+        Slots { items: Vec::new(), generations: Vec::new(), free: Vec::new() }
     }
 }
 
 impl<T> Slots<T> {
     /// An index for a new value; the slot is reserved, empty, until [`Slots::fill`].
     pub fn reserve(&mut self) -> usize {
-        self.free.pop().unwrap_or_else(|| {
+        let idx = self.free.pop().unwrap_or_else(|| {
             self.items.push(None);
+            self.generations.push(0);
             self.items.len() - 1
-        })
+        });
+        self.generations[idx] = self.generations[idx].wrapping_add(1);
+        idx
+    }
+
+    /// How many times index `idx` was reserved (from 1; wraps).
+    pub fn generation(&self, idx: usize) -> u32 {
+        self.generations[idx]
     }
 
     /// Put `value` at a reserved index (one returned by [`Slots::reserve`]
@@ -86,7 +96,9 @@ mod tests {
         assert_eq!(s.reserve(), 2, "a taken slot stays reserved");
         s.fill(a, "a2");
         assert_eq!(s.remove(b), Some("b"));
+        let g = s.generation(b);
         assert_eq!(s.reserve(), b, "a removed slot is reused");
+        assert_eq!(s.generation(b), g + 1, "with its generation bumped");
         assert_eq!((s.get(a), s.bound()), (Some(&"a2"), 3));
     }
 }
