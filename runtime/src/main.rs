@@ -317,6 +317,19 @@ fn run(
             return ExitCode::FAILURE;
         }
     };
+    // Before the banner: a supervisor may signal as soon as it reads it.
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]);
+    let mut signals = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("molt: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let names: Vec<String> = rt
         .shared()
         .registry()
@@ -346,18 +359,6 @@ fn run(
     println!("reload:  molt ctl reload --socket {}   (or kill -HUP {})", ctl.path().display(), std::process::id());
     println!("stop:    Ctrl-C (or kill {})", std::process::id());
 
-    let signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGHUP,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ]);
-    let mut signals = match signals {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("molt: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let deadline = run_for.map(|s| Instant::now() + Duration::from_secs(s));
     'serve: loop {
         for sig in signals.pending() {

@@ -236,7 +236,12 @@ impl RuntimeShared {
 
     /// Load a module version; the returned reference keeps it loaded.
     pub fn load(&self, spec: &ModuleSpec) -> Result<VersionRef, LoadError> {
-        let loaded = self.loader.load(spec);
+        self.load_taken(spec, Loader::take(&spec.path)?)
+    }
+
+    /// [`RuntimeShared::load`] of bytes already taken in from `spec.path`.
+    pub fn load_taken(&self, spec: &ModuleSpec, taken: crate::sys::files::Taken) -> Result<VersionRef, LoadError> {
+        let loaded = self.loader.load_taken(spec, taken);
         if !self.registry.is_reloading() {
             // A load outside a reload owns the holds and migrations its init
             // made: nobody else will release them. (Its module's older

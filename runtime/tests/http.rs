@@ -116,6 +116,9 @@ fn chunked_in_both_directions() {
 
 #[test]
 fn large_bodies_stream_with_bounded_memory() {
+    if common::in_own_process("large_bodies_stream_with_bounded_memory") {
+        return;
+    }
     let dir = RunDir::new("http-large");
     let (b, bs) = backend("b1");
     let (rt, addr) = start(

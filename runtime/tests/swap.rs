@@ -75,6 +75,9 @@ struct Ledger {
 /// at most 16 more fds and 64 MiB more RSS at the end than after swap 100).
 #[test]
 fn swap_c_and_rust_modules_1000_times_under_load() {
+    if common::in_own_process("swap_c_and_rust_modules_1000_times_under_load") {
+        return;
+    }
     const SWAPS: usize = 1000;
     let dir = RunDir::new("swap1000");
     let files = RunDir::new("swap1000-files");
@@ -337,29 +340,42 @@ fn bad_candidates_are_refused_and_the_old_generation_keeps_serving() {
     let mut pinned = module_cfg("fixture_probe", &variant(files.path(), "fixture_probe", 3), &[]);
     pinned.sha256 = Some("0".repeat(64));
     let p = |f: &str| module_cfg("fixture_probe", &module_lib(f), &[]);
-    let cases: Vec<(&str, molt_runtime::config::ModuleConfig, &str)> = vec![
-        ("missing file", module_cfg("fixture_probe", &files.path().join("absent.so"), &[]), "absent.so: not found"),
-        ("not a library", module_cfg("fixture_probe", &text, &[]), "not a shared library (no ELF header"),
-        ("wrong ABI major", p("fixture_wrong_major"), "ABI major 2 (expected 1)"),
+    // A fixture declared under its own name, next to the serving probe.
+    let beside = |f: &str| vec![module_cfg("fixture_probe", &good, &[]), module_cfg(f, &module_lib(f), &[])];
+    let one = |c| vec![c];
+    let cases: Vec<(&str, Vec<molt_runtime::config::ModuleConfig>, &str)> = vec![
+        (
+            "missing file",
+            one(module_cfg("fixture_probe", &files.path().join("absent.so"), &[])),
+            "absent.so: not found",
+        ),
+        ("not a library", one(module_cfg("fixture_probe", &text, &[])), "not a shared library (no ELF header"),
+        ("wrong ABI major", one(p("fixture_wrong_major")), "ABI major 2 (expected 1)"),
         (
             "init failure",
-            p("fixture_init_fails"),
+            beside("fixture_init_fails"),
             "init returned MOLT_ERR_NOT_FOUND (-4): fixture_init_fails: the config key 'upstream' is required",
         ),
-        ("init panic", p("fixture_init_panic"), "init panicked: fixture_init_panic: deliberate panic in init"),
-        ("sha256 mismatch", pinned, "but the config pins 0000"),
-        ("world-writable file", module_cfg("fixture_probe", &writable, &[]), "mode 0666 is group- or world-writable"),
-        ("wrong module name", module_cfg("fixture_probe", &module_lib("hello"), &[]), "is module \"hello\""),
+        ("init panic", beside("fixture_init_panic"), "init panicked: fixture_init_panic: deliberate panic in init"),
+        ("sha256 mismatch", one(pinned), "but the config pins 0000"),
+        (
+            "world-writable file",
+            one(module_cfg("fixture_probe", &writable, &[])),
+            "mode 0666 is group- or world-writable",
+        ),
+        // Refused from the descriptor, before its init runs.
+        ("wrong module name", one(module_cfg("fixture_probe", &module_lib("hello"), &[])), "is module \"hello\""),
     ];
     let busy = Busy::new(&rt);
     std::thread::scope(|scope| {
         busy.run(scope, c);
-        for (what, cfg, words) in cases {
+        for (what, cfgs, words) in cases {
             let before = busy.answered.load(Ordering::Acquire);
-            let e = rt.reload(&[cfg]).expect_err(what);
+            let e = rt.reload(&cfgs).expect_err(what);
             let msg = e.to_string();
             assert!(msg.contains(words), "{what}: {msg}");
-            assert!(msg.starts_with("module fixture_probe: "), "{what}: the error names the module: {msg}");
+            let named = format!("module {}: ", cfgs.last().unwrap().name);
+            assert!(msg.starts_with(&named), "{what}: the error names the module: {msg}");
             assert_eq!(rt.active("fixture_probe").unwrap().id(), v.id(), "{what}: the active generation is untouched");
             wait_until("the old generation answering", Duration::from_secs(10), || {
                 busy.answered.load(Ordering::Acquire) > before + 10

@@ -156,6 +156,9 @@ fn idle_connections_are_closed() {
 /// buffers per pair; the bound checked is 32 MiB of RSS growth).
 #[test]
 fn large_streams_use_bounded_memory() {
+    if common::in_own_process("large_streams_use_bounded_memory") {
+        return;
+    }
     let dir = RunDir::new("tcp-large");
     let rt = runtime(&dir, vec![route(vec![echo_server()], Duration::from_secs(30))]);
     let addr = rt.tcp_addrs()[0];

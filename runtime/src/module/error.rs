@@ -19,10 +19,46 @@ pub enum LoadError {
         path: PathBuf,
     },
     /// The file is not a regular file.
-    #[error("module file {path}: not a regular file; point the config at the .so itself")]
+    #[error("module file {path}: not a regular file (a {kind}); point the config at the .so itself")]
     NotRegularFile {
         /// The file.
         path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// The file is cut short, inconsistent, or changed while it was read.
+    #[error(
+        "module file {path}: {why}; install a module whole (write a new file, then rename it over the old one) and reload"
+    )]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// The bytes read do not have the sha256 the config pins.
+    #[error(
+        "module file {path}: its bytes have sha256 {actual}, but the config pins {expected}; fix the pin or the file"
+    )]
+    PinMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The pin.
+        expected: String,
+        /// The bytes' hash.
+        actual: String,
+    },
+    /// The descriptor names another module than the config (checked before init).
+    #[error(
+        "module file {path}: the library is module {found:?}, not {expected:?}; point the config at the right file"
+    )]
+    NameMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The name the config gives.
+        expected: String,
+        /// The name in the descriptor.
+        found: String,
     },
     /// The file's owner or mode is unsafe to load code from.
     #[error("module file {path}: {why}; fix its owner or mode (chown, chmod go-w) before loading it")]

@@ -11,7 +11,6 @@ use crate::host::{CallEnv, HOST_API, HOST_CAP_NAMES, Host};
 use crate::sync::statics::AtomicU64;
 use crate::sync::{Arc, Ordering};
 use crate::sys;
-use crate::sys::files::ElfKind;
 
 /// What to load: a file and the config its init receives.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +21,10 @@ pub struct ModuleSpec {
     pub config: Vec<(String, String)>,
     /// The version number of the version this one replaces (0: none).
     pub previous_version: u32,
+    /// The sha256 the bytes loaded must have (checked before dlopen).
+    pub pin: Option<String>,
+    /// The name the descriptor must give (checked before init).
+    pub name: Option<String>,
 }
 
 impl ModuleSpec {
@@ -64,25 +67,39 @@ impl Loader {
         &self.host
     }
 
-    /// Check, copy, open, handshake and init `spec`'s module. On any failure
-    /// nothing of it stays loaded and its copy is removed.
+    /// Take in (one descriptor: checks, one read, hash), then
+    /// [`Loader::load_taken`].
     pub fn load(&self, spec: &ModuleSpec) -> Result<ModuleVersion, LoadError> {
+        self.load_taken(spec, Loader::take(&spec.path)?)
+    }
+
+    /// Open module file `path` on one descriptor, check it (regular file,
+    /// owner and mode of it and its directories) and read it once, hashed.
+    pub fn take(path: &Path) -> Result<sys::files::Taken, LoadError> {
+        sys::files::take(path).map_err(|e| intake_error(path, e))
+    }
+
+    /// Load bytes taken in from `spec.path`: compare the pin, check them as
+    /// ELF and write the private copy, open the copy, handshake, compare
+    /// the name, and init. On any failure nothing of it stays loaded and
+    /// its copy is removed.
+    pub fn load_taken(&self, spec: &ModuleSpec, taken: sys::files::Taken) -> Result<ModuleVersion, LoadError> {
         let path = spec.path.as_path();
-        check_file(path)?;
+        if let Some(pin) = spec.pin.as_ref().filter(|p| **p != taken.sha256) {
+            return Err(LoadError::PinMismatch { path: path.to_owned(), expected: pin.clone(), actual: taken.sha256 });
+        }
         let id = uuid::Uuid::new_v4().to_string();
-        let copy = sys::files::private_copy(path, &self.versions_dir, &id).map_err(|source| LoadError::Io {
-            path: path.to_owned(),
-            what: "copying it to the runtime's versions directory",
-            source,
-        })?;
-        let result = self.load_copy(spec, &copy);
+        let name = path.file_name().unwrap_or(std::ffi::OsStr::new("module.so"));
+        let copy =
+            sys::files::private_copy(&taken, name, &self.versions_dir, &id).map_err(|e| intake_error(path, e))?;
+        let result = self.load_copy(spec, &copy, taken.sha256);
         if result.is_err() && !sys::maps::is_mapped(&copy).unwrap_or(true) {
             let _ = sys::files::remove_copy(&copy);
         }
         result
     }
 
-    fn load_copy(&self, spec: &ModuleSpec, copy: &Path) -> Result<ModuleVersion, LoadError> {
+    fn load_copy(&self, spec: &ModuleSpec, copy: &Path, sha256: String) -> Result<ModuleVersion, LoadError> {
         let path = spec.path.clone();
         let lib = sys::dl::Library::open(copy).map_err(|dlerror| LoadError::Open { path: path.clone(), dlerror })?;
         let entry = match lib.symbol(MOLT_ENTRY_SYMBOL) {
@@ -97,7 +114,13 @@ impl Loader {
         // we load it under.
         let entry: molt_module_entry_fn =
             unsafe { std::mem::transmute::<*mut std::ffi::c_void, molt_module_entry_fn>(entry) };
-        match handshake(&path, copy, entry, self.host.caps()) {
+        let meta = handshake(&path, copy, sha256, entry, self.host.caps()).and_then(|meta| match &spec.name {
+            Some(n) if *n != meta.name => {
+                Err(LoadError::NameMismatch { path: path.clone(), expected: n.clone(), found: meta.name.clone() })
+            }
+            _ => Ok(meta),
+        });
+        match meta {
             Ok(meta) => self.init(spec, meta, lib),
             Err(e) => {
                 let _ = lib.close();
@@ -144,48 +167,33 @@ impl Loader {
     }
 }
 
-/// The checks before anything of the file is opened: it exists, is a
-/// regular file owned by us or root and not writable by group or others,
-/// and is an ELF shared object.
-fn check_file(path: &Path) -> Result<(), LoadError> {
-    let facts = sys::files::facts(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => LoadError::NotFound { path: path.to_owned() },
-        _ => LoadError::Io { path: path.to_owned(), what: "reading its metadata", source: e },
-    })?;
-    if !facts.regular {
-        return Err(LoadError::NotRegularFile { path: path.to_owned() });
+/// The words of an intake refusal.
+fn intake_error(path: &Path, e: sys::files::IntakeError) -> LoadError {
+    use sys::elf::ElfError;
+    use sys::files::IntakeError as I;
+    let path = path.to_owned();
+    match e {
+        I::NotFound => LoadError::NotFound { path },
+        I::NotRegular(kind) => LoadError::NotRegularFile { path, kind },
+        I::Unsafe(why) => LoadError::UnsafeFile { path, why },
+        I::Elf(e @ (ElfError::Truncated(_) | ElfError::Malformed(_))) => {
+            LoadError::Damaged { path, why: e.to_string() }
+        }
+        I::Elf(e) => LoadError::NotSharedLibrary { path, why: e.to_string() },
+        e @ I::Changed(..) => LoadError::Damaged { path, why: e.to_string() },
+        e @ I::TooLarge(_) => LoadError::NotSharedLibrary { path, why: e.to_string() },
+        I::Io(what, source) => LoadError::Io { path, what, source },
     }
-    let me = sys::files::effective_uid();
-    if facts.uid != me && facts.uid != 0 {
-        return Err(LoadError::UnsafeFile {
-            path: path.to_owned(),
-            why: format!("owned by uid {}, neither the runtime's uid {me} nor root", facts.uid),
-        });
-    }
-    if facts.mode & 0o022 != 0 {
-        return Err(LoadError::UnsafeFile {
-            path: path.to_owned(),
-            why: format!("mode {:04o} is group- or world-writable", facts.mode),
-        });
-    }
-    let kind = sys::files::elf_kind(path).map_err(|source| LoadError::Io {
-        path: path.to_owned(),
-        what: "reading its ELF header",
-        source,
-    })?;
-    let why = match kind {
-        ElfKind::SharedObject => return Ok(()),
-        ElfKind::NotElf => "no ELF header: it is not a compiled library".to_owned(),
-        ElfKind::TooShort => "shorter than an ELF header".to_owned(),
-        ElfKind::OtherElf(1) => "an ELF relocatable object (.o), not a shared object".to_owned(),
-        ElfKind::OtherElf(2) => "an ELF executable, not a shared object".to_owned(),
-        ElfKind::OtherElf(t) => format!("an ELF file of type {t}, not a shared object"),
-    };
-    Err(LoadError::NotSharedLibrary { path: path.to_owned(), why })
 }
 
 /// Call the entry with our host info and validate the descriptor it returns.
-fn handshake(path: &Path, copy: &Path, entry: molt_module_entry_fn, host_caps: u64) -> Result<ModuleMeta, LoadError> {
+fn handshake(
+    path: &Path,
+    copy: &Path,
+    sha256: String,
+    entry: molt_module_entry_fn,
+    host_caps: u64,
+) -> Result<ModuleMeta, LoadError> {
     let path = path.to_owned();
     let info = molt_host_info {
         size: v1_0::HOST_INFO_SIZE as u32,
@@ -253,6 +261,7 @@ fn handshake(path: &Path, copy: &Path, entry: molt_module_entry_fn, host_caps: u
         module_caps: d.module_caps,
         source: path,
         copy: copy.to_owned(),
+        sha256,
         callbacks: Callbacks { init, handle_event, migrate: d.migrate, adopt: d.adopt, drain: d.drain, fini: d.fini },
     })
 }

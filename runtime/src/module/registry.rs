@@ -67,29 +67,6 @@ pub struct Entry {
     pub version: VersionRef,
 }
 
-/// A file's identity: what changes when it is replaced or rewritten. A
-/// reload rehashes a module file only when its identity changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileId {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime_ns: i128,
-}
-
-impl FileId {
-    fn of(path: &Path) -> Option<FileId> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).ok()?;
-        Some(FileId {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-        })
-    }
-}
-
 /// The module versions of one (re)load.
 pub struct Generation {
     /// Generation number.
@@ -240,11 +217,9 @@ pub struct Registry {
     history: Mutex<VecDeque<ReloadRecord>>,
     counters: Mutex<(u64, u64)>,
     deadlines: Mutex<Vec<(VersionId, Instant)>>,
-    hashes: Mutex<Vec<(PathBuf, FileId, String)>>,
 }
 
 const HISTORY: usize = 64;
-const HASHES: usize = 64;
 
 /// The sha256 of a file, lowercase hex.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
@@ -269,7 +244,6 @@ impl Registry {
             history: Mutex::new(VecDeque::new()),
             counters: Mutex::new((0, 0)),
             deadlines: Mutex::new(Vec::new()),
-            hashes: Mutex::new(Vec::new()),
         })
     }
 
@@ -423,17 +397,11 @@ impl Registry {
         for mc in modules {
             let module = mc.name.clone();
             let prior = old.and_then(|g| g.entries.iter().find(|e| e.cfg.name == mc.name));
-            let file_id = FileId::of(&mc.path);
-            let sha256 = match self.hash(&mc.path, file_id) {
-                Ok(s) => s,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(ReloadError::Load {
-                        module,
-                        source: Box::new(LoadError::NotFound { path: mc.path.clone() }),
-                    });
-                }
-                Err(source) => return Err(ReloadError::Io { module, what: "reading", path: mc.path.clone(), source }),
-            };
+            // Hashed through intake's checks on every reload (no cache: an
+            // in-place edit keeping size and mtime would pass one).
+            let taken = super::Loader::take(&mc.path)
+                .map_err(|e| ReloadError::Load { module: module.clone(), source: Box::new(e) })?;
+            let sha256 = taken.sha256.clone();
             if let Some(pin) = &mc.sha256 {
                 if *pin != sha256 {
                     return Err(ReloadError::Sha256Mismatch {
@@ -458,26 +426,26 @@ impl Registry {
                     holders: loaded.join("; "),
                 });
             }
-            let kept = self.kept_dir.join(format!("{sha256}.so"));
-            if !kept.exists() {
-                std::fs::copy(&mc.path, &kept).map_err(|source| ReloadError::Io {
-                    module: module.clone(),
-                    what: "keeping a rollback copy of",
-                    path: mc.path.clone(),
-                    source,
-                })?;
-            }
             let spec = ModuleSpec {
                 path: mc.path.clone(),
                 config: mc.config.clone(),
                 previous_version: prior.map_or(0, |p| p.version.meta().version_number),
+                // The bytes loaded must be those hashed above (and pinned).
+                pin: Some(sha256.clone()),
+                name: Some(mc.name.clone()),
             };
-            let version =
-                rt.load(&spec).map_err(|e| ReloadError::Load { module: module.clone(), source: Box::new(e) })?;
+            let version = rt
+                .load_taken(&spec, taken)
+                .map_err(|e| ReloadError::Load { module: module.clone(), source: Box::new(e) })?;
             let meta = version.meta();
-            if meta.name != mc.name {
-                return Err(ReloadError::NameMismatch { module, path: mc.path.clone(), found: meta.name.clone() });
-            }
+            // The rollback copy comes from the private copy: bytes nobody else can change.
+            let kept = self.kept_dir.join(format!("{sha256}.so"));
+            crate::sys::files::keep_copy(&meta.copy, &kept).map_err(|source| ReloadError::Io {
+                module: module.clone(),
+                what: "keeping a rollback copy of",
+                path: mc.path.clone(),
+                source,
+            })?;
             if mc.mode == SwapMode::Upgrade && meta.callbacks.adopt.is_none() {
                 return Err(ReloadError::UpgradeWithoutAdopt { module, version: meta.version.clone() });
             }
@@ -485,25 +453,6 @@ impl Registry {
             entries.push(Entry { cfg: mc.clone(), sha256, version });
         }
         Ok(entries)
-    }
-
-    /// The sha256 of `path`, reusing the last hash of the same path whose
-    /// inode, size and mtime are unchanged.
-    fn hash(&self, path: &Path, id: Option<FileId>) -> std::io::Result<String> {
-        if let Some(id) = id {
-            if let Some((_, _, h)) = self.hashes.lock().iter().find(|(p, i, _)| p == path && *i == id) {
-                return Ok(h.clone());
-            }
-        }
-        let h = sha256_file(path)?;
-        if let Some(id) = id {
-            let mut c = self.hashes.lock();
-            if c.len() >= HASHES {
-                c.remove(0);
-            }
-            c.push((path.to_owned(), id, h.clone()));
-        }
-        Ok(h)
     }
 
     /// The old generation's configs, pointing at kept copies and pinned.

@@ -60,6 +60,8 @@ pub struct ModuleMeta {
     pub source: PathBuf,
     /// The private runtime copy it was loaded from.
     pub copy: PathBuf,
+    /// The sha256 of the bytes loaded (those of the private copy).
+    pub sha256: String,
     /// Its callbacks (valid while its library is loaded).
     pub callbacks: Callbacks,
 }

@@ -1,61 +1,61 @@
-//! Module files: ELF sniffing, ownership and mode checks, private copies.
+//! Module files: intake on one descriptor, and private copies.
+//!
+//! A module file is opened once (non-blocking, close-on-exec), and
+//! everything is decided on that descriptor: `fstat` says it is a regular
+//! file (a FIFO or a device is refused before a byte is read), owned by
+//! us or root and not writable by group or others; the directories of
+//! the path it really has (`/proc/self/fd`) are owned by us or root and
+//! not writable by others (unless sticky, like `/tmp`: others cannot then
+//! rename or remove what they do not own), as OpenSSH's StrictModes asks.
+//! The bytes are read once from it, hashed, checked as a whole ELF shared
+//! object, and written into a private copy that nobody else can change;
+//! only that copy is ever given to the dynamic loader.
 
-use std::fs::{self, File};
-use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// What the first bytes of a file say it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ElfKind {
-    /// An ELF shared object (`ET_DYN`): what a module must be.
-    SharedObject,
-    /// An ELF file of another type (`e_type`): 1 relocatable, 2 executable, 4 core.
-    OtherElf(u16),
-    /// Not ELF at all.
-    NotElf,
-    /// Shorter than an ELF header.
-    TooShort,
+use sha2::{Digest, Sha256};
+
+use super::elf::{self, ElfError};
+
+/// The largest module file taken in.
+pub const MAX_MODULE_BYTES: u64 = 512 << 20;
+
+/// Why a module file was not taken in.
+#[derive(Debug)]
+pub enum IntakeError {
+    /// It does not exist.
+    NotFound,
+    /// Not a regular file (a directory, FIFO, device, socket).
+    NotRegular(&'static str),
+    /// Its owner or mode, or a directory's, makes it unsafe to load code from.
+    Unsafe(String),
+    /// Not a whole ELF shared object for this machine.
+    Elf(ElfError),
+    /// The file changed size while it was read.
+    Changed(u64, u64),
+    /// Larger than [`MAX_MODULE_BYTES`].
+    TooLarge(u64),
+    /// The OS refused a step.
+    Io(&'static str, io::Error),
 }
 
-/// Read the ELF identification and type of `path`.
-pub fn elf_kind(path: &Path) -> io::Result<ElfKind> {
-    let mut head = [0u8; 18];
-    let mut f = File::open(path)?;
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..])? {
-            0 => break,
-            k => n += k,
+impl std::fmt::Display for IntakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IntakeError::NotFound => write!(f, "not found"),
+            IntakeError::NotRegular(kind) => write!(f, "not a regular file (a {kind})"),
+            IntakeError::Unsafe(w) => write!(f, "{w}"),
+            IntakeError::Elf(e) => write!(f, "{e}"),
+            IntakeError::Changed(was, read) => {
+                write!(f, "it changed while it was read ({was} bytes at open, {read} read): it is being written")
+            }
+            IntakeError::TooLarge(n) => write!(f, "{n} bytes, over the limit of {MAX_MODULE_BYTES}"),
+            IntakeError::Io(what, e) => write!(f, "{what}: {e}"),
         }
     }
-    if n >= 4 && &head[..4] != b"\x7fELF" {
-        return Ok(ElfKind::NotElf);
-    }
-    if n < head.len() {
-        return Ok(ElfKind::TooShort);
-    }
-    // e_ident[EI_DATA] (byte 5): 1 little-endian, 2 big-endian.
-    let e_type =
-        if head[5] == 2 { u16::from_be_bytes([head[16], head[17]]) } else { u16::from_le_bytes([head[16], head[17]]) };
-    Ok(if e_type == 3 { ElfKind::SharedObject } else { ElfKind::OtherElf(e_type) })
-}
-
-/// The facts about a module file the loader's policy needs.
-#[derive(Debug, Clone, Copy)]
-pub struct FileFacts {
-    /// A regular file (not a directory, device, ...), after following links.
-    pub regular: bool,
-    /// The owner's uid.
-    pub uid: u32,
-    /// The permission bits.
-    pub mode: u32,
-}
-
-/// Stat `path` (following symlinks, as dlopen would).
-pub fn facts(path: &Path) -> io::Result<FileFacts> {
-    let m = fs::metadata(path)?;
-    Ok(FileFacts { regular: m.is_file(), uid: m.uid(), mode: m.mode() & 0o7777 })
 }
 
 /// The effective uid of this process.
@@ -63,16 +63,154 @@ pub fn effective_uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
-/// Copy `src` into a new private directory `<versions>/<id>/` (mode 0700)
-/// under its own file name, and return the copy's path. dlopen caches by
-/// path, so every loaded version gets a path of its own.
-pub fn private_copy(src: &Path, versions: &Path, id: &str) -> io::Result<PathBuf> {
+fn kind_of(ft: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "directory"
+    } else if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_char_device() {
+        "character device"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
+
+/// Whether a file or directory owned by `uid` with `mode` is ours to trust.
+fn trusted_owner(uid: u32) -> bool {
+    uid == 0 || uid == effective_uid()
+}
+
+/// A module file opened for intake.
+#[derive(Debug)]
+pub struct Opened {
+    file: File,
+    size: u64,
+    /// The path the descriptor really has (symlinks resolved).
+    pub real: PathBuf,
+}
+
+/// Open `path` for intake and check the descriptor and the directories of
+/// its real path (see the module docs).
+pub fn open_module(path: &Path) -> Result<Opened, IntakeError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32 | rustix::fs::OFlags::CLOEXEC.bits() as i32)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => IntakeError::NotFound,
+            _ => IntakeError::Io("opening it", e),
+        })?;
+    let m = file.metadata().map_err(|e| IntakeError::Io("reading its metadata", e))?;
+    if !m.is_file() {
+        return Err(IntakeError::NotRegular(kind_of(m.file_type())));
+    }
+    let me = effective_uid();
+    if !trusted_owner(m.uid()) {
+        return Err(IntakeError::Unsafe(format!("owned by uid {}, neither the runtime's uid {me} nor root", m.uid())));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(IntakeError::Unsafe(format!("mode {:04o} is group- or world-writable", m.mode() & 0o7777)));
+    }
+    if m.len() > MAX_MODULE_BYTES {
+        return Err(IntakeError::TooLarge(m.len()));
+    }
+    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)));
+    let real = fs::read_link(&fd_path).map_err(|e| IntakeError::Io("resolving its real path", e))?;
+    for dir in real.ancestors().skip(1) {
+        let d = fs::symlink_metadata(dir).map_err(|e| IntakeError::Io("checking its directories", e))?;
+        let sticky = d.mode() & 0o1000 != 0;
+        if !trusted_owner(d.uid()) {
+            return Err(IntakeError::Unsafe(format!(
+                "its directory {} is owned by uid {}, neither the runtime's uid {me} nor root",
+                dir.display(),
+                d.uid()
+            )));
+        }
+        if d.mode() & 0o022 != 0 && !sticky {
+            return Err(IntakeError::Unsafe(format!(
+                "its directory {} (mode {:04o}) is group- or world-writable",
+                dir.display(),
+                d.mode() & 0o7777
+            )));
+        }
+    }
+    Ok(Opened { size: m.len(), file, real })
+}
+
+impl Opened {
+    /// Read the whole file once; its bytes and their sha256 (lowercase hex).
+    pub fn read_all(mut self) -> Result<(Vec<u8>, String), IntakeError> {
+        let mut bytes = Vec::with_capacity(self.size as usize);
+        (&mut self.file)
+            .take(MAX_MODULE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| IntakeError::Io("reading it", e))?;
+        if bytes.len() as u64 != self.size {
+            return Err(IntakeError::Changed(self.size, bytes.len() as u64));
+        }
+        let sha = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        Ok((bytes, sha))
+    }
+}
+
+/// A module file's bytes, read once from a checked descriptor.
+#[derive(Debug)]
+pub struct Taken {
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// Their sha256, lowercase hex.
+    pub sha256: String,
+}
+
+/// Open `path` with [`open_module`]'s checks and read it once.
+pub fn take(path: &Path) -> Result<Taken, IntakeError> {
+    let (bytes, sha256) = open_module(path)?.read_all()?;
+    Ok(Taken { bytes, sha256 })
+}
+
+/// Check `taken` as an ELF shared object for this machine and write its
+/// bytes into a new private directory `<versions>/<id>/` (mode 0700) as
+/// `name` (dlopen caches by path: every version gets a path of its own).
+/// The copy's path; only it is ever given to the dynamic loader.
+pub fn private_copy(taken: &Taken, name: &std::ffi::OsStr, versions: &Path, id: &str) -> Result<PathBuf, IntakeError> {
+    elf::check_shared_object(&taken.bytes).map_err(IntakeError::Elf)?;
     let dir = versions.join(id);
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
-    let name = src.file_name().ok_or_else(|| io::Error::other("module path has no file name"))?;
-    let dst = dir.join(name);
-    fs::copy(src, &dst)?;
-    Ok(dst)
+    fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| IntakeError::Io("creating its private directory", e))?;
+    let copy = dir.join(name);
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o500)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&copy)
+        .and_then(|mut f| f.write_all(&taken.bytes));
+    if let Err(e) = written {
+        let _ = fs::remove_dir_all(&dir);
+        return Err(IntakeError::Io("writing its private copy", e));
+    }
+    Ok(copy)
+}
+
+/// Copy a private copy (bytes nobody else can change) to `dst`, mode 0500,
+/// unless `dst` exists.
+pub fn keep_copy(copy: &Path, dst: &Path) -> io::Result<()> {
+    let bytes = fs::read(copy)?;
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o500)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(dst)
+    {
+        Ok(mut f) => f.write_all(&bytes),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Remove a private copy and its directory.

@@ -6,10 +6,15 @@
 //!   symbol, close it, reporting the loader's own words on failure;
 //! * [`maps`]: whether a file is mapped into this process (`/proc/self/maps`),
 //!   which is how an unload is verified rather than assumed;
-//! * [`files`]: ELF sniffing and private runtime copies of module files;
+//! * [`files`]: module intake on one descriptor (regular file, owner and
+//!   mode of the file and its directories, one read hashed) and private
+//!   runtime copies;
+//! * [`elf`]: that bytes are a whole ELF shared object for this machine,
+//!   before the dynamic loader maps them;
 //! * [`cpu`]: pinning the calling thread to a CPU.
 
 pub mod cpu;
 pub mod dl;
+pub mod elf;
 pub mod files;
 pub mod maps;

@@ -177,3 +177,29 @@ pub fn start_site(dir: &RunDir, site: molt_runtime::http::HttpSite) -> (molt_run
     let addr = rt.http_addrs()[0];
     (rt, addr)
 }
+
+/// Process-wide figures (RSS, open fds) are measured in a process of their
+/// own, never beside the other tests of a binary. Call first in such a
+/// test: in the test process it runs test `name` alone in a child copy of
+/// this binary, asserts that it passed and returns true (the caller
+/// returns); in the child it returns false and the body runs.
+pub fn in_own_process(name: &str) -> bool {
+    const CHILD: &str = "MOLT_TEST_OWN_PROCESS";
+    if std::env::var_os(CHILD).is_some() {
+        return false;
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let out = Command::new(exe)
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .expect("running the test in a process of its own");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{name} in its own process: {}\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
