@@ -453,6 +453,19 @@ impl Config {
             });
         }
         let mut tcp = Vec::new();
+        // Every listening address once across [[tcp]] and [[http]] (port 0,
+        // "any free port", never collides).
+        let mut listening: Vec<(std::net::SocketAddr, usize)> = Vec::new();
+        let mut once = |addr: std::net::SocketAddr, line: usize| match listening.iter().find(|(a, _)| *a == addr) {
+            Some((_, first)) if addr.port() != 0 => Err(err(
+                line,
+                format!("listen address {addr} is given twice (first at line {first}); each listener needs its own"),
+            )),
+            _ => {
+                listening.push((addr, line));
+                Ok(())
+            }
+        };
         for t in raw.tcp {
             let addr = |s: &Spanned<String>, key: &str| -> Result<std::net::SocketAddr, ConfigError> {
                 s.get_ref().parse().map_err(|_| {
@@ -489,6 +502,8 @@ impl Config {
                     ));
                 }
             }
+            let listen_line = line_of(src, t.listen.span().start);
+            once(listen, listen_line)?;
             tcp.push(crate::net::TcpRoute {
                 listen,
                 upstreams,
@@ -503,7 +518,10 @@ impl Config {
         let mut http = Vec::new();
         for (n, h) in raw.http.into_iter().enumerate() {
             let line = line_of(src, h.span().start);
-            http.push(parse_http(src, h.into_inner(), n, line, &modules, &err)?);
+            let listen_line = line_of(src, h.get_ref().listen.span().start);
+            let site = parse_http(src, h.into_inner(), n, line, &modules, &err)?;
+            once(site.listen, listen_line)?;
+            http.push(site);
         }
         Ok(Config { source: file.to_owned(), runtime: raw.runtime, modules, tcp, http })
     }

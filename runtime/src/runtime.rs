@@ -351,6 +351,8 @@ pub struct Runtime {
     replies: Receiver<Reply>,
     tcp_addrs: Vec<std::net::SocketAddr>,
     http_addrs: Vec<std::net::SocketAddr>,
+    /// The run dir's instance lock, held for the runtime's life.
+    _run_dir_lock: std::fs::File,
 }
 
 /// Remove runtime copies an earlier process left behind.
@@ -441,6 +443,10 @@ fn bind_workers(
     what: &str,
 ) -> std::io::Result<(Vec<std::net::TcpListener>, std::net::SocketAddr)> {
     let mut addr = addr;
+    if addr.port() != 0 {
+        crate::net::ensure_unserved(addr)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{what}: cannot listen on {addr}: {e}")))?;
+    }
     let mut out = Vec::with_capacity(workers);
     for w in 0..workers {
         let l = crate::net::bind_reuseport(addr)
@@ -455,11 +461,9 @@ impl Runtime {
     /// Start `config.workers` worker threads and the control-plane ticker.
     pub fn start(config: RuntimeConfig) -> std::io::Result<Runtime> {
         let n = config.workers.clamp(1, id::MAX_WORKERS as usize);
-        std::fs::create_dir_all(&config.run_dir)?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&config.run_dir, std::fs::Permissions::from_mode(0o700))?;
-        }
+        // Trust the run dir, then hold it, before anything in it is touched.
+        crate::sys::files::ensure_private_dir(&config.run_dir).map_err(std::io::Error::other)?;
+        let run_dir_lock = crate::sys::files::lock_run_dir(&config.run_dir).map_err(std::io::Error::other)?;
         let swept = sweep_stale_copies(&config.run_dir)?;
         if swept > 0 {
             tracing::info!(run_dir = %config.run_dir.display(), swept, "removed stale runtime copies of an earlier process");
@@ -560,7 +564,7 @@ impl Runtime {
                 rt.reap();
             }
         })?);
-        Ok(Runtime { shared, threads, replies: rx, tcp_addrs, http_addrs })
+        Ok(Runtime { shared, threads, replies: rx, tcp_addrs, http_addrs, _run_dir_lock: run_dir_lock })
     }
 
     /// The addresses the TCP routes listen on, in config order (port 0 resolved).

@@ -259,9 +259,17 @@ fn corrupt_files_are_refused_with_their_reason_and_left_untouched() {
     // And the untouched sample still opens, with both blocks.
     std::fs::write(&path, &good).unwrap();
     assert_eq!(Region::open_file(&path, 1 << 20, false).unwrap().blocks().len(), 2);
-    // --reset-state is the explicit way to discard a corrupt file.
-    patch(&path, &good, |b| b[0] ^= 0xff);
+    // --reset-state is the explicit way to discard a corrupt state file...
+    patch(&path, &good, |b| {
+        b[DIR0 as usize + 8] ^= 0xff;
+        b[DIR1 as usize + 8] ^= 0xff;
+    });
+    assert!(Region::open_file(&path, 1 << 20, false).is_err());
     assert!(Region::open_file(&path, 1 << 20, true).unwrap().blocks().is_empty());
+    // ...but not of a file that no longer says it is one: that is removed by hand.
+    patch(&path, &good, |b| b[0] ^= 0xff);
+    let Err(e) = Region::open_file(&path, 1 << 20, true) else { panic!("reset a file without molt's magic") };
+    assert!(e.to_string().contains("not a molt state file"), "{e}");
 }
 
 proptest! {

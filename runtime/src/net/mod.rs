@@ -17,5 +17,5 @@ mod listener;
 mod proxy;
 pub mod slots;
 
-pub use listener::bind_reuseport;
+pub use listener::{bind_reuseport, ensure_unserved};
 pub use proxy::{Net, TcpLayer, TcpRoute, TcpStats};

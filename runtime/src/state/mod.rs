@@ -44,7 +44,7 @@ pub struct StateError {
     pub fix: &'static str,
 }
 
-const FIX_CORRUPT: &str = "Restore it from a backup, or start with --reset-state to discard its contents.";
+const FIX_CORRUPT: &str = "Restore it from a backup, or start with --reset-state to discard its contents (a file that no longer begins with molt's magic is not rewritten: remove it by hand).";
 
 /// What [`Region::open_block`] found or made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,13 +137,28 @@ impl Region {
     /// `reset`, discard an existing file's contents first.
     pub fn open_file(path: &Path, size: u64, reset: bool) -> Result<Region, StateError> {
         let size = size.max(MIN_SIZE).div_ceil(PAGE) * PAGE;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Never through a symlink (molt would write wherever it points), and
+        // private when created.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(path)
-            .map_err(|e| err(path, format!("cannot open it: {e}"), "Check the path and its permissions."))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(code) if code == rustix::io::Errno::LOOP.raw_os_error() => err(
+                    path,
+                    "it is a symbolic link, which molt does not follow for its state",
+                    "Point state_file at the real file.",
+                ),
+                _ => err(path, format!("cannot open it: {e}"), "Check the path and its permissions."),
+            })?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(err(path, "it is not a regular file", "Point state_file at a file."));
+        }
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(rustix::io::Errno::WOULDBLOCK) => {
@@ -156,6 +171,19 @@ impl Region {
             Err(e) => return Err(err(path, format!("cannot lock it: {e}"), "Check the file system supports flock.")),
         }
         let len = file.metadata().map_err(|e| err(path, format!("cannot stat it: {e}"), ""))?.len();
+        if reset && len > 0 {
+            // --reset-state rewrites molt state files only, never a file the
+            // path names by mistake.
+            let mut magic = [0u8; 8];
+            let ours = file.read_exact_at(&mut magic, 0).is_ok() && magic == format::MAGIC;
+            if !ours {
+                return Err(err(
+                    path,
+                    "it is not a molt state file, and --reset-state rewrites only those",
+                    "Check state_file; remove the file yourself if it is yours to discard.",
+                ));
+            }
+        }
         if len == 0 || reset {
             file.set_len(0)
                 .and_then(|()| file.set_len(size))

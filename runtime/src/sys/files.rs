@@ -220,3 +220,80 @@ pub fn remove_copy(copy: &Path) -> io::Result<()> {
         None => fs::remove_file(copy),
     }
 }
+
+/// Make sure `path` is a run dir molt can trust: a real directory (not a
+/// symlink) owned by this process's uid with no access for group or
+/// others. A missing one is created, mode 0700 (its parents as needed).
+/// The error says what is wrong and how to fix it.
+pub fn ensure_private_dir(path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    if let Err(e) = fs::symlink_metadata(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            return Err(format!("run dir {shown}: cannot read it: {e}"));
+        }
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| format!("run dir {shown}: cannot create its parent: {e}"))?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("run dir {shown}: cannot create it: {e}")),
+        }
+    }
+    let m = fs::symlink_metadata(path).map_err(|e| format!("run dir {shown}: cannot read it: {e}"))?;
+    let me = effective_uid();
+    if m.file_type().is_symlink() {
+        return Err(format!(
+            "run dir {shown} is a symbolic link; molt follows none there: point run_dir at a real directory"
+        ));
+    }
+    if !m.is_dir() {
+        return Err(format!("run dir {shown} is not a directory; remove it or point run_dir elsewhere"));
+    }
+    if m.uid() != me {
+        return Err(format!(
+            "run dir {shown} is owned by uid {}, not molt's uid {me}: another user made it; remove it (molt makes its own) or point run_dir elsewhere",
+            m.uid()
+        ));
+    }
+    if m.mode() & 0o077 != 0 {
+        return Err(format!(
+            "run dir {shown} has mode {:04o}; it holds the control socket, module copies and the lock, and must be molt's alone: chmod 700 {shown}",
+            m.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Take the run dir's instance lock, `<run_dir>/molt.lock` (opened without
+/// following links, mode 0600), and write our pid into it. Held while the
+/// returned file is open; a second instance is refused with the holder's pid.
+pub fn lock_run_dir(run_dir: &Path) -> Result<File, String> {
+    let path = run_dir.join("molt.lock");
+    let shown = path.display();
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&path)
+        .map_err(|e| format!("{shown}: cannot open the instance lock: {e}"))?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let mut text = String::new();
+            let _ = f.read_to_string(&mut text);
+            let pid = text.trim();
+            let who = if pid.is_empty() { "another molt".to_owned() } else { format!("another molt (pid {pid})") };
+            return Err(format!(
+                "{who} is running with run dir {}; stop it, or give this one another run_dir",
+                run_dir.display()
+            ));
+        }
+        Err(e) => return Err(format!("{shown}: cannot lock it: {e}")),
+    }
+    f.set_len(0).and_then(|()| writeln!(f, "{}", std::process::id())).map_err(|e| format!("{shown}: {e}"))?;
+    Ok(f)
+}

@@ -50,6 +50,8 @@ impl RunDir {
     pub fn new(tag: &str) -> RunDir {
         let p = std::env::temp_dir().join(format!("molt-test-{tag}-{}-{}", std::process::id(), uuid_like()));
         std::fs::create_dir_all(&p).expect("create run dir");
+        // A run dir must be private (molt refuses others).
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod run dir");
         RunDir(p)
     }
     pub fn path(&self) -> &Path {
