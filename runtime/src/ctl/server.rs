@@ -1,6 +1,6 @@
 //! The control socket server.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -47,11 +47,24 @@ pub fn reload(rt: &RuntimeShared, source: &ConfigSource) -> Result<Value, String
     Ok(serde_json::to_value(r).unwrap_or(Value::Null))
 }
 
-/// The control socket: accepts connections on its own thread.
+/// Clients served at once; more are told so and closed.
+pub const MAX_CLIENTS: usize = 16;
+/// The longest request line (bytes before its newline).
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// A client that sends nothing for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a client thread looks at the stop flag while it waits.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The control socket: accepts on its own thread, serves each client on a
+/// thread of its own (at most [`MAX_CLIENTS`]), each bounded in size
+/// ([`MAX_REQUEST`] per line) and time ([`IDLE_TIMEOUT`]), so that no
+/// client can stall another or grow molt's memory.
 pub struct ControlServer {
     path: PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    clients: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ControlServer {
@@ -63,14 +76,30 @@ impl ControlServer {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
+        let clients = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, live) = (stop.clone(), clients.clone());
+        let source = Arc::new(source);
         let started = Instant::now();
         let thread = std::thread::Builder::new().name("molt-ctl".into()).spawn(move || {
             while !s.load(Ordering::Acquire) {
                 match listener.accept() {
-                    Ok((stream, _)) => {
-                        if let Err(e) = serve(&rt, &source, started, stream) {
-                            tracing::debug!("control connection ended: {e}");
+                    Ok((mut stream, _)) => {
+                        use std::sync::atomic::Ordering as O;
+                        if live.fetch_add(1, O::AcqRel) >= MAX_CLIENTS {
+                            live.fetch_sub(1, O::AcqRel);
+                            let busy = json!({"ok": false, "error": format!("the control socket serves {MAX_CLIENTS} clients at once; try again")});
+                            let _ = writeln!(stream, "{busy}");
+                            continue;
+                        }
+                        let (rt, source, stop, live) = (rt.clone(), source.clone(), s.clone(), live.clone());
+                        let spawned = std::thread::Builder::new().name("molt-ctl-client".into()).spawn(move || {
+                            if let Err(e) = serve(&rt, &source, started, stream, &stop) {
+                                tracing::debug!("control connection ended: {e}");
+                            }
+                            live.fetch_sub(1, O::AcqRel);
+                        });
+                        if spawned.is_err() {
+                            tracing::warn!("control socket: cannot start a client thread");
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -83,7 +112,7 @@ impl ControlServer {
                 }
             }
         })?;
-        Ok(ControlServer { path, stop, thread: Some(thread) })
+        Ok(ControlServer { path, stop, thread: Some(thread), clients })
     }
 
     /// The socket's path.
@@ -98,13 +127,65 @@ impl Drop for ControlServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // Client threads see the flag within one poll interval.
+        let deadline = Instant::now() + POLL * 10;
+        while self.clients.load(std::sync::atomic::Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
-fn serve(rt: &RuntimeShared, source: &ConfigSource, started: Instant, stream: UnixStream) -> std::io::Result<()> {
+/// What reading a request line found.
+enum Line {
+    /// A line (without its newline).
+    Request(Vec<u8>),
+    /// EOF, the idle timeout, or the server stopping.
+    End,
+    /// A line over [`MAX_REQUEST`].
+    TooLarge,
+}
+
+/// Read one request line from `stream`, keeping bytes after it in `pending`.
+fn read_line(stream: &mut UnixStream, pending: &mut Vec<u8>, stop: &AtomicBool) -> std::io::Result<Line> {
+    use std::io::Read;
+    let mut last = Instant::now();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = pending.iter().position(|b| *b == b'\n') {
+            let line = pending[..i].to_vec();
+            pending.drain(..=i);
+            return Ok(Line::Request(line));
+        }
+        if pending.len() > MAX_REQUEST {
+            return Ok(Line::TooLarge);
+        }
+        if stop.load(Ordering::Acquire) || last.elapsed() > IDLE_TIMEOUT {
+            return Ok(Line::End);
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return Ok(Line::End),
+            Ok(n) => {
+                pending.extend_from_slice(&chunk[..n]);
+                last = Instant::now();
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn serve(
+    rt: &RuntimeShared,
+    source: &ConfigSource,
+    started: Instant,
+    mut stream: UnixStream,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_read_timeout(Some(POLL))?;
+    stream.set_write_timeout(Some(IDLE_TIMEOUT))?;
     let mut out = stream.try_clone()?;
     let me = crate::sys::files::effective_uid();
     let peer = rustix::net::sockopt::socket_peercred(&stream).map_err(std::io::Error::from)?;
@@ -115,19 +196,29 @@ fn serve(rt: &RuntimeShared, source: &ConfigSource, started: Instant, stream: Un
         writeln!(out, "{msg}")?;
         return Ok(());
     }
-    let reader = BufReader::new(stream);
-    for line in reader.lines() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let reply = match serde_json::from_str::<Value>(&line) {
-            Err(e) => json!({"ok": false, "error": format!("not JSON: {e}")}),
-            Ok(req) => handle(rt, source, started, &req),
+    let mut pending = Vec::new();
+    loop {
+        let line = match read_line(&mut stream, &mut pending, stop)? {
+            Line::End => return Ok(()),
+            Line::TooLarge => {
+                let msg = json!({"ok": false, "error": format!("request line too large: over {MAX_REQUEST} bytes without a newline; the connection is closed")});
+                writeln!(out, "{msg}")?;
+                return Ok(());
+            }
+            Line::Request(l) => l,
+        };
+        let reply = match std::str::from_utf8(&line) {
+            Err(e) => {
+                json!({"ok": false, "error": format!("the request is not UTF-8 ({e}); send one JSON object per line")})
+            }
+            Ok(text) if text.trim().is_empty() => continue,
+            Ok(text) => match serde_json::from_str::<Value>(text) {
+                Err(e) => json!({"ok": false, "error": format!("not JSON: {e}")}),
+                Ok(req) => handle(rt, source, started, &req),
+            },
         };
         writeln!(out, "{reply}")?;
     }
-    Ok(())
 }
 
 fn handle(rt: &RuntimeShared, source: &ConfigSource, started: Instant, req: &Value) -> Value {
