@@ -86,7 +86,9 @@ impl Chain {
                     CallNow::Stale => h.skip = true,
                     CallNow::Failed(e) => {
                         bump(by.hook_failures);
-                        tracing::warn!(worker = by.worker, module = %h.name, hook = kind, "hook failed: {e}");
+                        crate::module::quiet::failure(&h.name, || {
+                            tracing::warn!(worker = by.worker, module = %h.name, hook = kind, "hook failed: {e}");
+                        });
                         if e.panicked() && h.policy == FailurePolicy::Restart {
                             by.core.runtime().request_restart(&h.name);
                         }

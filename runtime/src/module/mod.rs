@@ -7,6 +7,7 @@
 
 mod error;
 mod loader;
+pub mod quiet;
 pub mod registry;
 pub mod retire;
 mod version;

@@ -230,7 +230,9 @@ impl ModuleVersion {
     fn call_error(&self, callback: &'static str, status: molt_status, err: Option<(molt_status, String)>) -> CallError {
         if status == MOLT_ERR_PANIC {
             self.panicked.store(true, Ordering::Release);
-            tracing::error!(module = %self.meta.name, version = %self.meta.version, callback, "module panicked");
+            super::quiet::failure(&self.meta.name, || {
+                tracing::error!(module = %self.meta.name, version = %self.meta.version, callback, "module panicked");
+            });
         }
         let text = err.map(|(_, t)| t).unwrap_or_else(|| "(the module gave no error text)".to_owned());
         CallError { module: self.meta.name.clone(), version: self.meta.version.clone(), callback, status, text }

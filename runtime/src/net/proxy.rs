@@ -629,7 +629,9 @@ impl TcpLayer {
             }
             crate::worker::CallNow::Stale => self.closed.borrow_mut().push((idx, 1)),
             crate::worker::CallNow::Failed(e) => {
-                tracing::warn!(conn = handle, "connection handler failed; closing the connection: {e}");
+                crate::module::quiet::failure(&e.module, || {
+                    tracing::warn!(conn = handle, "connection handler failed; closing the connection: {e}");
+                });
                 self.closed.borrow_mut().push((idx, 1));
             }
         }

@@ -504,7 +504,9 @@ impl WorkerCore {
         // SAFETY: `handler` and `data` are this live continuation's, read
         // from its slot just now, on its home worker.
         if let Err(e) = unsafe { self.call(ev.target, version, handler, data, &abi, None) } {
-            tracing::warn!(worker = self.index(), cont = ev.target, "{e}");
+            crate::module::quiet::failure(&e.module, || {
+                tracing::warn!(worker = self.index(), cont = ev.target, "{e}");
+            });
         }
         if ev.kind == MOLT_EV_END {
             self.free_slot(p.slot);
