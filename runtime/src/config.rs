@@ -239,7 +239,7 @@ pub struct Config {
 
 /// A config that cannot be used: the file, line and key, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("config {file}:{line}: {message}")]
+#[error("config {file}{}: {message}", if *.line == 0 { String::new() } else { format!(":{line}") })]
 pub struct ConfigError {
     /// The file.
     pub file: String,
@@ -252,6 +252,38 @@ pub struct ConfigError {
 fn line_of(src: &str, offset: usize) -> usize {
     src[..offset.min(src.len())].bytes().filter(|b| *b == b'\n').count() + 1
 }
+
+/// The line of `key = ...` at or after byte `from` of `src` (the table
+/// that holds it starts there); the table's own line when not found.
+fn key_line(src: &str, from: usize, key: &str) -> usize {
+    let from = from.min(src.len());
+    let mut offset = from;
+    for l in src[from..].split_inclusive('\n') {
+        let t = l.trim_start();
+        if t.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')) {
+            return line_of(src, offset);
+        }
+        offset += l.len();
+    }
+    line_of(src, from)
+}
+
+/// Check that the value of `key` is within `lo..=hi`, saying why the bound
+/// exists when it is not.
+fn bounded<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    v: T,
+    lo: T,
+    hi: T,
+    why: &str,
+) -> Result<(), (String, String)> {
+    if v < lo || v > hi {
+        return Err((key.to_owned(), format!("key `{key}`: {v} is out of range {lo}..={hi} ({why})")));
+    }
+    Ok(())
+}
+
+const DAY_MS: u64 = 86_400_000;
 
 fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) -> Result<(), String> {
     match v {
@@ -288,10 +320,11 @@ fn parse_http(
     src: &str,
     h: RawHttp,
     n: usize,
-    line: usize,
+    at: usize,
     modules: &[ModuleConfig],
     err: &ErrFn<'_>,
 ) -> Result<crate::http::HttpSite, ConfigError> {
+    let line = line_of(src, at);
     let name = h.name.unwrap_or_else(|| format!("http{n}"));
     let listen = h.listen.get_ref().parse().map_err(|_| {
         err(
@@ -306,7 +339,7 @@ fn parse_http(
     let mut groups = Vec::new();
     let empty = BTreeMap::new();
     for (g, servers) in h.upstreams.as_ref().map_or(&empty, |u| u.get_ref()) {
-        let mut addrs = Vec::new();
+        let mut addrs: Vec<std::net::SocketAddr> = Vec::new();
         for s in servers {
             addrs.push(s.parse().map_err(|_| {
                 err(
@@ -377,6 +410,36 @@ fn parse_http(
         max_connections: h.max_connections.unwrap_or(d.max_connections),
         pool_per_server: h.pool_per_server.unwrap_or(d.pool_per_server),
     };
+    let ms_of = |d: Duration| d.as_millis() as u64;
+    let l = &limits;
+    let checks = [
+        bounded("max_head_bytes", l.max_head_bytes, 1024, 1 << 20, "a request head of 1 KiB to 1 MiB"),
+        bounded("max_headers", l.max_headers, 1, 1000, "header fields per message"),
+        bounded("max_body_bytes", l.max_body_bytes, 0, 1 << 40, "up to 1 TiB"),
+        bounded("request_timeout_ms", ms_of(l.request_timeout), 1, DAY_MS, "1 ms to a day"),
+        bounded("keepalive_timeout_ms", ms_of(l.keepalive_timeout), 1, DAY_MS, "1 ms to a day"),
+        bounded("connect_timeout_ms", ms_of(l.connect_timeout), 1, DAY_MS, "1 ms to a day"),
+        bounded("upstream_timeout_ms", ms_of(l.upstream_timeout), 1, DAY_MS, "1 ms to a day"),
+        bounded("retry_after_ms", ms_of(l.retry_after), 0, DAY_MS, "up to a day"),
+        bounded("max_connections", l.max_connections, 1, 1_000_000, "client connections per worker"),
+        bounded("pool_per_server", l.pool_per_server, 0, 100_000, "idle upstream connections per server per worker"),
+    ];
+    for c in checks {
+        if let Err((key, message)) = c {
+            return Err(err(
+                key_line(src, at, &key),
+                format!("listener {name}: {}", message.replace("key `", "key `http.")),
+            ));
+        }
+    }
+    for (g, servers) in &groups {
+        if let Some(s) = servers.iter().find(|s| s.port() == 0) {
+            return Err(err(
+                line,
+                format!("key `http.upstreams.{g}` of listener {name}: {s} has port 0, which no server listens on"),
+            ));
+        }
+    }
     Ok(crate::http::HttpSite { name, listen, routes, groups, limits })
 }
 
@@ -401,11 +464,44 @@ impl Config {
             err(line, e.message().to_owned())
         })?;
         let rt = &raw.runtime;
-        if rt.max_versions_per_module < 2 {
-            return Err(err(
+        let runtime_at = src.find("[runtime]").unwrap_or(0);
+        let checks = [
+            bounded(
+                "runtime.workers",
+                rt.workers,
                 0,
-                "key `runtime.max_versions_per_module`: must be at least 2 (an active and a replaced version)".into(),
-            ));
+                256,
+                "0 is one per CPU; each worker is a thread with its own poller and listeners",
+            ),
+            bounded(
+                "runtime.max_versions_per_module",
+                rt.max_versions_per_module,
+                2,
+                64,
+                "an active and a replaced version at least",
+            ),
+            bounded("runtime.state_size_mb", rt.state_size_mb, 1, 1 << 20, "a state file of 1 MiB to 1 TiB"),
+            bounded(
+                "runtime.max_continuations_per_worker",
+                u64::from(rt.max_continuations_per_worker),
+                16,
+                1 << 24,
+                "continuation slots per worker",
+            ),
+            bounded(
+                "runtime.spin_us",
+                rt.spin_us,
+                0,
+                1_000_000,
+                "an idle worker spins at most a second before it parks",
+            ),
+            bounded("runtime.drain_deadline_ms", rt.drain_deadline_ms, 1, DAY_MS, "up to a day"),
+        ];
+        for c in checks {
+            if let Err((key, message)) = c {
+                let short = key.rsplit('.').next().unwrap_or(&key);
+                return Err(err(key_line(src, runtime_at, short), message));
+            }
         }
         let mut modules: Vec<ModuleConfig> = Vec::new();
         for m in raw.modules {
@@ -478,7 +574,7 @@ impl Config {
             let listen = addr(&t.listen, "listen")?;
             let up_line =
                 t.upstreams.as_ref().map_or(line_of(src, t.listen.span().start), |u| line_of(src, u.span().start));
-            let mut upstreams = Vec::new();
+            let mut upstreams: Vec<std::net::SocketAddr> = Vec::new();
             let none = Vec::new();
             for u in t.upstreams.as_ref().map_or(&none, |u| u.get_ref()) {
                 upstreams.push(u.parse().map_err(|_| {
@@ -504,6 +600,21 @@ impl Config {
             }
             let listen_line = line_of(src, t.listen.span().start);
             once(listen, listen_line)?;
+            let checks = [
+                bounded("connect_timeout_ms", t.connect_timeout_ms, 1, DAY_MS, "1 ms to a day"),
+                bounded("idle_timeout_ms", t.idle_timeout_ms, 1, DAY_MS, "1 ms to a day"),
+                bounded("retry_after_ms", t.retry_after_ms, 0, DAY_MS, "up to a day"),
+                bounded("max_connections", t.max_connections as u64, 1, 1_000_000, "connections per worker"),
+            ];
+            for c in checks {
+                if let Err((key, message)) = c {
+                    let message = format!("[[tcp]] on {listen}: {}", message.replace("key `", "key `tcp."));
+                    return Err(err(key_line(src, t.listen.span().start, &key), message));
+                }
+            }
+            if let Some(u) = upstreams.iter().find(|u| u.port() == 0) {
+                return Err(err(up_line, format!("key `tcp.upstreams`: {u} has port 0, which no server listens on")));
+            }
             tcp.push(crate::net::TcpRoute {
                 listen,
                 upstreams,
@@ -517,9 +628,9 @@ impl Config {
         }
         let mut http = Vec::new();
         for (n, h) in raw.http.into_iter().enumerate() {
-            let line = line_of(src, h.span().start);
+            let at = h.span().start;
             let listen_line = line_of(src, h.get_ref().listen.span().start);
-            let site = parse_http(src, h.into_inner(), n, line, &modules, &err)?;
+            let site = parse_http(src, h.into_inner(), n, at, &modules, &err)?;
             once(site.listen, listen_line)?;
             http.push(site);
         }
@@ -650,6 +761,36 @@ limits = { burst = 10, on = true }
 
         let e = parse("[[modules]]\nname = \"Bad Name\"\npath = \"x\"\n").unwrap_err();
         assert!(e.message.contains("[a-z0-9_-]"), "{e}");
+    }
+
+    #[test]
+    fn bounds_are_checked_with_their_line_and_reason() {
+        let e = parse("[runtime]\nspin_us = 5\nworkers = 65535\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains("runtime.workers") && e.message.contains("0..=256"), "{e}");
+        let e = parse("[runtime]\nstate_size_mb = 17592186044416\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("state_size_mb"), "{e}");
+        let e = parse("\n[runtime]\nmax_versions_per_module = 1\n").unwrap_err();
+        assert_eq!(e.line, 3, "the line is known: {e}");
+        let http = |extra: &str| {
+            format!(
+                "[[http]]\nlisten = \"127.0.0.1:0\"\n{extra}\n[http.upstreams]\nb = [\"127.0.0.1:9\"]\n[[http.routes]]\nupstream = \"b\"\n"
+            )
+        };
+        let e = parse(&http("max_connections = 0")).unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains("http.max_connections") && e.message.contains("listener http0"), "{e}");
+        let e = parse(&http("request_timeout_ms = 0")).unwrap_err();
+        assert!(e.message.contains("request_timeout_ms"), "{e}");
+        let e = parse(&http("").replace("127.0.0.1:9", "127.0.0.1:0")).unwrap_err();
+        assert!(e.message.contains("port 0"), "{e}");
+        let e = parse("[[tcp]]\nlisten = \"127.0.0.1:0\"\nupstreams = [\"127.0.0.1:9\"]\nidle_timeout_ms = 0\n")
+            .unwrap_err();
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("tcp.idle_timeout_ms"), "{e}");
+        let e = Config::load(Path::new("/nonexistent/molt.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("config /nonexistent/molt.toml: cannot read it"), "no line 0: {e}");
     }
 
     #[test]
