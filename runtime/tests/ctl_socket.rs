@@ -94,3 +94,27 @@ fn a_huge_request_line_is_refused_with_bounded_memory() {
     drop(server);
     rt.shutdown();
 }
+
+#[test]
+fn the_reload_counter_never_goes_down() {
+    let dir = RunDir::new("ctls-counter");
+    let rt = common::proxy_runtime(dir.path(), vec![], vec![], &[]);
+    let cfg = [common::module_cfg("hello", &common::module_lib("hello"), &[])];
+    let count = |rt: &Runtime| -> u64 {
+        let text = molt_runtime::ctl::status::metrics(rt.shared());
+        text.lines()
+            .find(|l| l.starts_with("molt_reloads_total{kind=\"reload\",result=\"ok\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .expect("the counter is exported")
+    };
+    let mut last = 0;
+    // More reloads than the history keeps (64).
+    for i in 0..80 {
+        rt.reload(&cfg).unwrap();
+        let n = count(&rt);
+        assert!(n >= last, "the counter went from {last} to {n}");
+        last = n;
+        assert_eq!(n, i, "reload {i}: the first load is a load, not a reload");
+    }
+    rt.shutdown();
+}

@@ -210,25 +210,22 @@ pub fn metrics(rt: &RuntimeShared) -> String {
     for (m, (_, pinned)) in &by_module {
         let _ = writeln!(out, "molt_versions_pinned{{module=\"{m}\"}} {pinned}");
     }
-    let history = rt.registry().history();
+    let totals = rt.registry().totals();
     let _ = writeln!(
         out,
-        "# HELP molt_reloads_total Reloads and rollbacks by result (recent history).\n# TYPE molt_reloads_total counter"
+        "# HELP molt_reloads_total Loads, reloads, restarts and rollbacks since start, by result.\n# TYPE molt_reloads_total counter"
     );
-    for kind in ["load", "reload", "rollback"] {
+    for kind in ["load", "reload", "restart", "rollback"] {
         for ok in [true, false] {
-            let n = history.iter().filter(|r| r.kind == kind && r.ok == ok).count();
-            let _ = writeln!(
-                out,
-                "molt_reloads_total{{kind=\"{kind}\",result=\"{}\"}} {n}",
-                if ok { "ok" } else { "refused" }
-            );
+            let n: u64 = totals.iter().filter(|t| t.0 == kind && t.1 == ok).map(|t| t.2).sum();
+            let result = if ok { "ok" } else { "refused" };
+            let _ = writeln!(out, "molt_reloads_total{{kind=\"{kind}\",result=\"{result}\"}} {n}");
         }
     }
-    let (sum, count) = history.iter().fold((0u64, 0u64), |a, r| (a.0 + r.duration_us, a.1 + 1));
+    let (sum, count) = totals.iter().fold((0u64, 0u64), |a, t| (a.0 + t.3, a.1 + t.2));
     let _ = writeln!(
         out,
-        "# HELP molt_reload_duration_seconds Reload durations (recent history).\n# TYPE molt_reload_duration_seconds summary"
+        "# HELP molt_reload_duration_seconds Reload durations since start.\n# TYPE molt_reload_duration_seconds summary"
     );
     let _ = writeln!(out, "molt_reload_duration_seconds_sum {}", sum as f64 / 1e6);
     let _ = writeln!(out, "molt_reload_duration_seconds_count {count}");

@@ -215,6 +215,8 @@ pub struct Registry {
     previous: Mutex<Option<Vec<ModuleConfig>>>,
     reload_lock: Mutex<()>,
     history: Mutex<VecDeque<ReloadRecord>>,
+    /// Since start, by (kind, ok): how many, and their summed duration in µs.
+    totals: Mutex<std::collections::BTreeMap<(&'static str, bool), (u64, u64)>>,
     counters: Mutex<(u64, u64)>,
     deadlines: Mutex<Vec<(VersionId, Instant)>>,
 }
@@ -242,6 +244,7 @@ impl Registry {
             previous: Mutex::new(None),
             reload_lock: Mutex::new(()),
             history: Mutex::new(VecDeque::new()),
+            totals: Mutex::new(std::collections::BTreeMap::new()),
             counters: Mutex::new((0, 0)),
             deadlines: Mutex::new(Vec::new()),
         })
@@ -265,6 +268,12 @@ impl Registry {
     /// The configs a rollback would load.
     pub fn previous(&self) -> Option<Vec<ModuleConfig>> {
         self.previous.lock().clone()
+    }
+
+    /// Reloads since start by kind and result: (kind, ok, count, summed µs).
+    /// Counters: they never go down (the history keeps only the last 64).
+    pub fn totals(&self) -> Vec<(&'static str, bool, u64, u64)> {
+        self.totals.lock().iter().map(|((k, ok), (n, us))| (*k, *ok, *n, *us)).collect()
     }
 
     /// Reload history, oldest first.
@@ -377,6 +386,12 @@ impl Registry {
     }
 
     fn push_history(&self, r: ReloadRecord) {
+        {
+            let mut t = self.totals.lock();
+            let e = t.entry((r.kind, r.ok)).or_default();
+            e.0 += 1;
+            e.1 += r.duration_us;
+        }
         let mut h = self.history.lock();
         if h.len() == HISTORY {
             h.pop_front();
