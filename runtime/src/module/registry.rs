@@ -204,6 +204,9 @@ impl Default for RegistrySettings {
     }
 }
 
+/// Reloads by (kind, ok): how many, and their summed duration in µs.
+type ReloadTotals = std::collections::BTreeMap<(&'static str, bool), (u64, u64)>;
+
 /// The registry (see the module docs).
 pub struct Registry {
     settings: Mutex<RegistrySettings>,
@@ -216,7 +219,7 @@ pub struct Registry {
     reload_lock: Mutex<()>,
     history: Mutex<VecDeque<ReloadRecord>>,
     /// Since start, by (kind, ok): how many, and their summed duration in µs.
-    totals: Mutex<std::collections::BTreeMap<(&'static str, bool), (u64, u64)>>,
+    totals: Mutex<ReloadTotals>,
     counters: Mutex<(u64, u64)>,
     deadlines: Mutex<Vec<(VersionId, Instant)>>,
 }
