@@ -126,7 +126,8 @@ typedef int32_t molt_status;
 #define MOLT_HOST_CAP_ADOPT ((uint64_t)1 << 5)
 /* Bits 8..15 are for connection I/O, 16..23 for HTTP hooks. */
 /** (1.1) Connection I/O: MOLT_EV_CONN_* events, conn_write, conn_close,
- *  conn_connect, conn_peer. */
+ *  conn_connect. (The peer's address comes as the data of
+ *  MOLT_EV_CONN_OPEN.) */
 #define MOLT_HOST_CAP_CONN ((uint64_t)1 << 8)
 /** (1.1) HTTP hooks: MOLT_EV_HTTP_* events and the http_* functions. */
 #define MOLT_HOST_CAP_HTTP ((uint64_t)1 << 16)
@@ -222,8 +223,9 @@ typedef uint64_t molt_state_handle;
  * MOLT_EV_END. `handle` is the transaction. Hooks are synchronous: what a
  * module decides with the http_* functions during the call takes effect
  * when it returns. A hook that fails (returns an error, panics) fails the
- * request with 500, unless the route's failure_policy is "open", when the
- * module is skipped for the rest of the transaction.
+ * request with 500, unless the module's failure_policy (a setting of its
+ * [[modules]] entry in the config) is "fail_open": then the module is
+ * skipped for the rest of the transaction.
  */
 /** The request head arrived: read or change request headers and target,
  *  answer with http_respond, or choose the upstream group. */

@@ -163,3 +163,46 @@ fn header_double_include_compiles_as_strict_c99() {
 fn header_double_include_compiles_as_strict_cxx() {
     compile("g++", STRICT_CXX, &scratch("double_include.cc"), DOUBLE_INCLUDE).unwrap_or_else(|e| panic!("C++:\n{e}"));
 }
+
+/// Every C block of `docs/abi.md` is a whole module that compiles and links
+/// with the command the page gives (`-std=c99 -Wall -Wextra -Werror
+/// -pedantic -O2 -fPIC -shared -fvisibility=hidden`), and exports the entry
+/// alone: the docs cannot drift from the header.
+#[test]
+fn the_c_examples_of_the_abi_doc_compile_with_the_documented_command() {
+    let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/abi.md");
+    let doc = std::fs::read_to_string(&doc_path).unwrap();
+    let mut blocks = Vec::new();
+    let mut rest = doc.as_str();
+    while let Some(start) = rest.find("```c\n") {
+        let body = &rest[start + 5..];
+        let end = body.find("```").expect("a closed code block");
+        blocks.push(&body[..end]);
+        rest = &body[end + 3..];
+    }
+    assert!(!blocks.is_empty(), "docs/abi.md has no C example");
+    let documented =
+        ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2", "-fPIC", "-shared", "-fvisibility=hidden"];
+    assert!(doc.contains(&documented.join(" ")), "the page's build command changed: update this test's flags with it");
+    for (i, src) in blocks.iter().enumerate() {
+        let file = scratch(&format!("abi_doc_example_{i}.c"));
+        std::fs::write(&file, src).unwrap();
+        let lib = file.with_extension("so");
+        let out = Command::new("gcc")
+            .args(documented)
+            .arg("-I")
+            .arg(molt_abi::INCLUDE_DIR)
+            .arg(&file)
+            .arg("-o")
+            .arg(&lib)
+            .output()
+            .expect("run gcc");
+        assert!(out.status.success(), "C block {i} of docs/abi.md:\n{}", String::from_utf8_lossy(&out.stderr));
+        let nm = Command::new("nm").args(["-D", "--defined-only"]).arg(&lib).output().expect("run nm");
+        let exported: Vec<String> = String::from_utf8_lossy(&nm.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(2).map(str::to_owned))
+            .collect();
+        assert_eq!(exported, ["molt_module_entry_v1"], "C block {i} exports more than the entry");
+    }
+}
