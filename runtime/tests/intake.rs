@@ -233,3 +233,15 @@ fn a_descriptor_naming_another_module_is_refused_before_its_init_runs() {
     assert!(!text.contains("panicked"), "init ran: {text}");
     rt.shutdown();
 }
+
+#[test]
+fn a_block_opened_at_another_schema_than_the_descriptor_declares_is_refused() {
+    let dir = RunDir::new("intake-schema");
+    let rt = runtime(&dir);
+    let lib = module_lib("fixture_schema_mismatch");
+    let e = rt.reload(&[module_cfg("fixture_schema_mismatch", &lib, &[])]).expect_err("loaded");
+    let text = e.to_string();
+    assert!(text.contains("schema 1") && text.contains("state_schema 0"), "{text}");
+    assert!(rt.shared().loader().host().state.blocks().is_empty(), "no block was made");
+    rt.shutdown();
+}

@@ -238,6 +238,13 @@ unsafe extern "C" fn host_state_open(
         if (out.size as usize) < v1_0::STATE_BLOCK_SIZE {
             return fail(f, (MOLT_ERR_INVALID_ARG, "state_open: out->size is smaller than molt_state_block".into()));
         }
+        let declared = f.meta.state_schema;
+        if schema != declared || declared == 0 {
+            let why = format!(
+                "state_open of block {name:?}: schema {schema} differs from the descriptor's state_schema {declared}; a module opens its blocks at the schema it declares (0 declares no state)"
+            );
+            return fail(f, (MOLT_ERR_INVALID_ARG, why));
+        }
         let owner = &f.meta.name;
         let store = &f.host.state;
         let (handle, len, created) = match store.open_block(owner, name, schema, min_len) {

@@ -329,6 +329,9 @@ impl CallErrors {
     fn into_report(self) -> Option<(molt_status, String)> {
         match (self.module, self.host) {
             (Some((s, t)), Some(h)) if !t.contains(h.as_str()) => Some((s, format!("{t} (host: {h})"))),
+            // The module passed on a refusal without words of its own: the
+            // host's are the reason.
+            (None, Some(h)) => Some((MOLT_ERR_FAILED, format!("(the module gave no error text; the host said: {h})"))),
             (e, _) => e,
         }
     }
