@@ -110,6 +110,9 @@ pub struct RuntimeShared {
     held: Mutex<Vec<VersionId>>,
     /// Migrations committed by the reload in progress (module, src, dst).
     migrations: Mutex<Vec<(String, u64, u64)>>,
+    /// Blocks created since the last reload was published or refused, and
+    /// the version that created each.
+    created: Mutex<Vec<(String, VersionId, u64)>>,
     /// Modules whose failure policy asks for a restart after a panic.
     restarts: Mutex<Vec<String>>,
     /// Each worker's TCP proxy counters.
@@ -202,8 +205,23 @@ impl RuntimeShared {
         tracing::info!(events = n, "state migration done: held events released");
     }
 
-    /// Undo the migrations of a refused reload.
+    /// Undo the state changes of a refused reload: blocks its candidates
+    /// created are forgotten, its migrations reverted.
     pub(crate) fn revert_migrations(&self) {
+        // Only candidates' blocks: one an active version opened meanwhile stays.
+        let active: Vec<VersionId> =
+            self.registry.active().map(|g| g.entries.iter().map(|e| e.version.id()).collect()).unwrap_or_default();
+        for (module, by, handle) in std::mem::take(&mut *self.created.lock()) {
+            if active.contains(&by) {
+                continue;
+            }
+            match self.loader.host().state.abort_migration(handle) {
+                Ok(()) => {
+                    tracing::info!(module = %module, "reload refused: the block its candidate created is forgotten")
+                }
+                Err((_, e)) => tracing::error!(module = %module, "forgetting a refused candidate's block failed: {e}"),
+            }
+        }
         for (module, src, dst) in std::mem::take(&mut *self.migrations.lock()).into_iter().rev() {
             match self.loader.host().state.revert_migration(src, dst) {
                 Ok(()) => {
@@ -216,6 +234,7 @@ impl RuntimeShared {
 
     /// Forget the migrations of a published reload.
     pub(crate) fn keep_migrations(&self) -> Vec<String> {
+        self.created.lock().clear();
         std::mem::take(&mut *self.migrations.lock()).into_iter().map(|(m, _, _)| m).collect()
     }
 
@@ -433,6 +452,12 @@ impl StateHooks for Hooks {
             rt.migrations.lock().push((module.to_owned(), src, dst));
         }
     }
+
+    fn created(&self, module: &str, by: VersionId, handle: u64) {
+        if let Some(rt) = self.0.upgrade() {
+            rt.created.lock().push((module.to_owned(), by, handle));
+        }
+    }
 }
 
 /// Bind `addr` once per worker (`SO_REUSEPORT`); a port 0 is resolved by
@@ -489,6 +514,7 @@ impl Runtime {
             run_dir: config.run_dir.clone(),
             held: Mutex::new(Vec::new()),
             migrations: Mutex::new(Vec::new()),
+            created: Mutex::new(Vec::new()),
             restarts: Mutex::new(Vec::new()),
             tcp_stats: (0..n).map(|_| std::sync::Arc::default()).collect(),
             http_stats: (0..n).map(|_| std::sync::Arc::default()).collect(),

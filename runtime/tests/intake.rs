@@ -245,3 +245,23 @@ fn a_block_opened_at_another_schema_than_the_descriptor_declares_is_refused() {
     assert!(rt.shared().loader().host().state.blocks().is_empty(), "no block was made");
     rt.shutdown();
 }
+
+#[test]
+fn a_refused_reload_leaves_no_state_block_behind() {
+    let dir = RunDir::new("intake-revert");
+    let rt = runtime(&dir);
+    // counter's init opens (creates) its block; the next module refuses the reload.
+    let e = rt
+        .reload(&[
+            module_cfg("counter", &module_lib("counter"), &[]),
+            module_cfg("fixture_init_fails", &module_lib("fixture_init_fails"), &[]),
+        ])
+        .expect_err("loaded");
+    assert!(e.to_string().contains("fixture_init_fails"), "{e}");
+    let blocks = rt.shared().loader().host().state.blocks();
+    assert!(blocks.is_empty(), "a refused candidate's block stays: {blocks:?}");
+    // The same module loads fine later and gets a fresh block.
+    rt.reload(&[module_cfg("counter", &module_lib("counter"), &[])]).unwrap();
+    assert_eq!(rt.shared().loader().host().state.blocks().len(), 1);
+    rt.shutdown();
+}

@@ -250,7 +250,12 @@ unsafe extern "C" fn host_state_open(
         let (handle, len, created) = match store.open_block(owner, name, schema, min_len) {
             Err(e) => return fail(f, e),
             Ok(Opened::Existing { handle, len }) => (handle, len, false),
-            Ok(Opened::Created { handle, len }) => (handle, len, true),
+            Ok(Opened::Created { handle, len }) => {
+                if let Some(h) = f.host.hooks() {
+                    h.created(owner, f.meta.id, handle);
+                }
+                (handle, len, true)
+            }
             Ok(Opened::NeedsMigration { src, dst, from_schema, down }) => {
                 match migrate_block(f, ctx, name, (src, dst), from_schema, schema, down) {
                     Ok(len) => (dst, len, false),

@@ -106,6 +106,9 @@ pub trait StateHooks: Send + Sync {
     fn migrate_down(&self, module: &str, m: &molt_migration) -> Result<(), (molt_status, String)>;
     /// A migration of `module`'s block `src` into `dst` was committed.
     fn migrated(&self, module: &str, src: u64, dst: u64);
+    /// Version `by` of `module` created block `handle` (a refused reload
+    /// forgets the blocks its candidates created).
+    fn created(&self, module: &str, by: crate::module::VersionId, handle: u64);
 }
 
 impl std::fmt::Debug for dyn StateHooks {

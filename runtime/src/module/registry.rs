@@ -112,7 +112,7 @@ pub struct ReloadRecord {
 #[non_exhaustive]
 pub enum ReloadError {
     /// Another reload is running.
-    #[error("a reload is already running; try again when it finishes")]
+    #[error("another reload has been running for over 30 s; try again when it finishes")]
     Busy,
     /// `runtime.dynamic_reload = false`.
     #[error("reloads are disabled (runtime.dynamic_reload = false); restart to change modules")]
@@ -225,6 +225,8 @@ pub struct Registry {
 }
 
 const HISTORY: usize = 64;
+/// How long a reload waits for the one running before it answers Busy.
+const RELOAD_WAIT: Duration = Duration::from_secs(30);
 
 /// The sha256 of a file, lowercase hex.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
@@ -323,7 +325,9 @@ impl Registry {
         kind: &'static str,
         force: Option<&str>,
     ) -> Result<ReloadRecord, ReloadError> {
-        let Some(_one_at_a_time) = self.reload_lock.try_lock() else {
+        // One at a time: a reload asked for while another runs waits its turn
+        // (control clients are served concurrently), up to RELOAD_WAIT.
+        let Some(_one_at_a_time) = self.reload_lock.try_lock_for(RELOAD_WAIT) else {
             return Err(ReloadError::Busy);
         };
         let settings = self.settings.lock().clone();

@@ -142,18 +142,63 @@ pub fn open_module(path: &Path) -> Result<Opened, IntakeError> {
     Ok(Opened { size: m.len(), file, real })
 }
 
+/// A module file's bytes, in a buffer that goes back to a small pool when
+/// dropped: a reload reads every module file, and fresh multi-megabyte
+/// buffers each time would cost page faults and leave the allocator's heap
+/// grown.
+pub struct Bytes(Vec<u8>);
+
+/// Buffers kept for the next read: at most this many...
+const POOL: usize = 4;
+/// ...of at most this capacity each.
+const POOL_MAX: usize = 64 << 20;
+
+static BUFFERS: parking_lot::Mutex<Vec<Vec<u8>>> = parking_lot::Mutex::new(Vec::new());
+
+impl Bytes {
+    /// An empty buffer, from the pool when it has one.
+    fn empty() -> Bytes {
+        let mut v = BUFFERS.lock().pop().unwrap_or_default();
+        v.clear();
+        Bytes(v)
+    }
+}
+
+impl Drop for Bytes {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        if v.capacity() <= POOL_MAX {
+            let mut pool = BUFFERS.lock();
+            if pool.len() < POOL {
+                pool.push(v);
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bytes({} bytes)", self.0.len())
+    }
+}
+
 impl Opened {
     /// Read the whole file once; its bytes and their sha256 (lowercase hex).
-    pub fn read_all(mut self) -> Result<(Vec<u8>, String), IntakeError> {
-        let mut bytes = Vec::with_capacity(self.size as usize);
-        (&mut self.file)
-            .take(MAX_MODULE_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| IntakeError::Io("reading it", e))?;
-        if bytes.len() as u64 != self.size {
-            return Err(IntakeError::Changed(self.size, bytes.len() as u64));
+    pub fn read_all(mut self) -> Result<(Bytes, String), IntakeError> {
+        let mut bytes = Bytes::empty();
+        // One byte past the size it had at open: a file still growing is seen.
+        (&mut self.file).take(self.size + 1).read_to_end(&mut bytes.0).map_err(|e| IntakeError::Io("reading it", e))?;
+        if bytes.0.len() as u64 != self.size {
+            return Err(IntakeError::Changed(self.size, bytes.0.len() as u64));
         }
-        let sha = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let sha = Sha256::digest(&bytes[..]).iter().map(|b| format!("{b:02x}")).collect();
         Ok((bytes, sha))
     }
 }
@@ -162,7 +207,7 @@ impl Opened {
 #[derive(Debug)]
 pub struct Taken {
     /// The bytes.
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
     /// Their sha256, lowercase hex.
     pub sha256: String,
 }
@@ -199,7 +244,6 @@ pub fn private_copy(taken: &Taken, name: &std::ffi::OsStr, versions: &Path, id: 
 /// Copy a private copy (bytes nobody else can change) to `dst`, mode 0500,
 /// unless `dst` exists.
 pub fn keep_copy(copy: &Path, dst: &Path) -> io::Result<()> {
-    let bytes = fs::read(copy)?;
     match OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -207,7 +251,7 @@ pub fn keep_copy(copy: &Path, dst: &Path) -> io::Result<()> {
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(dst)
     {
-        Ok(mut f) => f.write_all(&bytes),
+        Ok(mut f) => io::copy(&mut File::open(copy)?, &mut f).map(drop),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
     }
