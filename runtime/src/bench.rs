@@ -147,8 +147,9 @@ pub fn dispatch(opts: &DispatchOptions) -> BenchResult<Vec<Row>> {
     }
 
     // direct
-    let run_dir = std::env::temp_dir().join(format!("molt-bench-{}", std::process::id()));
-    let loader = Loader::new(crate::sync::Arc::new(Host::default()), &run_dir).map_err(|e| e.to_string())?;
+    // Removed on every way out, errors included.
+    let run_dir = ScratchDir::new("molt-bench");
+    let loader = Loader::new(crate::sync::Arc::new(Host::default()), &run_dir.0).map_err(|e| e.to_string())?;
     let v = loader.load(&spec).map_err(|e| format!("refused: {e}"))?;
     let first = v.call_direct(7, &payload).map_err(|e| format!("the module's handler failed: {e}"))?;
     let answers = !first.is_empty();
@@ -162,7 +163,7 @@ pub fn dispatch(opts: &DispatchOptions) -> BenchResult<Vec<Row>> {
     // in_process and cross_worker, on a runtime
     let rt = Runtime::start(RuntimeConfig {
         workers: opts.workers.max(1),
-        run_dir: run_dir.join("rt"),
+        run_dir: run_dir.0.join("rt"),
         ..RuntimeConfig::default()
     })
     .map_err(|e| e.to_string())?;
@@ -228,7 +229,6 @@ pub fn dispatch(opts: &DispatchOptions) -> BenchResult<Vec<Row>> {
     if opts.process_per_call {
         rows.push(process_per_call(opts, &payload)?);
     }
-    let _ = std::fs::remove_dir_all(&run_dir);
     Ok(rows)
 }
 
@@ -309,8 +309,9 @@ fn process_per_call(opts: &DispatchOptions, payload: &[u8]) -> BenchResult<Row> 
 /// `molt bench-serve MODULE SOCKET`: the RPC child. Loads the module,
 /// answers length-prefixed messages with its reply until EOF.
 pub fn serve(module: &Path, socket: &Path, config: Vec<(String, String)>) -> BenchResult<()> {
-    let run_dir = std::env::temp_dir().join(format!("molt-bench-serve-{}", std::process::id()));
-    let loader = Loader::new(crate::sync::Arc::new(Host::default()), &run_dir).map_err(|e| e.to_string())?;
+    // Removed on every way out, errors included.
+    let run_dir = ScratchDir::new("molt-bench-serve");
+    let loader = Loader::new(crate::sync::Arc::new(Host::default()), &run_dir.0).map_err(|e| e.to_string())?;
     let v = loader.load(&ModuleSpec { config, ..ModuleSpec::new(module) }).map_err(|e| e.to_string())?;
     let mut s = UnixStream::connect(socket).map_err(|e| e.to_string())?;
     let mut len = [0u8; 4];
@@ -322,14 +323,14 @@ pub fn serve(module: &Path, socket: &Path, config: Vec<(String, String)>) -> Ben
         s.write_all(&(data.len() as u32).to_le_bytes()).and_then(|()| s.write_all(&data)).map_err(|e| e.to_string())?;
     }
     drop(v);
-    let _ = std::fs::remove_dir_all(&run_dir);
     Ok(())
 }
 
 /// `molt bench-once MODULE`: load, handle stdin as one message, print the reply, exit.
 pub fn once(module: &Path, config: Vec<(String, String)>) -> BenchResult<()> {
-    let run_dir = std::env::temp_dir().join(format!("molt-bench-once-{}", std::process::id()));
-    let loader = Loader::new(crate::sync::Arc::new(Host::default()), &run_dir).map_err(|e| e.to_string())?;
+    // Removed on every way out, errors included.
+    let run_dir = ScratchDir::new("molt-bench-once");
+    let loader = Loader::new(crate::sync::Arc::new(Host::default()), &run_dir.0).map_err(|e| e.to_string())?;
     let v = loader.load(&ModuleSpec { config, ..ModuleSpec::new(module) }).map_err(|e| e.to_string())?;
     let mut msg = Vec::new();
     std::io::stdin().read_to_end(&mut msg).map_err(|e| e.to_string())?;
@@ -337,7 +338,6 @@ pub fn once(module: &Path, config: Vec<(String, String)>) -> BenchResult<()> {
     let out = replies.first().map(|r| r.data.clone()).unwrap_or_default();
     std::io::stdout().write_all(&out).map_err(|e| e.to_string())?;
     drop(v);
-    let _ = std::fs::remove_dir_all(&run_dir);
     Ok(())
 }
 
@@ -434,7 +434,8 @@ pub fn swap(module: &Path, count: usize) -> BenchResult<Value> {
     if !module.exists() {
         return Err(format!("module file {}: not found", module.display()));
     }
-    let dir = std::env::temp_dir().join(format!("molt-bench-swap-{}", std::process::id()));
+    let scratch = ScratchDir::new("molt-bench-swap");
+    let dir = scratch.0.clone();
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let files: Vec<PathBuf> = (0..2)
         .map(|n| {
@@ -540,4 +541,20 @@ pub fn swap_table(v: &Value) -> String {
         row("in_flight_steady"),
         row("in_flight_after_swaps")
     )
+}
+
+/// A scratch directory under the system temp dir, `<tag>-<pid>`, removed
+/// when dropped (so a failed bench leaves nothing behind).
+struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    fn new(tag: &str) -> ScratchDir {
+        ScratchDir(std::env::temp_dir().join(format!("{tag}-{}", std::process::id())))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -430,7 +430,20 @@ fn check(module: PathBuf, config: Vec<String>, message: String, tag: u64) -> Exi
         }
     }
     let run_dir = std::env::temp_dir().join(format!("molt-check-{}", std::process::id()));
-    let loader = match Loader::new(Arc::new(Host::default()), &run_dir) {
+    if let Err(e) = molt_runtime::sys::files::ensure_private_dir(&run_dir) {
+        eprintln!("molt check: {e}");
+        return ExitCode::FAILURE;
+    }
+    // A state file like `molt run`'s (persistent), removed with the run dir.
+    let state = match molt_runtime::state::Region::open_file(&run_dir.join("state.molt"), 8 << 20, false) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("molt check: {e}");
+            let _ = std::fs::remove_dir_all(&run_dir);
+            return ExitCode::FAILURE;
+        }
+    };
+    let loader = match Loader::new(Arc::new(Host::new(state)), &run_dir) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("molt check: cannot create {}: {e}", run_dir.display());
@@ -472,6 +485,9 @@ fn check(module: PathBuf, config: Vec<String>, message: String, tag: u64) -> Exi
                     code = ExitCode::FAILURE;
                 }
             }
+            if !check_http(&v) {
+                code = ExitCode::FAILURE;
+            }
             let report = v.unload();
             match (&report.pinned, report.unmapped) {
                 (None, true) => println!("unload      unmapped, runtime copy removed"),
@@ -483,4 +499,108 @@ fn check(module: PathBuf, config: Vec<String>, message: String, tag: u64) -> Exi
     };
     let _ = std::fs::remove_dir_all(&run_dir);
     code
+}
+
+/// Send one synthetic request (`GET /molt-check?probe=1`, Host
+/// `check.local`) through the module's HTTP hooks and print what each did:
+/// REQUEST and UPSTREAM (unless it answered), RESPONSE over its answer or a
+/// synthetic upstream 200, TXN_END. false when a hook failed.
+fn check_http(v: &molt_runtime::module::ModuleVersion) -> bool {
+    use molt_abi::ffi::*;
+    use molt_runtime::http::head::{Body, Header, RequestHead, ResponseHead};
+    use molt_runtime::http::txn::{TxnData, View};
+    use std::cell::RefCell;
+    let name = v.meta().name.clone();
+    let h = |n: &str, v: &str| Header { name: n.to_owned(), value: v.as_bytes().to_vec() };
+    let site = molt_runtime::http::HttpSite {
+        name: "check".into(),
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        routes: vec![molt_runtime::http::HttpRoute {
+            name: "check".into(),
+            host: None,
+            path: "/".into(),
+            upstream: Some(0),
+            modules: vec![name],
+            retry_non_idempotent: false,
+        }],
+        groups: vec![("default".into(), vec!["127.0.0.1:80".parse().expect("an address")])],
+        limits: molt_runtime::http::HttpLimits::default(),
+    };
+    let req = RequestHead {
+        method: "GET".into(),
+        target: "/molt-check?probe=1".into(),
+        minor: 1,
+        headers: vec![h("Host", "check.local"), h("User-Agent", "molt-check")],
+        body: Body::None,
+        keep_alive: true,
+        expect_continue: false,
+        host: Some("check.local".into()),
+    };
+    let sent = req.clone();
+    let mut t = TxnData { id: 1, req, route: 0, group: Some(0), answer: None, resp: None, upstream_addr: None };
+    let mut ok = true;
+    let mut call = |t: &mut TxnData, kind: u32, hook: &str, args: (u64, u64)| {
+        let view = View { t: RefCell::new(t), site: &site, peer: "127.0.0.1:40000", kind };
+        if let Err(e) = v.call_hook(kind, 1, args, &view) {
+            println!("http {hook:<9} failed: {e}");
+            ok = false;
+        }
+    };
+    println!("http        GET /molt-check?probe=1, Host check.local, through every hook:");
+    call(&mut t, MOLT_EV_HTTP_REQUEST, "request", (0, 0));
+    if t.answer.is_none() {
+        call(&mut t, MOLT_EV_HTTP_UPSTREAM, "upstream", (0, 0));
+    }
+    let diff = |before: &[Header], after: &[Header]| -> Vec<String> {
+        let text = |x: &Header| format!("{}: {}", x.name, String::from_utf8_lossy(&x.value));
+        let mut out: Vec<String> =
+            after.iter().filter(|a| !before.contains(a)).map(|a| format!("+ {}", text(a))).collect();
+        out.extend(before.iter().filter(|b| !after.contains(b)).map(|b| format!("- {}", text(b))));
+        out
+    };
+    if t.req.target != sent.target {
+        println!("http request   target now {}", t.req.target);
+    }
+    for d in diff(&sent.headers, &t.req.headers) {
+        println!("http request   {d}");
+    }
+    if t.group != Some(0) {
+        let g = t.group.map_or("none".to_owned(), |g| site.groups[g].0.clone());
+        println!("http upstream  group {g}");
+    }
+    let synthetic = vec![h("Content-Type", "text/plain"), h("Content-Length", "2")];
+    let (status, by) = match &t.answer {
+        Some(a) => {
+            println!("http answer    {} ({} body bytes) by the module", a.status, a.body.len());
+            (a.status, a.by)
+        }
+        None => {
+            t.upstream_addr = site.groups[0].1.first().copied();
+            t.resp = Some(ResponseHead {
+                status: 200,
+                reason: "OK".into(),
+                minor: 1,
+                headers: synthetic.clone(),
+                body: Body::Length(2),
+                keep_alive: true,
+            });
+            println!("http upstream  (none contacted: a synthetic 200 comes back)");
+            (200, 0)
+        }
+    };
+    let resp_before = t.answer.as_ref().map_or(synthetic, |a| a.headers.clone());
+    call(&mut t, MOLT_EV_HTTP_RESPONSE, "response", (u64::from(status), by));
+    let resp_after = match (&t.answer, &t.resp) {
+        (Some(a), _) => a.headers.clone(),
+        (None, Some(r)) => r.headers.clone(),
+        _ => Vec::new(),
+    };
+    for d in diff(&resp_before, &resp_after) {
+        println!("http response  {d}");
+    }
+    call(&mut t, MOLT_EV_HTTP_TXN_END, "txn_end", (u64::from(status), 2));
+    if ok {
+        println!("http hooks     request, upstream, response and txn_end returned MOLT_OK");
+    }
+    ok
 }

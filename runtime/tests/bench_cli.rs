@@ -101,3 +101,42 @@ fn swap_json_reports_latencies() {
         assert!(x["p50_ns"].as_u64().unwrap() > 0 && x["p50_ns"].as_u64() <= x["max_ns"].as_u64(), "{x}");
     }
 }
+
+#[test]
+fn a_failed_bench_leaves_nothing_behind() {
+    // counter answers no bench message: the bench fails after loading it.
+    let counter = module_lib("counter");
+    let child = Command::new(MOLT)
+        .args(["bench", "dispatch", "--module", counter.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let left = std::env::temp_dir().join(format!("molt-bench-{pid}"));
+    assert!(!left.exists(), "{} was left behind", left.display());
+}
+
+#[test]
+fn check_shows_what_the_http_hooks_do_and_loads_what_run_loads() {
+    let limit = Duration::from_secs(60);
+    let rw = module_lib("header_rewrite");
+    let out = molt(&["check", rw.to_str().unwrap(), "request.set.X-Checked=yes", "response.add.X-Served=check"], limit);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("http request   + X-Checked: yes"), "{text}");
+    assert!(text.contains("http response  + X-Served: check"), "{text}");
+    let hello = module_lib("hello");
+    let out = molt(&["check", hello.to_str().unwrap()], limit);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("http answer    200"), "{text}");
+    // rate_limit needs persistent state, as `molt run` gives.
+    let rl = module_lib("rate_limit");
+    let out = molt(&["check", rl.to_str().unwrap()], limit);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = molt(&["check", "/nonexistent/libx.so"], limit);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not found") && err.contains("command line"), "{err}");
+}

@@ -13,7 +13,7 @@ use molt_abi::Status;
 #[non_exhaustive]
 pub enum LoadError {
     /// The file does not exist.
-    #[error("module file {path}: not found; check the module's path in the config")]
+    #[error("module file {path}: not found; check the module's path (in the config, or as given on the command line)")]
     NotFound {
         /// The file.
         path: PathBuf,

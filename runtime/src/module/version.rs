@@ -306,6 +306,26 @@ impl ModuleVersion {
         Ok(replies.into_inner())
     }
 
+    /// Deliver HTTP hook `kind` (`MOLT_EV_HTTP_*`) for transaction `txn`
+    /// (handle `handle`, arguments `args`) outside any worker, with no
+    /// continuation: what `molt check` uses to show what a module's hooks do.
+    pub fn call_hook(
+        &self,
+        kind: u32,
+        handle: u64,
+        args: (u64, u64),
+        txn: &dyn crate::host::TxnAccess,
+    ) -> Result<(), CallError> {
+        let mut ev = event(kind, 0, 0, 0, &[]);
+        ev.handle = handle;
+        ev.arg0 = args.0;
+        ev.arg1 = args.1;
+        let env = CallEnv { txn: Some(txn), ..CallEnv::detached(None) };
+        // SAFETY: a host-sent event to no continuation: null data, the
+        // descriptor's handler, and id 0, which no other call can be for.
+        unsafe { self.handle_event(env, 0, None, core::ptr::null_mut(), &ev) }
+    }
+
     /// Run this version's migrate on `m` (a down-migration for a rollback),
     /// outside any worker.
     pub fn migrate(&self, m: &molt_migration) -> Result<(), CallError> {
