@@ -200,6 +200,13 @@ struct RawConfig {
     tcp: Vec<RawTcp>,
     #[serde(default)]
     http: Vec<Spanned<RawHttp>>,
+    admin: Option<Spanned<RawAdmin>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Spanned<String>,
 }
 
 /// One `[[modules]]` entry, resolved.
@@ -235,6 +242,9 @@ pub struct Config {
     pub tcp: Vec<crate::net::TcpRoute>,
     /// `[[http]]` listeners.
     pub http: Vec<crate::http::HttpSite>,
+    /// `[admin] listen`: the admin HTTP listener (`/metrics`, `/healthz`,
+    /// `/readyz`); off when absent.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// A config that cannot be used: the file, line and key, and what is wrong.
@@ -634,7 +644,19 @@ impl Config {
             once(site.listen, listen_line)?;
             http.push(site);
         }
-        Ok(Config { source: file.to_owned(), runtime: raw.runtime, modules, tcp, http })
+        let admin = match raw.admin {
+            None => None,
+            Some(a) => {
+                let l = a.into_inner().listen;
+                let line = line_of(src, l.span().start);
+                let addr: std::net::SocketAddr = l.get_ref().parse().map_err(|_| {
+                    err(line, format!("key `admin.listen`: {:?} is not an address like 127.0.0.1:9901", l.get_ref()))
+                })?;
+                once(addr, line)?;
+                Some(addr)
+            }
+        };
+        Ok(Config { source: file.to_owned(), runtime: raw.runtime, modules, tcp, http, admin })
     }
 
     /// The built-in default: the example modules found in `module_dir` (the
@@ -661,6 +683,7 @@ impl Config {
             ],
             tcp: Vec::new(),
             http: vec![Config::builtin_http()],
+            admin: None,
         }
     }
 

@@ -319,6 +319,14 @@ fn run(
             return ExitCode::FAILURE;
         }
     };
+    let admin = match cfg.admin.map(|a| molt_runtime::ctl::AdminServer::start(rt.shared().clone(), a)) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(e)) => {
+            eprintln!("molt: cannot start the admin listener: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Before the banner: a supervisor may signal as soon as it reads it.
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGHUP,
@@ -356,6 +364,9 @@ fn run(
             .collect();
         println!("http: http://{addr}/  ({})", routes.join("; "));
     }
+    if let Some(a) = &admin {
+        println!("admin: http://{}/metrics, /healthz, /readyz", a.addr());
+    }
     println!("control socket: {}", ctl.path().display());
     println!("status:  molt ctl status --socket {}", ctl.path().display());
     println!("reload:  molt ctl reload --socket {}   (or kill -HUP {})", ctl.path().display(), std::process::id());
@@ -377,6 +388,7 @@ fn run(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    drop(admin);
     drop(ctl);
     let reports = rt.shutdown();
     let pinned = reports.iter().filter(|r| r.pinned.is_some()).count();

@@ -3,8 +3,10 @@
 //!
 //! Built on the core (registry, runtime); the core never imports it.
 
+pub mod admin;
 pub mod client;
 pub mod server;
 pub mod status;
 
+pub use admin::AdminServer;
 pub use server::{ConfigSource, ControlServer};
