@@ -205,16 +205,20 @@ impl RuntimeShared {
         tracing::info!(events = n, "state migration done: held events released");
     }
 
-    /// Undo the state changes of a refused reload: blocks its candidates
-    /// created are forgotten, its migrations reverted.
-    pub(crate) fn revert_migrations(&self) {
-        // Only candidates' blocks: one an active version opened meanwhile stays.
-        let active: Vec<VersionId> =
-            self.registry.active().map(|g| g.entries.iter().map(|e| e.version.id()).collect()).unwrap_or_default();
-        for (module, by, handle) in std::mem::take(&mut *self.created.lock()) {
-            if active.contains(&by) {
-                continue;
-            }
+    /// Undo the state changes of a refused reload whose candidates have ids
+    /// from `candidates_from` on: the blocks they created are forgotten, the
+    /// user-arg names they reserved last are forgotten, migrations reverted.
+    pub(crate) fn revert_migrations(&self, candidates_from: VersionId) {
+        let candidate = |by: VersionId| by >= candidates_from;
+        let forgotten = self.loader.host().user_args.forget_newest(candidate);
+        if !forgotten.is_empty() {
+            tracing::info!(names = ?forgotten, "reload refused: user-arg names its candidates reserved are forgotten");
+        }
+        let mut created = self.created.lock();
+        let (theirs, others): (Vec<_>, Vec<_>) = created.drain(..).partition(|(_, by, _)| candidate(*by));
+        *created = others;
+        drop(created);
+        for (module, _, handle) in theirs {
             match self.loader.host().state.abort_migration(handle) {
                 Ok(()) => {
                     tracing::info!(module = %module, "reload refused: the block its candidate created is forgotten")

@@ -265,3 +265,15 @@ fn a_refused_reload_leaves_no_state_block_behind() {
     assert_eq!(rt.shared().loader().host().state.blocks().len(), 1);
     rt.shutdown();
 }
+
+#[test]
+fn a_refused_candidate_leaves_no_user_arg_reserved() {
+    let dir = RunDir::new("intake-userarg");
+    let rt = runtime(&dir);
+    let lib = module_lib("fixture_user_arg");
+    let e = rt.reload(&[module_cfg("fixture_user_arg", &lib, &[])]).expect_err("loaded");
+    assert!(e.to_string().contains("refused after reserving"), "{e}");
+    let names = rt.shared().loader().host().user_args.names();
+    assert!(names.is_empty(), "the refused candidate's reservation stays: {names:?}");
+    rt.shutdown();
+}

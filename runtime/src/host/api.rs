@@ -382,7 +382,7 @@ unsafe extern "C" fn host_user_arg_reserve(
         if out.is_null() {
             return MOLT_ERR_INVALID_ARG;
         }
-        match f.host.user_args.reserve(name) {
+        match f.host.user_args.reserve(name, f.meta.id) {
             Ok(i) => {
                 // SAFETY: `out` is non-null and the module's writable out-parameter.
                 unsafe { out.write(i) };

@@ -43,6 +43,12 @@ pub struct Loader {
 
 static NEXT_VERSION_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The id the next loaded version will get: every version loaded from now
+/// on has an id at least this (ids only grow).
+pub(crate) fn next_version_id() -> VersionId {
+    VersionId(NEXT_VERSION_ID.load(Ordering::Relaxed))
+}
+
 const HOST_NAME: &CStr = c"molt";
 const HOST_VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
     Ok(s) => s,

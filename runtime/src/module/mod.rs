@@ -13,6 +13,7 @@ pub mod retire;
 mod version;
 
 pub use error::{CallError, LoadError};
+pub(crate) use loader::next_version_id;
 pub use loader::{Loader, ModuleSpec};
 pub use version::{Callbacks, Holders, ModuleMeta, ModuleVersion, UnloadReport, event};
 

@@ -352,6 +352,8 @@ impl Registry {
             kept: Vec::new(),
             generation: None,
         };
+        // Every version this reload loads has an id from here on.
+        let candidates_from = super::next_version_id();
         let built = self.build(rt, modules, old.as_deref(), &settings, &mut record, force);
         record.duration_us = t0.elapsed().as_micros() as u64;
         let entries = match built {
@@ -361,7 +363,7 @@ impl Registry {
                 record.error = Some(e.to_string());
                 self.push_history(record);
                 // Old code resumes on the old blocks, exactly as they were.
-                rt.revert_migrations();
+                rt.revert_migrations(candidates_from);
                 rt.release_holds();
                 // The candidate's fresh versions were dropped inside build: reap them now.
                 rt.reap();
