@@ -37,7 +37,9 @@ fn metrics_health_and_readiness() {
     assert_eq!(status, 200, "{body}");
     let (status, body) = get(a, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status, 200);
-    assert!(body.contains("text/plain; version=0.0.4"), "{body}");
+    assert!(body.contains("application/openmetrics-text; version=1.0.0"), "{body}");
+    assert!(body.trim_end().ends_with("# EOF"), "a whole OpenMetrics exposition: {body}");
+    assert!(body.contains("# TYPE molt_dispatch counter"), "{body}");
     assert!(body.contains("molt_reloads_total{kind=\"load\",result=\"ok\"} 1"), "{body}");
     assert_eq!(get(a, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").0, 405);
     assert_eq!(get(a, b"GET /admin/secret HTTP/1.1\r\nHost: x\r\n\r\n").0, 404);

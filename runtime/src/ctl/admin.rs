@@ -144,8 +144,9 @@ fn serve(rt: &RuntimeShared, mut s: TcpStream) {
     let path = path.split('?').next().unwrap_or("");
     let _ = match path {
         "/metrics" => {
+            // OpenMetrics (prometheus-client's encoding); Prometheus scrapes it.
             let text = status::metrics(rt);
-            respond(&s, 200, "text/plain; version=0.0.4; charset=utf-8", text.as_bytes(), head_only)
+            respond(&s, 200, "application/openmetrics-text; version=1.0.0; charset=utf-8", text.as_bytes(), head_only)
         }
         "/healthz" => respond(&s, 200, "text/plain", b"ok\n", head_only),
         "/readyz" => match rt.registry().active() {

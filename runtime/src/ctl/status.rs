@@ -1,8 +1,11 @@
 //! Status (JSON) and metrics (Prometheus text) of a running runtime.
 
-use std::fmt::Write as _;
 use std::time::Instant;
 
+use prometheus_client::metrics::counter::Counter as PCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
 use crate::runtime::RuntimeShared;
@@ -99,97 +102,119 @@ pub fn status(rt: &RuntimeShared, started: Instant, config: &str) -> Value {
     })
 }
 
-/// A per-worker counter: its metric name, help text, and how to read it.
+/// A per-worker counter: its metric name (without `_total`, which the
+/// encoder appends), help text, and how to read it.
 type Counter = (&'static str, &'static str, fn(&crate::worker::WorkerStats) -> u64);
 
-/// Metrics in the Prometheus text format.
+/// Labels of one sample.
+type Labels = Vec<(String, String)>;
+
+/// A counter family, filled from our own counters at each scrape.
+fn counter(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, PCounter> {
+    let f = Family::<Labels, PCounter>::default();
+    // The encoder ends the help text with its own full stop.
+    reg.register(name, help.trim_end_matches('.'), f.clone());
+    f
+}
+
+/// A gauge family, filled at each scrape.
+fn gauge(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let f = Family::<Labels, Gauge>::default();
+    reg.register(name, help.trim_end_matches('.'), f.clone());
+    f
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// Metrics in the OpenMetrics text format (what Prometheus scrapes), encoded
+/// by `prometheus-client` from the runtime's counters at this moment. Every
+/// counter is cumulative since start (never reset, never recomputed from a
+/// window), so it cannot go down.
 pub fn metrics(rt: &RuntimeShared) -> String {
-    let mut out = String::new();
+    let mut reg = Registry::default();
     let counters: [Counter; 5] = [
-        ("molt_dispatch_total", "Events handed to modules.", |s| s.dispatched.load(Ordering::Relaxed)),
-        ("molt_errors_total", "Module calls that returned an error.", |s| s.errors.load(Ordering::Relaxed)),
-        ("molt_panics_total", "Module calls that panicked.", |s| s.panics.load(Ordering::Relaxed)),
-        ("molt_stale_dropped_total", "Events dropped for a stale or ending target.", |s| {
+        ("molt_dispatch", "Events handed to modules.", |s| s.dispatched.load(Ordering::Relaxed)),
+        ("molt_errors", "Module calls that returned an error.", |s| s.errors.load(Ordering::Relaxed)),
+        ("molt_panics", "Module calls that panicked.", |s| s.panics.load(Ordering::Relaxed)),
+        ("molt_stale_dropped", "Events dropped for a stale or ending target.", |s| {
             s.stale_dropped.load(Ordering::Relaxed)
         }),
-        ("molt_parks_total", "Times a worker blocked in poll.", |s| s.parks.load(Ordering::Relaxed)),
+        ("molt_parks", "Times a worker blocked in poll.", |s| s.parks.load(Ordering::Relaxed)),
     ];
     for (name, help, f) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        let fam = counter(&mut reg, name, help);
         for w in rt.workers() {
-            let _ = writeln!(out, "{name}{{worker=\"{}\"}} {}", w.index(), f(w.stats()));
+            fam.get_or_create(&labels(&[("worker", &w.index().to_string())])).inc_by(f(w.stats()));
         }
     }
     type Proxy = (&'static str, &'static str, fn(&RuntimeShared, usize) -> u64);
     let proxy: [Proxy; 15] = [
-        ("molt_http_requests_total", "HTTP requests whose head was read.", |r, w| {
+        ("molt_http_requests", "HTTP requests whose head was read.", |r, w| {
             r.http_stats(w).requests.load(Ordering::Relaxed)
         }),
-        ("molt_http_accepted_total", "HTTP client connections accepted.", |r, w| {
+        ("molt_http_accepted", "HTTP client connections accepted.", |r, w| {
             r.http_stats(w).accepted.load(Ordering::Relaxed)
         }),
-        ("molt_http_overload_total", "HTTP connections refused with 503 at the connection limit.", |r, w| {
+        ("molt_http_overload", "HTTP connections refused with 503 at the connection limit.", |r, w| {
             r.http_stats(w).overload.load(Ordering::Relaxed)
         }),
-        ("molt_http_module_answers_total", "HTTP requests answered by a module.", |r, w| {
+        ("molt_http_module_answers", "HTTP requests answered by a module.", |r, w| {
             r.http_stats(w).module_answers.load(Ordering::Relaxed)
         }),
-        ("molt_http_upstream_connects_total", "New upstream connections.", |r, w| {
+        ("molt_http_upstream_connects", "New upstream connections.", |r, w| {
             r.http_stats(w).upstream_connects.load(Ordering::Relaxed)
         }),
-        ("molt_http_pool_reuses_total", "Requests sent on a pooled upstream connection.", |r, w| {
+        ("molt_http_pool_reuses", "Requests sent on a pooled upstream connection.", |r, w| {
             r.http_stats(w).pool_reuses.load(Ordering::Relaxed)
         }),
         (
-            "molt_http_upstream_failures_total",
+            "molt_http_upstream_failures",
             "Upstream attempts that failed (refused, closed, malformed, timed out).",
             |r, w| r.http_stats(w).upstream_failures.load(Ordering::Relaxed),
         ),
-        ("molt_http_upstream_retries_total", "HTTP requests sent again after a failed upstream attempt.", |r, w| {
+        ("molt_http_upstream_retries", "HTTP requests sent again after a failed upstream attempt.", |r, w| {
             r.http_stats(w).upstream_retries.load(Ordering::Relaxed)
         }),
-        ("molt_http_client_aborts_total", "HTTP transactions given up because the client left mid-request.", |r, w| {
+        ("molt_http_client_aborts", "HTTP transactions given up because the client left mid-request.", |r, w| {
             r.http_stats(w).client_aborts.load(Ordering::Relaxed)
         }),
-        ("molt_http_hook_failures_total", "HTTP hook calls that failed.", |r, w| {
+        ("molt_http_hook_failures", "HTTP hook calls that failed.", |r, w| {
             r.http_stats(w).hook_failures.load(Ordering::Relaxed)
         }),
-        ("molt_http_held_hooks_total", "HTTP hook attempts that met a module held for a state migration.", |r, w| {
+        ("molt_http_held_hooks", "HTTP hook attempts that met a module held for a state migration.", |r, w| {
             r.http_stats(w).held_hooks.load(Ordering::Relaxed)
         }),
-        ("molt_tcp_accepted_total", "TCP proxy connections accepted.", |r, w| {
+        ("molt_tcp_accepted", "TCP proxy connections accepted.", |r, w| {
             r.tcp_stats(w).accepted.load(Ordering::Relaxed)
         }),
-        ("molt_tcp_refused_total", "TCP connections refused at the limit.", |r, w| {
+        ("molt_tcp_refused", "TCP connections refused at the limit.", |r, w| {
             r.tcp_stats(w).refused.load(Ordering::Relaxed)
         }),
-        ("molt_tcp_bytes_up_total", "TCP bytes client to upstream.", |r, w| {
-            r.tcp_stats(w).bytes_up.load(Ordering::Relaxed)
-        }),
-        ("molt_tcp_bytes_down_total", "TCP bytes upstream to client.", |r, w| {
+        ("molt_tcp_bytes_up", "TCP bytes client to upstream.", |r, w| r.tcp_stats(w).bytes_up.load(Ordering::Relaxed)),
+        ("molt_tcp_bytes_down", "TCP bytes upstream to client.", |r, w| {
             r.tcp_stats(w).bytes_down.load(Ordering::Relaxed)
         }),
     ];
+    let workers = rt.workers().len();
     for (name, help, f) in proxy {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for w in 0..rt.workers().len() {
-            let _ = writeln!(out, "{name}{{worker=\"{w}\"}} {}", f(rt, w));
+        let fam = counter(&mut reg, name, help);
+        for w in 0..workers {
+            fam.get_or_create(&labels(&[("worker", &w.to_string())])).inc_by(f(rt, w));
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP molt_http_responses_total HTTP responses by status class.\n# TYPE molt_http_responses_total counter"
-    );
-    for w in 0..rt.workers().len() {
+    let responses = counter(&mut reg, "molt_http_responses", "HTTP responses by status class.");
+    for w in 0..workers {
         for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
             let n = rt.http_stats(w).responses[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "molt_http_responses_total{{worker=\"{w}\",class=\"{class}\"}} {n}");
+            responses.get_or_create(&labels(&[("worker", &w.to_string()), ("class", class)])).inc_by(n);
         }
     }
     let live: Vec<usize> = rt.broadcast(|w| w.live_continuations());
-    let _ = writeln!(out, "# HELP molt_continuations Live continuations.\n# TYPE molt_continuations gauge");
+    let conts = gauge(&mut reg, "molt_continuations", "Live continuations.");
     for (i, n) in live.iter().enumerate() {
-        let _ = writeln!(out, "molt_continuations{{worker=\"{i}\"}} {n}");
+        conts.get_or_create(&labels(&[("worker", &i.to_string())])).set(*n as i64);
     }
     let versions = rt.versions();
     let mut by_module: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
@@ -201,33 +226,30 @@ pub fn metrics(rt: &RuntimeShared) -> String {
             Some(_) => {}
         }
     }
-    let _ = writeln!(out, "# HELP molt_versions_loaded Loaded versions per module.\n# TYPE molt_versions_loaded gauge");
-    for (m, (loaded, _)) in &by_module {
-        let _ = writeln!(out, "molt_versions_loaded{{module=\"{m}\"}} {loaded}");
-    }
-    let _ =
-        writeln!(out, "# HELP molt_versions_pinned Unloaded versions still mapped.\n# TYPE molt_versions_pinned gauge");
-    for (m, (_, pinned)) in &by_module {
-        let _ = writeln!(out, "molt_versions_pinned{{module=\"{m}\"}} {pinned}");
+    let loaded = gauge(&mut reg, "molt_versions_loaded", "Loaded versions per module.");
+    let pinned = gauge(&mut reg, "molt_versions_pinned", "Unloaded versions still mapped.");
+    for (m, (l, p)) in &by_module {
+        loaded.get_or_create(&labels(&[("module", m)])).set(*l as i64);
+        pinned.get_or_create(&labels(&[("module", m)])).set(*p as i64);
     }
     let totals = rt.registry().totals();
-    let _ = writeln!(
-        out,
-        "# HELP molt_reloads_total Loads, reloads, restarts and rollbacks since start, by result.\n# TYPE molt_reloads_total counter"
-    );
+    let reloads = counter(&mut reg, "molt_reloads", "Loads, reloads, restarts and rollbacks since start, by result.");
     for kind in ["load", "reload", "restart", "rollback"] {
         for ok in [true, false] {
             let n: u64 = totals.iter().filter(|t| t.0 == kind && t.1 == ok).map(|t| t.2).sum();
             let result = if ok { "ok" } else { "refused" };
-            let _ = writeln!(out, "molt_reloads_total{{kind=\"{kind}\",result=\"{result}\"}} {n}");
+            reloads.get_or_create(&labels(&[("kind", kind), ("result", result)])).inc_by(n);
         }
     }
-    let (sum, count) = totals.iter().fold((0u64, 0u64), |a, t| (a.0 + t.3, a.1 + t.2));
-    let _ = writeln!(
-        out,
-        "# HELP molt_reload_duration_seconds Reload durations since start.\n# TYPE molt_reload_duration_seconds summary"
+    let seconds = Family::<Labels, PCounter<f64, std::sync::atomic::AtomicU64>>::default();
+    reg.register(
+        "molt_reload_seconds",
+        "Time spent in loads, reloads, restarts and rollbacks since start.",
+        seconds.clone(),
     );
-    let _ = writeln!(out, "molt_reload_duration_seconds_sum {}", sum as f64 / 1e6);
-    let _ = writeln!(out, "molt_reload_duration_seconds_count {count}");
+    let sum: u64 = totals.iter().map(|t| t.3).sum();
+    seconds.get_or_create(&Vec::new()).inc_by(sum as f64 / 1e6);
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
     out
 }
