@@ -258,3 +258,38 @@ fn the_built_in_default_serves_http_through_the_example_modules() {
     let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
     assert!(rest.iter().any(|l| l.starts_with("molt stopped:") && l.contains("0 pinned")), "{rest:?}");
 }
+
+/// Requests that arrive while molt is still loading its modules wait for
+/// them (in the listen backlog) instead of getting 503 "not loaded".
+#[test]
+fn requests_during_the_first_load_wait_for_the_modules() {
+    let dir = RunDir::new("ctl-early");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(MOLT)
+        .args(["run", "--http", &format!("127.0.0.1:{port}"), "--for", "30"])
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _molt = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // As soon as the port takes connections, several requests at once.
+    let conns: Vec<std::net::TcpStream> = loop {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let mut v = vec![s];
+            v.extend((0..7).filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok()));
+            break v;
+        }
+        assert!(Instant::now() < deadline, "molt never listened");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    for mut s in conns {
+        use std::io::{Read, Write};
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+}

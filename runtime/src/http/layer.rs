@@ -105,6 +105,8 @@ pub struct HttpLayer {
     /// worker's holds are released.
     pub(super) held: RefCell<Vec<usize>>,
     last_sweep: Cell<Instant>,
+    /// A listener left connections queued (modules not loaded yet).
+    waiting_accept: Cell<bool>,
     /// The read buffer every read goes through.
     pub(super) scratch: RefCell<Box<[u8]>>,
 }
@@ -142,6 +144,7 @@ impl HttpLayer {
             next_txn: Cell::new(0),
             held: RefCell::new(Vec::new()),
             last_sweep: Cell::new(Instant::now()),
+            waiting_accept: Cell::new(false),
             scratch: RefCell::new(vec![0u8; 32 * 1024].into_boxed_slice()),
         })
     }
@@ -163,8 +166,21 @@ impl HttpLayer {
         }
     }
 
-    fn accept(&self, site: usize) {
+    /// Whether listener `site` may accept: a listener whose routes call
+    /// modules waits (connections queue in its backlog) until the first
+    /// generation of modules is active, instead of answering 503 "not
+    /// loaded" in the first moments of a start.
+    fn ready(&self, core: &WorkerCore, site: usize) -> bool {
+        let needs_modules = self.sites[site].routes.iter().any(|r| !r.modules.is_empty());
+        !needs_modules || self.generations.borrow_mut().get(core.runtime().registry()).is_some()
+    }
+
+    fn accept(&self, core: &WorkerCore, site: usize) {
         let Some(l) = self.listeners.get(site) else { return };
+        if !self.ready(core, site) {
+            self.waiting_accept.set(true);
+            return;
+        }
         loop {
             let (mut sock, peer) = match l.accept() {
                 Ok(x) => x,
@@ -378,7 +394,7 @@ impl HttpLayer {
 impl io::Io for HttpLayer {
     fn ready(&self, core: &WorkerCore, token: usize, ready: io::Readiness) {
         if token < CLIENT_BASE {
-            self.accept(token);
+            self.accept(core, token);
         } else if token < UP_BASE {
             let idx = token - CLIENT_BASE;
             if let Some(c) = self.clients.borrow_mut().get_mut(idx) {
@@ -391,6 +407,13 @@ impl io::Io for HttpLayer {
     }
 
     fn tick(&self, core: &WorkerCore, now: Instant) -> bool {
+        if self.waiting_accept.replace(false) {
+            // Connections that queued before the first load: take them now
+            // (accept waits again, and sets the flag, while not ready).
+            for site in 0..self.listeners.len() {
+                self.accept(core, site);
+            }
+        }
         self.generations.borrow_mut().release_stale(core.runtime().registry());
         if now.duration_since(self.last_sweep.get()) >= Duration::from_millis(20) {
             self.last_sweep.set(now);
