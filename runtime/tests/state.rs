@@ -552,3 +552,42 @@ fn a_migration_outside_a_reload_does_not_hold_events_forever() {
     let r = rt.next_reply(Duration::from_secs(5)).expect("the old version's event is not held forever");
     assert_eq!(r.from, c1);
 }
+
+/// A block opened lazily (in handle_event, on a worker) by a version whose
+/// schema differs from the block's, while the older version is still
+/// loaded: the migration it would need waits for every worker, its own
+/// included, so the worker deadlocked. Migrations run only in a reload (or
+/// a first load) now: the open is refused with MOLT_ERR_PHASE.
+#[test]
+fn a_lazy_state_open_needing_a_migration_on_a_worker_is_refused_not_deadlocked() {
+    let dir = RunDir::new("state-lazy");
+    let rt = common::proxy_runtime(dir.path(), vec![], vec![], &[]);
+    let cfg = |lib: &str| module_cfg("fixture_lazy", &module_lib(lib), &[]);
+    let status_of = |rt: &molt_runtime::Runtime, cont: u64| -> Option<i32> {
+        rt.send(cont, 1, &[]).unwrap();
+        let r = rt.next_reply(Duration::from_secs(5))?;
+        Some(i32::from_le_bytes(r.data[..4].try_into().unwrap()))
+    };
+    rt.reload(&[cfg("fixture_lazy_v1")]).unwrap();
+    let v1 = rt.active("fixture_lazy").unwrap();
+    let c1 = rt.spawn(&v1, 0, 0).unwrap();
+    assert_eq!(status_of(&rt, c1), Some(0), "v1 creates its block lazily");
+    // v2 (schema 2) beside v1, which stays loaded: c1 lives.
+    rt.reload(&[cfg("fixture_lazy_v2")]).unwrap();
+    let v2 = rt.active("fixture_lazy").unwrap();
+    let c2 = rt.spawn(&v2, 1, 0).unwrap();
+    let got = status_of(&rt, c2);
+    if got.is_none() {
+        // The worker is stuck: shutting down would wait for it forever.
+        std::mem::forget(rt);
+        panic!("no answer in 5 s: the worker deadlocked in the migration");
+    }
+    assert_eq!(got, Some(molt_abi::ffi::MOLT_ERR_PHASE), "the lazy open needing a migration is refused");
+    // The block is untouched, at schema 1, live.
+    let blocks = rt.shared().loader().host().state.blocks();
+    assert!(blocks.iter().any(|b| b.schema == 1 && b.state == "live"), "{blocks:?}");
+    let _ = rt.destroy(c1);
+    let _ = rt.destroy(c2);
+    drop((v1, v2));
+    rt.shutdown();
+}

@@ -256,6 +256,18 @@ unsafe extern "C" fn host_state_open(
                 }
                 (handle, len, true)
             }
+            Ok(Opened::NeedsMigration { dst, from_schema, .. }) if f.env.worker != u32::MAX => {
+                // A migration quiesces the module on every worker and waits
+                // for them all: from a worker (this call's own included) it
+                // would wait forever. Migrations run in a reload's init.
+                if let Err((_, e)) = store.abort_migration(dst) {
+                    tracing::error!(module = %owner, block = name, "forgetting an unneeded migration block: {e}");
+                }
+                let why = format!(
+                    "state_open of block {name:?} would migrate it from schema {from_schema} to {schema}, which happens only during a reload: open the block in init"
+                );
+                return fail(f, (MOLT_ERR_PHASE, why));
+            }
             Ok(Opened::NeedsMigration { src, dst, from_schema, down }) => {
                 match migrate_block(f, ctx, name, (src, dst), from_schema, schema, down) {
                     Ok(len) => (dst, len, false),
