@@ -288,3 +288,29 @@ fn shutdown_ends_every_continuation_and_unloads() {
     assert_eq!(reports.len(), 1);
     assert!(reports[0].unmapped && !common::mapped(&copy), "{reports:?}");
 }
+
+/// `call_now` delivers a layer's event kinds only: an END through it made
+/// the module free the continuation's data while its slot stayed live, and
+/// the real END then freed it again ("double free or corruption").
+#[test]
+fn call_now_refuses_core_event_kinds() {
+    let dir = RunDir::new("call-now-core");
+    let rt = molt_runtime::Runtime::start(molt_runtime::RuntimeConfig {
+        workers: 1,
+        run_dir: dir.path().join("run"),
+        ..molt_runtime::RuntimeConfig::default()
+    })
+    .unwrap();
+    let v = rt.load(&molt_runtime::module::ModuleSpec::new(module_lib("hello"))).unwrap();
+    let c = rt.spawn(&v, 0, 0).unwrap();
+    for kind in [molt_abi::ffi::MOLT_EV_END, molt_abi::ffi::MOLT_EV_START, molt_abi::ffi::MOLT_EV_MESSAGE] {
+        let r = rt.on_worker(0, move |core| format!("{:?}", core.call_now(c, kind, 0, (0, 0), &[], None))).unwrap();
+        assert_eq!(r, "CoreKind", "kind {kind}");
+    }
+    // The continuation is intact: a message is answered, END frees it once.
+    rt.send(c, 9, b"still here").unwrap();
+    assert!(rt.next_reply(std::time::Duration::from_secs(5)).is_some());
+    rt.destroy(c).unwrap();
+    drop(v);
+    rt.shutdown();
+}

@@ -82,8 +82,8 @@ impl Chain {
                         bump(by.held_hooks);
                         return Ran::Held;
                     }
-                    // Ended by force (its version's drain deadline passed).
-                    CallNow::Stale => h.skip = true,
+                    // Ended by force (Stale); CoreKind cannot happen: hooks are HTTP kinds.
+                    CallNow::Stale | CallNow::CoreKind => h.skip = true,
                     CallNow::Failed(e) => {
                         bump(by.hook_failures);
                         crate::module::quiet::failure(&h.name, || {

@@ -627,7 +627,7 @@ impl TcpLayer {
                     self.held_conns.borrow_mut().push(idx);
                 }
             }
-            crate::worker::CallNow::Stale => self.closed.borrow_mut().push((idx, 1)),
+            crate::worker::CallNow::Stale | crate::worker::CallNow::CoreKind => self.closed.borrow_mut().push((idx, 1)),
             crate::worker::CallNow::Failed(e) => {
                 crate::module::quiet::failure(&e.module, || {
                     tracing::warn!(conn = handle, "connection handler failed; closing the connection: {e}");

@@ -167,6 +167,11 @@ pub enum CallNow {
     Held,
     /// The continuation is not live here.
     Stale,
+    /// Not delivered: `call_now` takes a layer's event kinds (256 and up);
+    /// the core's (START, MESSAGE, TIMER, DRAIN, END) go through the inbox,
+    /// whose dispatch keeps the continuation's slot consistent with them (an
+    /// END delivered here made the module free data the slot still held).
+    CoreKind,
 }
 
 impl WorkerCore {
@@ -626,6 +631,9 @@ impl WorkerCore {
         data: &[u8],
         txn: Option<&dyn crate::host::TxnAccess>,
     ) -> CallNow {
+        if kind < molt_abi::ffi::MOLT_EV_CONN_OPEN {
+            return CallNow::CoreKind;
+        }
         let Some(p) = id::decode(target).filter(|p| p.worker == self.index()) else { return CallNow::Stale };
         let (version, handler, cdata) = {
             let mut l = self.local.borrow_mut();
