@@ -505,7 +505,7 @@ impl Runtime {
             workers.push(Arc::new(WorkerShared::new(i as u32, waker, config.max_continuations_per_worker)));
             polls.push(poll);
         }
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = crossbeam_channel::bounded(crate::host::HOST_REPLIES_MAX);
         let shared = Arc::new(RuntimeShared {
             workers,
             reaper: Arc::new(Reaper::default()),

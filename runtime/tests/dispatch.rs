@@ -314,3 +314,33 @@ fn call_now_refuses_core_event_kinds() {
     drop(v);
     rt.shutdown();
 }
+
+/// Replies to the host (target 0) that nobody reads are bounded: `molt run`
+/// never reads them, and a module answering every request grew it without
+/// limit.
+#[test]
+fn unread_host_replies_are_bounded() {
+    let dir = RunDir::new("host-replies");
+    let rt = runtime(&dir, 1);
+    let v = rt.load(&ModuleSpec::new(module_lib("hello"))).unwrap();
+    let c = rt.spawn(&v, 0, 0).unwrap();
+    let max = molt_runtime::host::HOST_REPLIES_MAX;
+    for i in 0..(max + 5_000) {
+        // Bounded inboxes push back: retry until the worker took it.
+        while rt.send(c, 1, b"x").is_err() {
+            std::thread::yield_now();
+        }
+        if i % 10_000 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while molt_runtime::host::HOST_REPLIES_DROPPED.load(std::sync::atomic::Ordering::Relaxed) < 5_000 {
+        assert!(Instant::now() < deadline, "no reply was dropped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(rt.replies().len() <= max, "{} replies queued", rt.replies().len());
+    rt.destroy(c).unwrap();
+    drop(v);
+    rt.shutdown();
+}

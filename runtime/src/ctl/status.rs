@@ -241,6 +241,9 @@ pub fn metrics(rt: &RuntimeShared) -> String {
             reloads.get_or_create(&labels(&[("kind", kind), ("result", result)])).inc_by(n);
         }
     }
+    let dropped =
+        counter(&mut reg, "molt_host_replies_dropped", "Replies to the host dropped because nobody read them.");
+    dropped.get_or_create(&Vec::new()).inc_by(crate::host::HOST_REPLIES_DROPPED.load(Ordering::Relaxed));
     let seconds = Family::<Labels, PCounter<f64, std::sync::atomic::AtomicU64>>::default();
     reg.register(
         "molt_reload_seconds",

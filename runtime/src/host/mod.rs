@@ -143,9 +143,19 @@ impl ReplySink for RefCell<Vec<Reply>> {
     }
 }
 
+/// Replies to the host (target 0) waiting to be read, at most: past it
+/// new ones are dropped (and counted), so a host that never reads them
+/// (`molt run` does not) cannot grow without bound.
+pub const HOST_REPLIES_MAX: usize = 65_536;
+
+/// Host replies dropped because nobody read the queue.
+pub static HOST_REPLIES_DROPPED: crate::sync::statics::AtomicU64 = crate::sync::statics::AtomicU64::new(0);
+
 impl ReplySink for crossbeam_channel::Sender<Reply> {
     fn reply(&self, reply: Reply) {
-        let _ = self.send(reply);
+        if self.try_send(reply).is_err() {
+            HOST_REPLIES_DROPPED.fetch_add(1, crate::sync::Ordering::Relaxed);
+        }
     }
 }
 
