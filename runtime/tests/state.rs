@@ -591,3 +591,23 @@ fn a_lazy_state_open_needing_a_migration_on_a_worker_is_refused_not_deadlocked()
     drop((v1, v2));
     rt.shutdown();
 }
+
+/// An empty file at the state path is refused as damaged (a count of 53
+/// became 0 when it was silently formatted anew); `--reset-state` makes it
+/// a fresh state file. A new state file appears whole, by rename.
+#[test]
+fn an_empty_state_file_is_refused_and_a_new_one_appears_whole() {
+    let dir = RunDir::new("state-empty");
+    let path = dir.path().join("state.molt");
+    std::fs::write(&path, b"").unwrap();
+    let Err(e) = Region::open_file(&path, 1 << 20, false) else { panic!("an empty state file opened") };
+    assert!(e.to_string().contains("empty"), "{e}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "left untouched");
+    assert!(Region::open_file(&path, 1 << 20, true).is_ok(), "--reset-state makes it anew");
+    let fresh = dir.path().join("fresh.molt");
+    drop(Region::open_file(&fresh, 1 << 20, false).unwrap());
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.contains(".new-")), "a temporary file was left: {names:?}");
+    assert!(Region::open_file(&fresh, 1 << 20, false).is_ok(), "the new file reopens");
+}

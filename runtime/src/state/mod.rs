@@ -138,14 +138,13 @@ impl Region {
     pub fn open_file(path: &Path, size: u64, reset: bool) -> Result<Region, StateError> {
         let size = size.max(MIN_SIZE).div_ceil(PAGE) * PAGE;
         use std::os::unix::fs::OpenOptionsExt;
-        // Never through a symlink (molt would write wherever it points), and
-        // private when created.
+        if matches!(std::fs::symlink_metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+            Self::create_whole(path, size)?;
+        }
+        // Never through a symlink (molt would write wherever it points).
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(path)
             .map_err(|e| match e.raw_os_error() {
@@ -184,7 +183,12 @@ impl Region {
                 ));
             }
         }
-        if len == 0 || reset {
+        if len == 0 && !reset {
+            // Made whole before it is renamed into place, a molt state file
+            // is never empty: this one was truncated, or is not ours.
+            return Err(err(path, "it is empty, which a molt state file never is (was it truncated?)", FIX_CORRUPT));
+        }
+        if reset {
             file.set_len(0)
                 .and_then(|()| file.set_len(size))
                 .map_err(|e| err(path, format!("cannot size it: {e}"), ""))?;
@@ -206,6 +210,39 @@ impl Region {
             size: sb.file_size,
             active: Mutex::new(active),
         })
+    }
+
+    /// Create the state file at `path` whole: formatted and synced under a
+    /// temporary name in the same directory, then renamed into place (and
+    /// the directory synced), so a kill at any moment leaves either no file
+    /// or a whole one, never a half-made file every later start refuses.
+    fn create_whole(path: &Path, size: u64) -> Result<(), StateError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.new-{}", std::process::id()));
+        let made = (|| -> std::io::Result<()> {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&tmp)?;
+            f.set_len(size)?;
+            Self::format_into(&f, size)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(path, format!("cannot create it: {e}"), "Check the directory and its permissions."));
+        }
+        tracing::info!(path = %path.display(), size, "state file created");
+        Ok(())
     }
 
     /// A region in anonymous memory (tools and tests; gone with the process).
