@@ -611,3 +611,24 @@ fn an_empty_state_file_is_refused_and_a_new_one_appears_whole() {
     assert!(names.iter().all(|n| !n.contains(".new-")), "a temporary file was left: {names:?}");
     assert!(Region::open_file(&fresh, 1 << 20, false).is_ok(), "the new file reopens");
 }
+
+/// A directory at sequence number 2^64-1 (a damaged or forged file): the
+/// next commit is refused, where it wrapped to 0 and was lost on reopen
+/// (the older copy then looked newer).
+#[test]
+fn the_directory_sequence_number_never_wraps() {
+    let dir = RunDir::new("state-seq");
+    let path = dir.path().join("state.molt");
+    drop(Region::open_file(&path, 1 << 20, false).unwrap());
+    let good = std::fs::read(&path).unwrap();
+    patch(&path, &good, |b| {
+        let d = format::encode_directory(&Directory { seq: u64::MAX, entries: vec![] });
+        b[DIR0 as usize..(DIR0 + DIR_BYTES) as usize].copy_from_slice(&d);
+    });
+    let r = Region::open_file(&path, 1 << 20, false).unwrap();
+    let e = match r.open_block("m", "x", 1, 64) {
+        Err((_, e)) => e,
+        Ok(_) => panic!("a commit past 2^64-1 went through"),
+    };
+    assert!(e.contains("sequence number"), "{e}");
+}

@@ -305,7 +305,14 @@ impl Region {
 
     /// Rule 1: write the new directory to the inactive copy, flush, switch.
     fn commit(&self, a: &mut Active, entries: Vec<Entry>) -> Result<(), (molt_status, String)> {
-        let dir = Directory { seq: a.dir.seq + 1, entries };
+        // Never wraps: a wrapped number would make the older copy the newer.
+        let Some(seq) = a.dir.seq.checked_add(1) else {
+            return Err((
+                molt_abi::ffi::MOLT_ERR_FAILED,
+                "the state directory's sequence number is at its end (2^64-1): the file was damaged or forged; restore it from a backup".into(),
+            ));
+        };
+        let dir = Directory { seq, entries };
         let copy = 1 - a.copy;
         let at = if copy == 0 { DIR0 } else { DIR1 };
         self.write(at, &format::encode_directory(&dir));
