@@ -632,3 +632,24 @@ fn the_directory_sequence_number_never_wraps() {
     };
     assert!(e.contains("sequence number"), "{e}");
 }
+
+/// A damaged newer directory copy: the older one is used, and that is said
+/// (in the log and in `Region::warning`, which status shows), never silent.
+#[test]
+fn a_fall_back_to_the_older_directory_copy_is_reported() {
+    let dir = RunDir::new("state-fallback");
+    let path = dir.path().join("state.molt");
+    {
+        let r = Region::open_file(&path, 1 << 20, false).unwrap();
+        assert!(r.warning().is_none());
+        r.open_block("m", "a", 1, 64).unwrap();
+        r.open_block("m", "b", 1, 64).unwrap();
+    }
+    let good = std::fs::read(&path).unwrap();
+    // Seq 1 is in copy 0, 2 in copy 1, 3 in copy 0: damage copy 0, the newest.
+    patch(&path, &good, |b| b[DIR0 as usize + 40] ^= 0xff);
+    let r = Region::open_file(&path, 1 << 20, false).unwrap();
+    let w = r.warning().expect("the fall-back is reported");
+    assert!(w.contains("copy 0 is damaged") && w.contains("sequence 2"), "{w}");
+    assert_eq!(r.blocks().len(), 1, "the older copy knows one block");
+}

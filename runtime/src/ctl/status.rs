@@ -96,6 +96,7 @@ pub fn status(rt: &RuntimeShared, started: Instant, config: &str) -> Value {
         "state": {
             "path": host.state.path(),
             "usage": host.state.usage(),
+            "warning": host.state.warning(),
         },
         "state_blocks": host.state.blocks(),
         "user_args": host.user_args.names(),

@@ -117,6 +117,8 @@ pub struct Region {
     path: Option<PathBuf>,
     size: u64,
     active: Mutex<Active>,
+    /// What opening had to warn about (an older directory copy was used).
+    warning: Option<String>,
 }
 
 impl std::fmt::Debug for Region {
@@ -203,12 +205,17 @@ impl Region {
         let active = Active { dir, copy };
         let map = MmapRaw::map_raw(&file).map_err(|e| err(path, format!("cannot map it: {e}"), ""))?;
         tracing::info!(path = %path.display(), size = sb.file_size, blocks = active.dir.entries.len(), seq = active.dir.seq, "state file opened");
+        let warning = Self::fallback_warning(&head, &sb, copy, active.dir.seq);
+        if let Some(w) = &warning {
+            tracing::warn!(path = %path.display(), "{w}");
+        }
         Ok(Region {
             map,
             file: Some(file),
             path: Some(path.to_owned()),
             size: sb.file_size,
             active: Mutex::new(active),
+            warning,
         })
     }
 
@@ -257,6 +264,7 @@ impl Region {
             path: None,
             size,
             active: Mutex::new(Active { dir: Directory { seq: 1, entries: vec![] }, copy: 0 }),
+            warning: None,
         };
         r.write(0, &format::encode_superblock(&Superblock { file_size: size }));
         r.write(DIR0, &format::encode_directory(&Directory { seq: 1, entries: vec![] }));
@@ -268,6 +276,26 @@ impl Region {
         file.write_all_at(&format::encode_directory(&Directory { seq: 1, entries: vec![] }), DIR0)?;
         file.write_all_at(&vec![0u8; DIR_BYTES as usize], DIR1)?;
         file.sync_all()
+    }
+
+    /// When the copy not used is damaged (written, but failing its checks),
+    /// the words of a warning: it may have been the newer one, and what it
+    /// committed after the used copy's `seq` is lost.
+    fn fallback_warning(head: &[u8], sb: &Superblock, used: usize, seq: u64) -> Option<String> {
+        let at = if used == 0 { DIR1 } else { DIR0 };
+        let bytes = head.get(at as usize..(at + DIR_BYTES) as usize)?;
+        match format::decode_directory(bytes, sb.file_size) {
+            Err(e) => Some(format!(
+                "directory copy {} is damaged ({e}); the other copy (sequence {seq}) was used: what was committed after it, if anything, is lost",
+                1 - used
+            )),
+            _ => None,
+        }
+    }
+
+    /// What opening the file had to warn about, if anything.
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
     }
 
     /// Check a file's first `DATA` bytes: the superblock, then both
