@@ -433,7 +433,10 @@ impl StateHooks for Hooks {
         let Some(v) = newer.filter(|v| v.meta().state_schema == m.from_schema) else {
             return Err((
                 MOLT_ERR_SCHEMA,
-                format!("no loaded version of {module} speaks schema {} to migrate it down", m.from_schema),
+                format!(
+                    "no loaded version of {module} speaks schema {} to migrate it down to {}: the block was written by a newer version (a downgrade that did not finish, or a rollback across a restart). Configure a version of {module} that speaks schema {} (it can then be rolled back with its down-migration), or discard the state with --reset-state",
+                    m.from_schema, m.to_schema, m.from_schema
+                ),
             ));
         };
         if v.meta().module_caps & MOLT_MOD_CAP_MIGRATE_DOWN == 0 || v.meta().callbacks.migrate.is_none() {

@@ -653,3 +653,18 @@ fn a_fall_back_to_the_older_directory_copy_is_reported() {
     assert!(w.contains("copy 0 is damaged") && w.contains("sequence 2"), "{w}");
     assert_eq!(r.blocks().len(), 1, "the older copy knows one block");
 }
+
+/// A restart whose config names an older schema than the state file's
+/// block (a downgrade that did not finish): refused, with the way out.
+#[test]
+fn a_restart_below_the_blocks_schema_names_the_way_out() {
+    let dir = RunDir::new("state-downgrade");
+    let rt = common::proxy_runtime(dir.path(), vec![], vec![], &[]);
+    rt.reload(&[module_cfg("counter", &module_lib("counter_v2"), &[])]).unwrap();
+    rt.shutdown();
+    let rt = common::proxy_runtime(dir.path(), vec![], vec![], &[]);
+    let e = rt.reload(&[module_cfg("counter", &module_lib("counter"), &[])]).expect_err("loaded below the schema");
+    let text = e.to_string();
+    assert!(text.contains("speaks schema 2") && text.contains("--reset-state"), "{text}");
+    rt.shutdown();
+}
