@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::status;
 use crate::runtime::RuntimeShared;
-use crate::sync::{Arc, AtomicBool, Ordering};
+use crate::sync::Arc;
 
 /// Clients served at once.
 const MAX_CLIENTS: usize = 16;
@@ -30,8 +30,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// The admin listener: serves on its own threads until dropped.
 pub struct AdminServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _clients: super::clients::Clients,
 }
 
 impl AdminServer {
@@ -45,53 +44,21 @@ impl AdminServer {
             .map_err(|e| std::io::Error::new(e.kind(), format!("admin listener {addr}: {e}")))?;
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let thread = std::thread::Builder::new().name("molt-admin".into()).spawn(move || {
-            use std::sync::atomic::Ordering as O;
-            while !s.load(Ordering::Acquire) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        if live.fetch_add(1, O::AcqRel) >= MAX_CLIENTS {
-                            live.fetch_sub(1, O::AcqRel);
-                            let _ = respond(&stream, 503, "text/plain", b"busy: too many admin clients\n", false);
-                            continue;
-                        }
-                        let (rt, live) = (rt.clone(), live.clone());
-                        let spawned = std::thread::Builder::new().name("molt-admin-client".into()).spawn(move || {
-                            serve(&rt, stream);
-                            live.fetch_sub(1, O::AcqRel);
-                        });
-                        if spawned.is_err() {
-                            tracing::warn!("admin listener: cannot start a client thread");
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    Err(e) => {
-                        tracing::warn!("admin listener accept failed: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            }
-        })?;
-        Ok(AdminServer { addr, stop, thread: Some(thread) })
+        let clients = super::clients::Clients::start(
+            "molt-admin",
+            MAX_CLIENTS,
+            move || listener.accept().map(|(s, _)| s),
+            |stream: TcpStream| {
+                let _ = respond(&stream, 503, "text/plain", b"busy: too many admin clients\n", false);
+            },
+            move |stream, _stop| serve(&rt, stream),
+        )?;
+        Ok(AdminServer { addr, _clients: clients })
     }
 
     /// The address it listens on (port 0 resolved).
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-}
-
-impl Drop for AdminServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

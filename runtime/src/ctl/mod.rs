@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod client;
+mod clients;
 pub mod server;
 pub mod status;
 

@@ -62,9 +62,8 @@ const POLL: Duration = Duration::from_millis(100);
 /// client can stall another or grow molt's memory.
 pub struct ControlServer {
     path: PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    clients: Arc<std::sync::atomic::AtomicUsize>,
+    /// Dropped before the socket file is removed.
+    clients: Option<super::clients::Clients>,
 }
 
 impl ControlServer {
@@ -75,44 +74,22 @@ impl ControlServer {
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let clients = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (s, live) = (stop.clone(), clients.clone());
-        let source = Arc::new(source);
         let started = Instant::now();
-        let thread = std::thread::Builder::new().name("molt-ctl".into()).spawn(move || {
-            while !s.load(Ordering::Acquire) {
-                match listener.accept() {
-                    Ok((mut stream, _)) => {
-                        use std::sync::atomic::Ordering as O;
-                        if live.fetch_add(1, O::AcqRel) >= MAX_CLIENTS {
-                            live.fetch_sub(1, O::AcqRel);
-                            let busy = json!({"ok": false, "error": format!("the control socket serves {MAX_CLIENTS} clients at once; try again")});
-                            let _ = writeln!(stream, "{busy}");
-                            continue;
-                        }
-                        let (rt, source, stop, live) = (rt.clone(), source.clone(), s.clone(), live.clone());
-                        let spawned = std::thread::Builder::new().name("molt-ctl-client".into()).spawn(move || {
-                            if let Err(e) = serve(&rt, &source, started, stream, &stop) {
-                                tracing::debug!("control connection ended: {e}");
-                            }
-                            live.fetch_sub(1, O::AcqRel);
-                        });
-                        if spawned.is_err() {
-                            tracing::warn!("control socket: cannot start a client thread");
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    Err(e) => {
-                        tracing::warn!("control socket accept failed: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
+        let clients = super::clients::Clients::start(
+            "molt-ctl",
+            MAX_CLIENTS,
+            move || listener.accept().map(|(s, _)| s),
+            |mut stream: UnixStream| {
+                let busy = json!({"ok": false, "error": format!("the control socket serves {MAX_CLIENTS} clients at once; try again")});
+                let _ = writeln!(stream, "{busy}");
+            },
+            move |stream, stop| {
+                if let Err(e) = serve(&rt, &source, started, stream, stop) {
+                    tracing::debug!("control connection ended: {e}");
                 }
-            }
-        })?;
-        Ok(ControlServer { path, stop, thread: Some(thread), clients })
+            },
+        )?;
+        Ok(ControlServer { path, clients: Some(clients) })
     }
 
     /// The socket's path.
@@ -123,15 +100,7 @@ impl ControlServer {
 
 impl Drop for ControlServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        // Client threads see the flag within one poll interval.
-        let deadline = Instant::now() + POLL * 10;
-        while self.clients.load(std::sync::atomic::Ordering::Acquire) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        drop(self.clients.take());
         let _ = std::fs::remove_file(&self.path);
     }
 }
