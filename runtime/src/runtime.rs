@@ -263,7 +263,11 @@ impl RuntimeShared {
     }
 
     /// [`RuntimeShared::load`] of bytes already taken in from `spec.path`.
-    pub fn load_taken(&self, spec: &ModuleSpec, taken: crate::sys::files::Taken) -> Result<VersionRef, LoadError> {
+    pub(crate) fn load_taken(
+        &self,
+        spec: &ModuleSpec,
+        taken: crate::sys::files::Taken,
+    ) -> Result<VersionRef, LoadError> {
         let loaded = self.loader.load_taken(spec, taken);
         if !self.registry.is_reloading() {
             // A load outside a reload owns the holds and migrations its init

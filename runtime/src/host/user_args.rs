@@ -46,7 +46,7 @@ impl UserArgs {
     /// Forget the newest reservations made by versions `gone` says are gone
     /// (a refused reload's candidates). Only from the end of the table, so
     /// that no other name's index moves.
-    pub fn forget_newest(&self, gone: impl Fn(crate::module::VersionId) -> bool) -> Vec<String> {
+    pub(crate) fn forget_newest(&self, gone: impl Fn(crate::module::VersionId) -> bool) -> Vec<String> {
         let mut names = self.names.lock();
         let mut out = Vec::new();
         while names.last().is_some_and(|(_, by)| gone(*by)) {

@@ -89,7 +89,7 @@ impl Loader {
     /// ELF and write the private copy, open the copy, handshake, compare
     /// the name, and init. On any failure nothing of it stays loaded and
     /// its copy is removed.
-    pub fn load_taken(&self, spec: &ModuleSpec, taken: sys::files::Taken) -> Result<ModuleVersion, LoadError> {
+    pub(crate) fn load_taken(&self, spec: &ModuleSpec, taken: sys::files::Taken) -> Result<ModuleVersion, LoadError> {
         let path = spec.path.as_path();
         if let Some(pin) = spec.pin.as_ref().filter(|p| **p != taken.sha256) {
             return Err(LoadError::PinMismatch { path: path.to_owned(), expected: pin.clone(), actual: taken.sha256 });

@@ -26,17 +26,20 @@ static WINDOWS: Mutex<Option<HashMap<String, Window>>> = Mutex::new(None);
 /// summary line of the previous window's left-out failures, if any).
 pub fn failure(module: &str, log: impl FnOnce()) {
     let now = Instant::now();
-    let (show, left_out) = {
+    let (seen, left_out) = {
         let mut guard = WINDOWS.lock();
         let map = guard.get_or_insert_with(HashMap::new);
-        let w = map.entry(module.to_owned()).or_insert(Window { start: now, seen: 0 });
+        if !map.contains_key(module) {
+            map.insert(module.to_owned(), Window { start: now, seen: 0 });
+        }
+        let w = map.get_mut(module).expect("inserted above");
         let mut left_out = 0;
         if now.duration_since(w.start) >= WINDOW {
             left_out = w.seen.saturating_sub(BURST);
             *w = Window { start: now, seen: 0 };
         }
         w.seen += 1;
-        (w.seen <= BURST, left_out)
+        (w.seen, left_out)
     };
     if left_out > 0 {
         tracing::warn!(
@@ -45,20 +48,15 @@ pub fn failure(module: &str, log: impl FnOnce()) {
             "{left_out} more failures of module {module} were not logged in {WINDOW:?} (the metrics count them all)"
         );
     }
-    if show {
+    if seen <= BURST {
         log();
-        if !show_more(module) {
-            tracing::warn!(
-                module,
-                "module {module} keeps failing: further failures in the next {WINDOW:?} are counted, not logged"
-            );
-        }
     }
-}
-
-/// Whether another failure of `module` would still be logged in this window.
-fn show_more(module: &str) -> bool {
-    WINDOWS.lock().as_ref().and_then(|m| m.get(module)).is_none_or(|w| w.seen < BURST)
+    if seen == BURST {
+        tracing::warn!(
+            module,
+            "module {module} keeps failing: further failures in the next {WINDOW:?} are counted, not logged"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -138,16 +138,6 @@ pub enum ReloadError {
         /// The file's hash.
         actual: String,
     },
-    /// The descriptor's name differs from the config's.
-    #[error("module {module}: {path} is module {found:?}; rename the config entry or point it at the right file")]
-    NameMismatch {
-        /// The config's name.
-        module: String,
-        /// The file.
-        path: PathBuf,
-        /// The descriptor's name.
-        found: String,
-    },
     /// Upgrade mode needs adopt.
     #[error(
         "module {module}: mode = \"upgrade\" needs an adopt callback, and version {version} has none; use mode = \"drain\""

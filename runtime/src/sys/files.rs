@@ -90,8 +90,6 @@ fn trusted_owner(uid: u32) -> bool {
 pub struct Opened {
     file: File,
     size: u64,
-    /// The path the descriptor really has (symlinks resolved).
-    pub real: PathBuf,
 }
 
 /// Open `path` for intake and check the descriptor and the directories of
@@ -139,7 +137,7 @@ pub fn open_module(path: &Path) -> Result<Opened, IntakeError> {
             )));
         }
     }
-    Ok(Opened { size: m.len(), file, real })
+    Ok(Opened { size: m.len(), file })
 }
 
 /// A module file's bytes, in a buffer that goes back to a small pool when
@@ -207,9 +205,16 @@ impl Opened {
 #[derive(Debug)]
 pub struct Taken {
     /// The bytes.
-    pub bytes: Bytes,
-    /// Their sha256, lowercase hex.
-    pub sha256: String,
+    pub(crate) bytes: Bytes,
+    /// Their sha256, lowercase hex (of `bytes`: the two never part).
+    pub(crate) sha256: String,
+}
+
+impl Taken {
+    /// The sha256 of the bytes, lowercase hex.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
 }
 
 /// Open `path` with [`open_module`]'s checks and read it once.
