@@ -817,6 +817,23 @@ limits = { burst = 10, on = true }
     }
 
     #[test]
+    fn the_admin_listener_is_checked_like_any_listener() {
+        assert_eq!(
+            parse("[admin]\nlisten = \"127.0.0.1:9901\"\n").unwrap().admin,
+            Some("127.0.0.1:9901".parse().unwrap())
+        );
+        assert_eq!(parse("").unwrap().admin, None, "off by default");
+        let e = parse("[admin]\nlisten = \"localhost:x\"\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("admin.listen"), "{e}");
+        let e = parse("[admin]\nlisten = \"127.0.0.1:9901\"\nopen = true\n").unwrap_err();
+        assert!(e.message.contains("unknown field `open`"), "{e}");
+        let src = "[[http]]\nlisten = \"127.0.0.1:9901\"\n[[http.routes]]\npath = \"/\"\n\n[admin]\nlisten = \"127.0.0.1:9901\"\n";
+        let e = parse(src).unwrap_err();
+        assert!(e.message.contains("twice"), "the admin address is another listener's: {e}");
+    }
+
+    #[test]
     fn a_route_retries_only_idempotent_requests_unless_it_says_so() {
         let src = |extra: &str| {
             format!(

@@ -132,9 +132,9 @@ fn check_shows_what_the_http_hooks_do_and_loads_what_run_loads() {
     let out = molt(&["check", hello.to_str().unwrap()], limit);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("http answer    200"), "{text}");
-    // rate_limit needs persistent state, as `molt run` gives.
-    let rl = module_lib("rate_limit");
-    let out = molt(&["check", rl.to_str().unwrap()], limit);
+    // A module requiring persistent state loads, as under `molt run`.
+    let persistent = module_lib("fixture_needs_persistent");
+    let out = molt(&["check", persistent.to_str().unwrap()], limit);
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let out = molt(&["check", "/nonexistent/libx.so"], limit);
     let err = String::from_utf8_lossy(&out.stderr);
