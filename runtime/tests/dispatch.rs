@@ -335,7 +335,7 @@ fn unread_host_replies_are_bounded() {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while molt_runtime::host::HOST_REPLIES_DROPPED.load(std::sync::atomic::Ordering::Relaxed) < 5_000 {
+    while molt_runtime::host::host_replies_dropped() < 5_000 {
         assert!(Instant::now() < deadline, "no reply was dropped");
         std::thread::sleep(Duration::from_millis(10));
     }

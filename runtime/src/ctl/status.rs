@@ -244,7 +244,7 @@ pub fn metrics(rt: &RuntimeShared) -> String {
     }
     let dropped =
         counter(&mut reg, "molt_host_replies_dropped", "Replies to the host dropped because nobody read them.");
-    dropped.get_or_create(&Vec::new()).inc_by(crate::host::HOST_REPLIES_DROPPED.load(Ordering::Relaxed));
+    dropped.get_or_create(&Vec::new()).inc_by(crate::host::host_replies_dropped());
     let seconds = Family::<Labels, PCounter<f64, std::sync::atomic::AtomicU64>>::default();
     reg.register(
         "molt_reload_seconds",

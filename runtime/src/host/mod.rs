@@ -149,7 +149,12 @@ impl ReplySink for RefCell<Vec<Reply>> {
 pub const HOST_REPLIES_MAX: usize = 65_536;
 
 /// Host replies dropped because nobody read the queue.
-pub static HOST_REPLIES_DROPPED: crate::sync::statics::AtomicU64 = crate::sync::statics::AtomicU64::new(0);
+static HOST_REPLIES_DROPPED: crate::sync::statics::AtomicU64 = crate::sync::statics::AtomicU64::new(0);
+
+/// How many replies to the host were dropped since start (the queue was full).
+pub fn host_replies_dropped() -> u64 {
+    HOST_REPLIES_DROPPED.load(crate::sync::Ordering::Relaxed)
+}
 
 impl ReplySink for crossbeam_channel::Sender<Reply> {
     fn reply(&self, reply: Reply) {

@@ -12,10 +12,10 @@
 //! Built on the core (the worker loop calls in); the core does not know it
 //! beyond that call.
 
-pub mod balance;
+pub(crate) mod balance;
 mod listener;
 mod proxy;
-pub mod slots;
+pub(crate) mod slots;
 
 pub use listener::{bind_reuseport, ensure_unserved};
 pub use proxy::{Net, TcpLayer, TcpRoute, TcpStats};
