@@ -169,8 +169,9 @@ impl RuntimeShared {
         self.shutdown.load(Ordering::Acquire)
     }
 
-    /// Unload every version whose last reference went. Runs from a loop's
-    /// top or from the control thread, never inside a module call.
+    /// Unload every version whose last reference went. Runs on the control
+    /// side (the ticker, a reload, shutdown), never on a worker and never
+    /// inside a module call.
     pub fn reap(&self) {
         for v in self.reaper.collect() {
             let (module, schema) = (v.meta().name.clone(), v.meta().state_schema);
@@ -593,14 +594,18 @@ impl Runtime {
             })?);
         }
         let rt = shared.clone();
-        threads.push(std::thread::Builder::new().name("molt-ticker".into()).spawn(move || {
+        let ticker = std::thread::Builder::new().name("molt-ticker".into()).spawn(move || {
+            // Woken by the reaper when a version's last reference went (on a
+            // worker, say), else every 20 ms for deadlines and restarts.
+            rt.reaper.set_collector(std::thread::current());
             while !rt.is_shutting_down() {
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::park_timeout(Duration::from_millis(20));
                 rt.registry.tick(&rt);
                 rt.run_restarts();
                 rt.reap();
             }
-        })?);
+        })?;
+        threads.push(ticker);
         Ok(Runtime { shared, threads, replies: rx, tcp_addrs, http_addrs, _run_dir_lock: run_dir_lock })
     }
 

@@ -265,6 +265,9 @@ fn last_reference_released_inside_the_handler_unloads_after_the_call() {
     let report = rt.unloads().remove(0);
     assert!(report.module.starts_with("fixture_probe"), "{report:?}");
     assert!(report.unmapped && report.copy_removed, "{report:?}");
+    // The worker only enqueued: fini, dlclose and the maps check ran on
+    // the control side.
+    assert_eq!(report.thread, "molt-ticker", "{report:?}");
     assert!(!common::mapped(&copy));
     no_violations(&rt);
 }

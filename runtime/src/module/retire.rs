@@ -6,13 +6,16 @@
 //! continuation's reference and touches no shared atomic. When the last
 //! reference goes (a continuation ending inside its own handler, say), the
 //! `Drop` of [`Retiring`] does not tear the value down: it hands it to a
-//! [`Reaper`], whose queue the worker loop drains between calls. So:
+//! [`Reaper`], whose queue the control side (the runtime's ticker thread)
+//! drains: a worker only enqueues. So:
 //!
 //! 1. The value is alive while any reference is (Arc's rule).
 //! 2. Dropping the last reference only enqueues (a lock on the control
 //!    plane, never a call into module code).
-//! 3. Teardown runs exactly once, from [`Reaper::collect`], which the loop
-//!    calls at its top — never inside a module call.
+//! 3. Teardown runs exactly once, from [`Reaper::collect`], which the
+//!    control side calls — never inside a module call, never on a worker
+//!    (`fini`, `dlclose`, the maps check and a state commit are not for the
+//!    data path).
 //!
 //! `loom-tests/` models this with a counted value and a concurrent call.
 
@@ -58,11 +61,13 @@ impl<T: Send + 'static> Drop for Retiring<T> {
 pub struct Reaper<T> {
     queue: Mutex<Vec<T>>,
     pending: AtomicUsize,
+    /// The thread that collects, woken when something is queued.
+    collector: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl<T> Default for Reaper<T> {
     fn default() -> Self {
-        Reaper { queue: Mutex::new(Vec::new()), pending: AtomicUsize::new(0) }
+        Reaper { queue: Mutex::new(Vec::new()), pending: AtomicUsize::new(0), collector: std::sync::OnceLock::new() }
     }
 }
 
@@ -71,12 +76,14 @@ impl<T> Reaper<T> {
     pub fn retire(&self, value: T) {
         self.queue.lock().push(value);
         self.pending.fetch_add(1, Ordering::Release);
+        if let Some(t) = self.collector.get() {
+            t.unpark();
+        }
     }
 
-    /// Whether anything waits (a cheap check for the loop's top).
-    #[inline]
-    pub fn has_pending(&self) -> bool {
-        self.pending.load(Ordering::Acquire) != 0
+    /// Name the thread that collects: [`Reaper::retire`] unparks it.
+    pub fn set_collector(&self, thread: std::thread::Thread) {
+        let _ = self.collector.set(thread);
     }
 
     /// Take everything queued; the caller tears each down (rule 3).

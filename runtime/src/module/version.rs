@@ -91,6 +91,9 @@ pub struct UnloadReport {
     pub copy_removed: bool,
     /// fini's failure, if it panicked.
     pub fini_error: Option<String>,
+    /// The thread that finalised and closed it (the control side: never a
+    /// worker, whose data path must not wait on `fini`, `dlclose` or disk).
+    pub thread: String,
 }
 
 /// One loaded runtime copy of a module: its library, its instance, and the
@@ -328,7 +331,8 @@ impl ModuleVersion {
 
     /// Run this version's migrate on `m` (a down-migration for a rollback),
     /// outside any worker.
-    pub fn migrate(&self, m: &molt_migration) -> Result<(), CallError> {
+    #[cfg_attr(molt_loom, allow(dead_code))]
+    pub(crate) fn migrate(&self, m: &molt_migration) -> Result<(), CallError> {
         let Some(f) = self.meta.callbacks.migrate else {
             return Err(self.missing("migrate"));
         };
@@ -355,6 +359,7 @@ impl ModuleVersion {
     pub fn unload(mut self) -> UnloadReport {
         let module = format!("{} {}", self.meta.name, self.meta.version);
         let id = self.meta.id;
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
         let fini_error = self.fini();
         // A version whose library stays mapped, and why.
         let pinned = |why: &str, fini_error| UnloadReport {
@@ -364,6 +369,7 @@ impl ModuleVersion {
             pinned: Some(why.into()),
             copy_removed: false,
             fini_error,
+            thread: thread.clone(),
         };
         let Some(lib) = self.lib.take() else {
             return pinned("already closed", fini_error);
@@ -384,7 +390,7 @@ impl ModuleVersion {
         if let Some(p) = &pinned {
             tracing::warn!(module = %self.meta.name, version = %self.meta.version, copy = %self.meta.copy.display(), "pinned: {p}");
         }
-        UnloadReport { id, module, unmapped: !mapped, pinned, copy_removed, fini_error }
+        UnloadReport { id, module, unmapped: !mapped, pinned, copy_removed, fini_error, thread }
     }
 
     fn fini(&mut self) -> Option<String> {

@@ -12,8 +12,9 @@
 //!    refuses a file with none, without writing a byte.
 //! 3. A block being filled by a migration is committed as `MIGRATING`
 //!    first, and `LIVE` (its source `RETIRED`) only after the migration
-//!    returned: a crash in between reopens with the old block live and the
-//!    half-filled one discarded.
+//!    returned and its bytes were flushed: a crash in between reopens with
+//!    the old block live and the half-filled one discarded. A new block's
+//!    zeroed bytes are flushed before its entry is committed too.
 //!
 //! Block contents are the modules' (atomics, offsets): the runtime never
 //! reads them. Writes to a `MAP_SHARED` file mapping are in the page cache
@@ -28,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use format::{DATA, DIR_BYTES, DIR0, DIR1, Directory, Entry, F_LIVE, F_MIGRATING, F_RETIRED, PAGE, Superblock};
 use memmap2::MmapRaw;
-use molt_abi::ffi::{MOLT_ERR_INVALID_ARG, MOLT_ERR_NO_MEMORY, molt_status};
+use molt_abi::ffi::{MOLT_ERR_FAILED, MOLT_ERR_INVALID_ARG, MOLT_ERR_NO_MEMORY, molt_status};
 
 use crate::sync::Mutex;
 
@@ -119,6 +120,9 @@ pub struct Region {
     active: Mutex<Active>,
     /// What opening had to warn about (an older directory copy was used).
     warning: Option<String>,
+    /// Every range flushed, in order (the unit tests check the order).
+    #[cfg(test)]
+    flushed: Mutex<Vec<(u64, u64)>>,
 }
 
 impl std::fmt::Debug for Region {
@@ -216,6 +220,8 @@ impl Region {
             size: sb.file_size,
             active: Mutex::new(active),
             warning,
+            #[cfg(test)]
+            flushed: Mutex::new(Vec::new()),
         })
     }
 
@@ -265,6 +271,8 @@ impl Region {
             size,
             active: Mutex::new(Active { dir: Directory { seq: 1, entries: vec![] }, copy: 0 }),
             warning: None,
+            #[cfg(test)]
+            flushed: Mutex::new(Vec::new()),
         };
         r.write(0, &format::encode_superblock(&Superblock { file_size: size }));
         r.write(DIR0, &format::encode_directory(&Directory { seq: 1, entries: vec![] }));
@@ -336,7 +344,7 @@ impl Region {
         // Never wraps: a wrapped number would make the older copy the newer.
         let Some(seq) = a.dir.seq.checked_add(1) else {
             return Err((
-                molt_abi::ffi::MOLT_ERR_FAILED,
+                MOLT_ERR_FAILED,
                 "the state directory's sequence number is at its end (2^64-1): the file was damaged or forged; restore it from a backup".into(),
             ));
         };
@@ -344,13 +352,16 @@ impl Region {
         let copy = 1 - a.copy;
         let at = if copy == 0 { DIR0 } else { DIR1 };
         self.write(at, &format::encode_directory(&dir));
-        if self.file.is_some() {
-            self.map
-                .flush_range(at as usize, DIR_BYTES as usize)
-                .map_err(|e| (molt_abi::ffi::MOLT_ERR_FAILED, format!("state directory flush failed: {e}")))?;
-        }
+        self.flush_range(at, DIR_BYTES).map_err(|e| (MOLT_ERR_FAILED, format!("state directory flush failed: {e}")))?;
         *a = Active { dir, copy };
         Ok(())
+    }
+
+    /// Flush `at..at + len` to the file (nothing to do in anonymous memory).
+    fn flush_range(&self, at: u64, len: u64) -> std::io::Result<()> {
+        #[cfg(test)]
+        self.flushed.lock().push((at, len));
+        if self.file.is_some() { self.map.flush_range(at as usize, len as usize) } else { Ok(()) }
     }
 
     /// Open `owner`'s block `name` with `schema`, at least `min_len` bytes.
@@ -371,6 +382,9 @@ impl Region {
             let mut entries = a.dir.entries.clone();
             entries.push(Entry { owner: owner.into(), name: name.into(), schema, flags: F_LIVE, offset, len });
             self.zero(offset, len);
+            // Rule 3's order for new blocks too: the space may have held a
+            // freed block, whose bytes must not reappear after a crash.
+            self.flush_range(offset, len).map_err(|e| (MOLT_ERR_FAILED, format!("state block flush failed: {e}")))?;
             self.commit(&mut a, entries)?;
             return Ok(Opened::Created { handle: offset, len });
         };
@@ -432,6 +446,11 @@ impl Region {
     /// Rule 3: the migration into `dst` finished: `dst` becomes live, `src` retired.
     pub fn commit_migration(&self, src: u64, dst: u64) -> Result<(), (molt_status, String)> {
         let mut a = self.active.lock();
+        // The migrated bytes reach the file before the entry making them live.
+        if let Some(e) = a.dir.entries.iter().find(|e| e.offset == dst) {
+            self.flush_range(e.offset, e.len)
+                .map_err(|e| (MOLT_ERR_FAILED, format!("migrated state block flush failed: {e}")))?;
+        }
         let mut entries = a.dir.entries.clone();
         for e in &mut entries {
             if e.offset == dst {
@@ -538,5 +557,56 @@ impl Region {
     /// Flush every dirty page to the file (on stop).
     pub fn flush(&self) -> std::io::Result<()> {
         if self.file.is_some() { self.map.flush() } else { Ok(()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_region(name: &str) -> (Region, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("molt-state-unit-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.molt");
+        (Region::open_file(&path, 1 << 20, false).unwrap(), dir)
+    }
+
+    /// Whether a flush covering `offset..offset + len` came before the last
+    /// directory flush (the commit that makes the block live).
+    fn flushed_before_commit(r: &Region, offset: u64, len: u64) -> bool {
+        let log = r.flushed.lock();
+        let last_dir = log.iter().rposition(|(at, _)| *at == DIR0 || *at == DIR1).expect("a directory commit");
+        log[..last_dir].iter().any(|(at, l)| *at <= offset && offset + len <= at + l)
+    }
+
+    /// Rule 3 on disk: a migrated block's bytes reach the file before the
+    /// directory entry that makes them live, so a machine crash cannot leave
+    /// a live entry over pages that were never written.
+    #[test]
+    fn migrated_data_is_flushed_before_the_commit_that_makes_it_live() {
+        let (r, dir) = file_region("migrate");
+        let Opened::Created { handle: src, .. } = r.open_block("m", "b", 1, 64).unwrap() else { panic!("new block") };
+        let Opened::NeedsMigration { dst, .. } = r.open_block("m", "b", 2, 64).unwrap() else { panic!("migration") };
+        let (p, len) = r.ptr("m", dst).unwrap();
+        // SAFETY: `p..p+len` is the migration target, inside the mapping.
+        unsafe { std::ptr::write_bytes(p, 0xAB, len as usize) };
+        r.flushed.lock().clear();
+        r.commit_migration(src, dst).unwrap();
+        assert!(flushed_before_commit(&r, dst, len), "flushes: {:?}", r.flushed.lock());
+        drop(r);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A new block is zeroed over space a freed block may have used: the
+    /// zeros reach the file before the entry does.
+    #[test]
+    fn a_new_block_is_flushed_zeroed_before_its_entry_is_committed() {
+        let (r, dir) = file_region("create");
+        r.flushed.lock().clear();
+        let Opened::Created { handle, len } = r.open_block("m", "fresh", 1, 4096).unwrap() else { panic!("new block") };
+        assert!(flushed_before_commit(&r, handle, len), "flushes: {:?}", r.flushed.lock());
+        drop(r);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

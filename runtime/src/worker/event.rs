@@ -95,7 +95,7 @@ impl Event {
 }
 
 /// Module data handed between threads with a spawn.
-pub struct SendPtr(pub *mut c_void);
+pub struct SendPtr(pub(crate) *mut c_void);
 // SAFETY: the pointer is the module's continuation data; the ABI lets a
 // module create a continuation on another worker, so it must accept its data
 // being used from that worker (one call at a time, actor semantics).
@@ -104,19 +104,19 @@ unsafe impl Send for SendPtr {}
 /// A continuation created elsewhere for this worker (slot already reserved).
 pub struct Spawn {
     /// Reserved slot.
-    pub slot: u32,
+    pub(crate) slot: u32,
     /// Its generation.
-    pub generation: u32,
+    pub(crate) generation: u32,
     /// The owning version (the reference the continuation will hold).
-    pub version: VersionRef,
+    pub(crate) version: VersionRef,
     /// Handler, or the descriptor's.
-    pub handler: Option<molt_handler_fn>,
+    pub(crate) handler: Option<molt_handler_fn>,
     /// Module data.
-    pub data: SendPtr,
+    pub(crate) data: SendPtr,
     /// START tag.
-    pub tag: u64,
+    pub(crate) tag: u64,
     /// Who created it (START's source).
-    pub source: u64,
+    pub(crate) source: u64,
 }
 
 /// What other threads put in a worker's inbox.

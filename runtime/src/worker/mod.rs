@@ -6,7 +6,6 @@
 //!
 //! ```text
 //! loop:
-//!   reap retired module versions (never inside a module call)
 //!   accept the inbox (events, spawns, destroys, timer cancels)
 //!   fire due timers
 //!   dispatch the events queued when the turn began
@@ -17,6 +16,36 @@
 //! Dispatch takes no lock and touches no shared atomic: the continuation's
 //! slot holds the counted reference of its module version, and the call
 //! borrows it.
+//!
+//! Nothing public reaches the invariants dispatch relies on. A worker's
+//! slot table is the crate's own:
+//!
+//! ```compile_fail,E0624
+//! fn retire_a_live_slot(rt: &molt_runtime::Runtime) {
+//!     rt.shared().workers()[0].slots().retire(0);
+//! }
+//! ```
+//!
+//! a continuation cannot be installed from outside with a handler and data
+//! of the caller's choosing:
+//!
+//! ```compile_fail,E0451
+//! fn install(rt: &molt_runtime::Runtime, v: molt_runtime::module::VersionRef) {
+//!     let s = molt_runtime::worker::Spawn {
+//!         slot: 0, generation: 0, version: v, handler: None,
+//!         data: molt_runtime::worker::SendPtr(std::ptr::null_mut()), tag: 0, source: 0,
+//!     };
+//!     rt.shared().workers()[0].post(molt_runtime::worker::Remote::Spawn(Box::new(s)));
+//! }
+//! ```
+//!
+//! and a module's migrate runs only inside a reload, quiesced:
+//!
+//! ```compile_fail,E0624
+//! fn migrate(v: &molt_runtime::module::VersionRef, m: &molt_abi::ffi::molt_migration) {
+//!     let _ = v.migrate(m);
+//! }
+//! ```
 
 pub mod event;
 pub mod inbox;
@@ -106,8 +135,8 @@ impl WorkerShared {
         &self.stats
     }
 
-    /// Its slot table.
-    pub fn slots(&self) -> &SlotTable {
+    /// Its slot table (the crate's: a release from outside would break dispatch).
+    pub(crate) fn slots(&self) -> &SlotTable {
         &self.slots
     }
 
@@ -326,7 +355,7 @@ impl WorkerCore {
 
     fn has_work(&self) -> bool {
         // SAFETY: this thread is the worker, the inbox's only consumer.
-        !unsafe { self.shared.inbox.is_empty() } || !self.local.borrow().runq.is_empty() || self.rt.reaper.has_pending()
+        !unsafe { self.shared.inbox.is_empty() } || !self.local.borrow().runq.is_empty()
     }
 
     /// One turn of the loop; whether it did anything.
@@ -334,12 +363,9 @@ impl WorkerCore {
         if context::current().is_some() {
             bump(&self.shared.stats.context_violations);
         }
-        let mut worked = false;
-        if self.rt.reaper.has_pending() {
-            self.rt.reap();
-            worked = true;
-        }
-        worked |= self.accept_inbox();
+        // Versions whose last reference went here are only queued: the
+        // control side unloads them.
+        let mut worked = self.accept_inbox();
         worked |= self.fire_timers();
         // Dispatch what was queued when the turn began; what those calls
         // queue runs next turn, after the inbox had its say.
@@ -578,7 +604,6 @@ impl WorkerCore {
             ev.flags = MOLT_EVF_FORCED;
             self.dispatch(ev);
         }
-        self.rt.reap();
     }
 
     /// End a continuation of this worker (the caller is this worker): it gets END.
