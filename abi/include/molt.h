@@ -1,5 +1,5 @@
 /*
- * molt.h -- the molt module ABI, version 1.1.
+ * molt.h -- the molt module ABI, version 1.2.
  *
  * This header is the normative contract between the molt runtime (the host)
  * and a handler module (a shared library). A C module needs nothing else.
@@ -45,6 +45,20 @@
  *     continuations of one module may run at the same time on different
  *     workers. init, migrate and fini are never concurrent with any other
  *     call into the same instance.
+ *
+ *  8. Host functions run on the callback's thread. A host function taking
+ *     a ctx may only be called during that ctx's callback, from the thread
+ *     running it. A call from any other thread (one the module started,
+ *     say) is refused with MOLT_ERR_THREAD (1.2) and does nothing. A
+ *     module-owned thread talks to continuations only through a poster
+ *     (1.2: poster_open in a callback, then post from any thread, and
+ *     poster_close once no thread uses it).
+ *
+ *  9. Handlers and user args. A handler given to cont_create must be the
+ *     module's own code (it is called with the module's instance, and the
+ *     library stays loaded only while the module's version does). User-arg
+ *     values are integers to the host: the host never dereferences or frees
+ *     them, and they do not follow a continuation to another module.
  */
 #ifndef MOLT_H
 #define MOLT_H
@@ -63,7 +77,7 @@ extern "C" {
 /** ABI major version. The entry symbol carries it: molt_module_entry_v1. */
 #define MOLT_ABI_MAJOR 1
 /** ABI minor version of this header. Minors only append fields and constants. */
-#define MOLT_ABI_MINOR 1
+#define MOLT_ABI_MINOR 2
 
 /* ------------------------------------------------------------------------ */
 /* Status codes (append-only)                                                */
@@ -100,6 +114,9 @@ typedef int32_t molt_status;
 #define MOLT_ERR_VERSION (-12)
 /** The call is not allowed in this phase (e.g. creating work during fini). */
 #define MOLT_ERR_PHASE (-13)
+/** (1.2) A host function taking a ctx was called from a thread other than
+ *  the one running that ctx's callback (rule 8). Nothing was done. */
+#define MOLT_ERR_THREAD (-14)
 
 /* ------------------------------------------------------------------------ */
 /* Capabilities                                                              */
@@ -131,6 +148,9 @@ typedef int32_t molt_status;
 #define MOLT_HOST_CAP_CONN ((uint64_t)1 << 8)
 /** (1.1) HTTP hooks: MOLT_EV_HTTP_* events and the http_* functions. */
 #define MOLT_HOST_CAP_HTTP ((uint64_t)1 << 16)
+/** (1.2) Posters: poster_open, post and poster_close, the thread-safe way
+ *  for a module-owned thread to message a continuation. */
+#define MOLT_HOST_CAP_POST ((uint64_t)1 << 24)
 
 /*
  * Module capability bits (molt_module_desc.module_caps): what the module
@@ -244,6 +264,9 @@ typedef uint64_t molt_state_handle;
 #define MOLT_EVF_ADOPTED ((uint32_t)1 << 0)
 /** Event flag: the END is forced (drain deadline passed, or shutdown). */
 #define MOLT_EVF_FORCED ((uint32_t)1 << 1)
+/** Event flag (1.2): a MOLT_EV_MESSAGE posted from a module-owned thread
+ *  (source is 0). */
+#define MOLT_EVF_POSTED ((uint32_t)1 << 2)
 
 /** One event delivered to a continuation. Borrowed for the call. */
 typedef struct molt_event {
@@ -281,6 +304,9 @@ typedef struct molt_event {
 /* ------------------------------------------------------------------------ */
 
 struct molt_host_api;
+
+/** (1.2) A poster: opaque, the host's (see poster_open). */
+typedef struct molt_poster molt_poster;
 
 /**
  * The context of one call into a module. The host builds it for every call
@@ -464,6 +490,25 @@ typedef struct molt_host_api {
     /** Send the request to upstream group `group` (a name from the route's
      *  config); MOLT_ERR_NOT_FOUND names the groups there are. */
     molt_status (*http_upstream_select)(const molt_ctx *ctx, uint64_t txn, const char *group, size_t len);
+
+    /* ---- ABI 1.2: posting from module-owned threads (MOLT_HOST_CAP_POST) ---- */
+
+    /** Open a poster for the calling module version (from any callback,
+     *  init included) and write it to *out. The poster is the only host
+     *  object a thread the module started may use (rule 8). */
+    molt_status (*poster_open)(const molt_ctx *ctx, struct molt_poster **out);
+
+    /** Post a message (copied) to continuation `target`, from any thread:
+     *  it arrives as MOLT_EV_MESSAGE with source 0 and MOLT_EVF_POSTED.
+     *  MOLT_ERR_STALE when the target has ended; MOLT_ERR_SHUTDOWN once the
+     *  runtime stops or the poster's module version was unloaded;
+     *  MOLT_ERR_LIMIT over 64 KiB. Thread-safe; never blocks on a worker. */
+    molt_status (*post)(struct molt_poster *poster, molt_cont_id target, uint64_t tag, const uint8_t *data,
+                        size_t len);
+
+    /** Close a poster, once, when no thread uses it any more (before fini
+     *  returns at the latest: its threads must be joined by then). */
+    void (*poster_close)(struct molt_poster *poster);
 } molt_host_api;
 
 /** (1.1) Items for http_get. */

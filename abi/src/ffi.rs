@@ -24,7 +24,7 @@ abi_consts! {
     /// ABI major version (the entry symbol carries it).
     pub const MOLT_ABI_MAJOR: u16 = 1;
     /// ABI minor version of this mirror.
-    pub const MOLT_ABI_MINOR: u16 = 1;
+    pub const MOLT_ABI_MINOR: u16 = 2;
 
     /// Success.
     pub const MOLT_OK: molt_status = 0;
@@ -54,6 +54,9 @@ abi_consts! {
     pub const MOLT_ERR_VERSION: molt_status = -12;
     /// Not allowed in this phase.
     pub const MOLT_ERR_PHASE: molt_status = -13;
+    /// (1.2) A ctx-taking host function was called from a thread other
+    /// than the one running that ctx's callback.
+    pub const MOLT_ERR_THREAD: molt_status = -14;
 
     /// Host capability: continuations.
     pub const MOLT_HOST_CAP_CONT: u64 = 1 << 0;
@@ -72,6 +75,8 @@ abi_consts! {
     pub const MOLT_HOST_CAP_CONN: u64 = 1 << 8;
     /// Host capability (1.1): HTTP hooks.
     pub const MOLT_HOST_CAP_HTTP: u64 = 1 << 16;
+    /// Host capability (1.2): posters, for module-owned threads.
+    pub const MOLT_HOST_CAP_POST: u64 = 1 << 24;
 
     /// Module capability: migrate also migrates down.
     pub const MOLT_MOD_CAP_MIGRATE_DOWN: u64 = 1 << 0;
@@ -140,6 +145,8 @@ abi_consts! {
     pub const MOLT_EVF_ADOPTED: u32 = 1 << 0;
     /// Event flag: ended by force (deadline or shutdown).
     pub const MOLT_EVF_FORCED: u32 = 1 << 1;
+    /// Event flag (1.2): a message posted from a module-owned thread.
+    pub const MOLT_EVF_POSTED: u32 = 1 << 2;
 
     /// Log level: error.
     pub const MOLT_LOG_ERROR: u32 = 1;
@@ -393,7 +400,27 @@ abi_struct! {
         pub http_upstream_select: Option<
             unsafe extern "C" fn(ctx: *const molt_ctx, txn: u64, group: *const c_char, len: usize) -> molt_status,
         >,
+        /// (1.2) Open a poster: the one handle a module-owned thread may use.
+        pub poster_open: Option<unsafe extern "C" fn(ctx: *const molt_ctx, out: *mut *mut molt_poster) -> molt_status>,
+        /// (1.2) Post a message to a continuation, from any thread.
+        pub post: Option<
+            unsafe extern "C" fn(
+                poster: *mut molt_poster,
+                target: molt_cont_id,
+                tag: u64,
+                data: *const u8,
+                len: usize,
+            ) -> molt_status,
+        >,
+        /// (1.2) Close a poster (once, when no thread uses it any more).
+        pub poster_close: Option<unsafe extern "C" fn(poster: *mut molt_poster)>,
     }
+}
+
+/// A poster (`molt_poster`): opaque, the host's.
+#[repr(C)]
+pub struct molt_poster {
+    _private: [u8; 0],
 }
 
 abi_struct! {
@@ -539,11 +566,17 @@ pub const STRUCTS: &[StructLayout] = &[
     molt_module_desc::LAYOUT,
 ];
 
+/// The `size` a v1.2 writer puts in the structs 1.2 grew.
+pub mod v1_2 {
+    use super::*;
+    /// `sizeof(molt_host_api)` in ABI 1.2 (24 entries).
+    pub const HOST_API_SIZE: usize = core::mem::size_of::<molt_host_api>();
+}
+
 /// The `size` a v1.1 writer puts in the structs 1.1 grew.
 pub mod v1_1 {
-    use super::*;
     /// `sizeof(molt_host_api)` in ABI 1.1 (21 entries).
-    pub const HOST_API_SIZE: usize = core::mem::size_of::<molt_host_api>();
+    pub const HOST_API_SIZE: usize = 8 + 21 * core::mem::size_of::<usize>();
 }
 
 /// The `size` a v1.0 writer puts in each struct: a reader accepts any size at
@@ -582,7 +615,9 @@ const _: () = {
     assert!(offset_of!(molt_ctx, self_) == 24);
     assert!(offset_of!(molt_ctx, host) == 40);
     assert!(size_of::<molt_state_block>() == 32);
-    assert!(size_of::<molt_host_api>() == 8 + 21 * 8);
+    assert!(size_of::<molt_host_api>() == 8 + 24 * 8);
+    assert!(v1_1::HOST_API_SIZE == 176);
+    assert!(offset_of!(molt_host_api, poster_open) == 176);
     assert!(offset_of!(molt_host_api, log) == 8);
     assert!(offset_of!(molt_host_api, user_arg_get) == 96);
     assert!(offset_of!(molt_host_api, conn_write) == 104);

@@ -38,6 +38,8 @@ pub enum Status {
     Version = MOLT_ERR_VERSION,
     /// `MOLT_ERR_PHASE`.
     Phase = MOLT_ERR_PHASE,
+    /// `MOLT_ERR_THREAD` (1.2).
+    Thread = MOLT_ERR_THREAD,
 }
 
 impl Status {
@@ -57,6 +59,7 @@ impl Status {
         Status::Shutdown,
         Status::Version,
         Status::Phase,
+        Status::Thread,
     ];
 
     /// The typed status for a raw code; `None` for a code this minor does not
@@ -87,6 +90,7 @@ impl Status {
             Status::Shutdown => "MOLT_ERR_SHUTDOWN",
             Status::Version => "MOLT_ERR_VERSION",
             Status::Phase => "MOLT_ERR_PHASE",
+            Status::Thread => "MOLT_ERR_THREAD",
         }
     }
 

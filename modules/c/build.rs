@@ -45,7 +45,7 @@ fn main() {
         }
         let lib = out.join(format!("lib{name}.so"));
         let status = Command::new(&cc)
-            .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2", "-g", "-fPIC", "-shared"])
+            .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2", "-g", "-fPIC", "-shared", "-pthread"])
             .arg("-fvisibility=hidden")
             .arg(format!("-Wl,--version-script={}", script.display()))
             .arg("-I")

@@ -472,6 +472,32 @@ impl StateHooks for Hooks {
     }
 }
 
+/// Where posters deliver: this runtime's workers (held weakly, so a poster
+/// a module leaks does not keep the runtime alive).
+#[cfg(not(molt_loom))]
+struct PostTo(std::sync::Weak<RuntimeShared>);
+
+#[cfg(not(molt_loom))]
+impl crate::host::PostSink for PostTo {
+    fn post(&self, _from: VersionId, target: u64, tag: u64, data: &[u8]) -> ServiceResult<()> {
+        let rt = self.0.upgrade().ok_or((MOLT_ERR_SHUTDOWN, "the runtime stopped".to_owned()))?;
+        if rt.is_shutting_down() {
+            return Err((MOLT_ERR_SHUTDOWN, "the runtime is stopping".to_owned()));
+        }
+        let (_, w) = rt.live_home(target)?;
+        let ev = Event {
+            target,
+            source: 0,
+            kind: MOLT_EV_MESSAGE,
+            flags: 0,
+            tag,
+            arg0: 0,
+            payload: Payload::copy_from(data),
+        };
+        w.post_posted(ev)
+    }
+}
+
 /// Bind `addr` once per worker (`SO_REUSEPORT`); a port 0 is resolved by
 /// the first bind and reused by the others. The listeners and the address.
 fn bind_workers(
@@ -533,6 +559,8 @@ impl Runtime {
         });
         #[cfg(not(molt_loom))]
         shared.loader.host().set_hooks(Box::new(Hooks(Arc::downgrade(&shared))));
+        #[cfg(not(molt_loom))]
+        shared.loader.host().set_post_sink(std::sync::Arc::new(PostTo(Arc::downgrade(&shared))));
         // Each worker binds every listener itself (SO_REUSEPORT).
         let mut tcp_addrs = Vec::with_capacity(config.tcp.len());
         let mut per_worker: Vec<Vec<(crate::net::TcpRoute, std::net::TcpListener)>> =

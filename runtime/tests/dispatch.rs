@@ -352,3 +352,65 @@ fn unread_host_replies_are_bounded() {
     drop(v);
     rt.shutdown();
 }
+
+/// Header rule 8: a host function called with a live ctx from a thread the
+/// module started is refused (it would race the worker's own state), and a
+/// poster is the way such a thread reaches a continuation.
+#[test]
+fn host_calls_from_a_module_thread_are_refused_and_posters_carry_its_messages() {
+    use molt_abi::ffi::{MOLT_ERR_THREAD, MOLT_EVF_POSTED};
+    let dir = RunDir::new("threads");
+    let rt = runtime(&dir, 2);
+    let v = rt.load(&ModuleSpec::new(module_lib("fixture_threads"))).expect("fixture_threads loads");
+    let c = rt.spawn(&v, 1, 0).unwrap();
+    rt.send(c, 1, &[]).unwrap();
+    let r = expect(&rt, 1);
+    assert_eq!(i32_at(&r.data, 0), MOLT_ERR_THREAD, "cont_send from a module thread with a live ctx");
+    rt.send(c, 2, &[]).unwrap();
+    assert_eq!(i32_at(&expect(&rt, 2).data, 0), MOLT_OK, "post from a module thread");
+    let posted = expect(&rt, 3);
+    assert_eq!(posted.from, c);
+    let flags = u32::from_le_bytes(posted.data[..4].try_into().unwrap());
+    assert_eq!((flags & MOLT_EVF_POSTED, u64_at(&posted.data, 4)), (MOLT_EVF_POSTED, 0), "posted, from source 0");
+    // A post to a continuation that ended is refused with STALE.
+    let gone = rt.spawn(&v, 0, 0).unwrap();
+    rt.destroy(gone).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while rt.send(gone, 9, &[]).is_ok() {
+        assert!(Instant::now() < deadline, "the destroyed continuation stayed live");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    rt.send(c, 4, &gone.to_le_bytes()).unwrap();
+    assert_eq!(i32_at(&expect(&rt, 4).data, 0), MOLT_ERR_STALE, "post to an ended continuation");
+    no_violations(&rt);
+}
+
+/// The Rust SDK's `Poster` is `Send + Sync` and carries a message from a
+/// thread the module started.
+#[test]
+fn a_rust_module_posts_from_its_own_thread() {
+    let dir = RunDir::new("rust-post");
+    let rt = runtime(&dir, 1);
+    let v = probe(&rt);
+    let c = spawn_on(&rt, &v, 0);
+    rt.send(c, tag::POST_FROM_THREAD, &[]).unwrap();
+    assert_eq!(i32_at(&expect(&rt, tag::POSTED).data, 4), MOLT_OK);
+    let r = expect(&rt, tag::RELAY_BASE + 1);
+    assert_eq!((r.from, r.data.as_slice()), (c, &b"posted"[..]));
+}
+
+/// User args are a module's own: another module cannot read (or write) the
+/// values on a continuation that is not its.
+#[test]
+fn a_module_cannot_reach_another_modules_user_args() {
+    use molt_abi::ffi::MOLT_ERR_INVALID_ARG;
+    let dir = RunDir::new("user-args-owner");
+    let rt = runtime(&dir, 1);
+    let theirs = spawn_on(&rt, &probe(&rt), 0);
+    let v = rt.load(&ModuleSpec::new(module_lib("fixture_threads"))).expect("fixture_threads loads");
+    let mine = rt.spawn(&v, 0, 0).unwrap();
+    rt.send(mine, 5, &mine.to_le_bytes()).unwrap();
+    assert_eq!(i32_at(&expect(&rt, 5).data, 0), MOLT_OK, "its own continuation");
+    rt.send(mine, 5, &theirs.to_le_bytes()).unwrap();
+    assert_eq!(i32_at(&expect(&rt, 5).data, 0), MOLT_ERR_INVALID_ARG, "fixture_probe's continuation");
+}

@@ -330,3 +330,29 @@ fn a_tcp_handler_loses_no_bytes_across_schema_changes() {
     assert_eq!(rt.total(|s| &s.context_violations), 0);
     rt.shutdown();
 }
+
+/// A connection a module opened is closed when the continuation it reports
+/// to ends: nobody is left to read it, and it must not stay open forever.
+#[test]
+fn a_module_connection_closes_when_its_continuation_ends() {
+    use fixture_probe::tag;
+    let dir = RunDir::new("tcp-connect-end");
+    let rt = runtime(&dir, vec![route(vec![echo_server()], Duration::from_secs(30))]);
+    let v = rt.load(&molt_runtime::module::ModuleSpec::new(common::module_lib("fixture_probe"))).unwrap();
+    let id = rt.spawn(&v, 0, 0).unwrap();
+    assert_eq!(rt.next_reply(Duration::from_secs(5)).unwrap().tag, tag::STARTED);
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    rt.send(id, tag::CONNECT, server.local_addr().unwrap().to_string().as_bytes()).unwrap();
+    let (mut peer, _) = server.accept().unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = [0u8; 4];
+    peer.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"ping");
+    rt.destroy(id).unwrap();
+    let mut rest = [0u8; 16];
+    match peer.read(&mut rest) {
+        Ok(0) => {}
+        other => panic!("the connection outlived its continuation: read gave {other:?} instead of EOF"),
+    }
+    rt.shutdown();
+}

@@ -211,6 +211,50 @@ impl<'a, M: Module> Ctx<'a, M> {
     }
 }
 
+impl<M: Module> Ctx<'_, M> {
+    /// Open a [`Poster`]: the one handle a thread the module started may
+    /// use (header rule 8). Drop it before the module's `fini` returns.
+    pub fn poster(&self) -> Result<Poster> {
+        let open = crate::api_get!(self.api, poster_open).ok_or_else(|| unsupported("poster_open (ABI 1.2)"))?;
+        let post = crate::api_get!(self.api, post).ok_or_else(|| unsupported("post (ABI 1.2)"))?;
+        let close = crate::api_get!(self.api, poster_close).ok_or_else(|| unsupported("poster_close (ABI 1.2)"))?;
+        let mut raw = core::ptr::null_mut();
+        // SAFETY: host function called with the current ctx and a valid out-parameter.
+        check(unsafe { open(self.ptr(), &mut raw) }, "poster_open")?;
+        Ok(Poster { raw, post, close })
+    }
+}
+
+/// Posts messages to continuations from any thread (`MOLT_EV_MESSAGE` with
+/// `MOLT_EVF_POSTED`, source 0). `Send + Sync`; closed on drop.
+pub struct Poster {
+    raw: *mut molt_poster,
+    post: unsafe extern "C" fn(*mut molt_poster, molt_cont_id, u64, *const u8, usize) -> molt_status,
+    close: unsafe extern "C" fn(*mut molt_poster),
+}
+
+// SAFETY: the host's post entry is thread-safe (header: "from any thread");
+// the poster is closed once, by Drop, which needs ownership.
+unsafe impl Send for Poster {}
+// SAFETY: as above: `post` takes the poster from any number of threads at once.
+unsafe impl Sync for Poster {}
+
+impl Poster {
+    /// Post `data` (copied, at most 64 KiB) to `to` with `tag`.
+    pub fn post(&self, to: ContId, tag: u64, data: &[u8]) -> Result<()> {
+        // SAFETY: a poster from poster_open, open until Drop; the payload is
+        // valid across the call and the host copies it.
+        check(unsafe { (self.post)(self.raw, to.0, tag, data.as_ptr(), data.len()) }, "post")
+    }
+}
+
+impl Drop for Poster {
+    fn drop(&mut self) {
+        // SAFETY: opened by poster_open, closed exactly once (here).
+        unsafe { (self.close)(self.raw) }
+    }
+}
+
 pub(crate) fn unsupported(what: &'static str) -> Error {
     Error::unsupported(format!("the host does not offer {what}"))
 }

@@ -43,7 +43,7 @@ mod http;
 mod state;
 
 pub use config::Config;
-pub use ctx::{ContId, Ctx, Level, TimerId};
+pub use ctx::{ContId, Ctx, Level, Poster, TimerId};
 pub use desc::{StaticDesc, entry};
 pub use event::{Event, EventKind};
 pub use http::{Msg, Txn};

@@ -10,7 +10,7 @@ use crate::state::Opened;
 
 /// The table every module receives (in `molt_host_info.api` and `molt_ctx.api`).
 pub static HOST_API: molt_host_api = molt_host_api {
-    size: v1_1::HOST_API_SIZE as u32,
+    size: v1_2::HOST_API_SIZE as u32,
     abi_major: MOLT_ABI_MAJOR,
     abi_minor: MOLT_ABI_MINOR,
     log: Some(host_log),
@@ -34,18 +34,112 @@ pub static HOST_API: molt_host_api = molt_host_api {
     http_set_target: Some(host_http_set_target),
     http_respond: Some(host_http_respond),
     http_upstream_select: Some(host_http_upstream_select),
+    poster_open: Some(host_poster_open),
+    post: Some(host_post),
+    poster_close: Some(host_poster_close),
 };
 
-/// The boundary every host function body runs in: a panic of ours becomes
-/// `MOLT_ERR_FAILED` instead of unwinding into module code.
-fn boundary(what: &str, f: impl FnOnce() -> molt_status) -> molt_status {
-    match catch_unwind(AssertUnwindSafe(f)) {
+/// Why a host function refused: the status the module gets, and the reason
+/// its call's error report carries (none for a status the module expects in
+/// normal use, like `MOLT_ERR_NOT_FOUND` from a header lookup).
+pub(super) struct Refused(molt_status, Option<String>);
+
+impl From<(molt_status, String)> for Refused {
+    fn from((status, why): (molt_status, String)) -> Refused {
+        Refused(status, Some(why))
+    }
+}
+
+/// A refusal with no reason beyond its status (a malformed argument).
+fn bare(status: molt_status) -> Refused {
+    Refused(status, None)
+}
+
+/// What a host function's body returns: `()` for `MOLT_OK`, or a status.
+trait IntoStatus {
+    fn into_status(self) -> molt_status;
+}
+
+impl IntoStatus for () {
+    fn into_status(self) -> molt_status {
+        MOLT_OK
+    }
+}
+
+impl IntoStatus for molt_status {
+    fn into_status(self) -> molt_status {
+        self
+    }
+}
+
+/// A module's out-parameter, checked non-null once: `put` is the only write.
+struct Out<T>(core::ptr::NonNull<T>);
+
+impl<T> Out<T> {
+    /// # Safety
+    ///
+    /// `p` is null or writable for a `T` until the host function returns
+    /// (the module's out-parameter, header rule 3).
+    unsafe fn new(p: *mut T) -> Result<Out<T>, Refused> {
+        core::ptr::NonNull::new(p).map(Out).ok_or(bare(MOLT_ERR_INVALID_ARG))
+    }
+
+    fn put(self, value: T) {
+        // SAFETY: non-null (checked in `new`) and writable per `new`'s contract.
+        unsafe { self.0.as_ptr().write(value) }
+    }
+}
+
+/// Run `body` inside the one host-function boundary, for the call `ctx`
+/// belongs to: the frame is resolved from the ctx; a call from any thread
+/// but the one running that callback is refused with `MOLT_ERR_THREAD`
+/// (header rule 8) before anything else is touched; a refusal's reason goes
+/// to the call's error report; a panic of ours becomes `MOLT_ERR_FAILED`
+/// instead of unwinding into module code.
+///
+/// # Safety
+///
+/// `ctx` is null or the ctx the host passed to a module call that is still
+/// running (modules may only use a ctx during its call, header rule 3).
+unsafe fn host_call<R: IntoStatus>(
+    what: &'static str,
+    ctx: *const molt_ctx,
+    body: impl FnOnce(&CallFrame<'_>) -> Result<R, Refused>,
+) -> molt_status {
+    let run = || {
+        // SAFETY: per this function's contract.
+        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+        if !f.on_its_thread() {
+            // The frame's error cell is the callback thread's: not touched here.
+            crate::module::quiet::failure(&f.meta.name, || {
+                tracing::warn!(module = %f.meta.name, version = %f.meta.version, function = what, "a host function was called from a thread the module started, with a callback's ctx: refused with MOLT_ERR_THREAD (use a poster)");
+            });
+            return MOLT_ERR_THREAD;
+        }
+        match body(f) {
+            Ok(r) => r.into_status(),
+            Err(Refused(status, None)) => status,
+            Err(Refused(status, Some(why))) => fail(f, (status, why)),
+        }
+    };
+    match catch_unwind(AssertUnwindSafe(run)) {
         Ok(status) => status,
         Err(_) => {
             tracing::error!(function = what, "host function panicked; returning MOLT_ERR_FAILED to the module");
             MOLT_ERR_FAILED
         }
     }
+}
+
+/// The body of a host function taking a ctx, in [`host_call`]'s boundary:
+/// `host_entry!("name", ctx, |f| { ... })`, where `f` is the call's frame
+/// and the body returns `Result<(), Refused>` (or a status).
+macro_rules! host_entry {
+    ($what:literal, $ctx:ident, |$f:ident| $body:expr) => {{
+        let body = |$f: &CallFrame<'_>| $body;
+        // SAFETY: the module passes the ctx of its running call (header rule 3).
+        unsafe { host_call($what, $ctx, body) }
+    }};
 }
 
 /// The frame of the call `ctx` belongs to.
@@ -71,20 +165,26 @@ unsafe fn frame<'a>(ctx: *const molt_ctx) -> Option<&'a CallFrame<'a>> {
 /// # Safety
 ///
 /// `ptr` is null (then `len` must be 0) or readable for `len` bytes for `'a`.
-unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
+unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Result<&'a [u8], Refused> {
     if len == 0 {
-        return Some(&[]);
+        return Ok(&[]);
     }
     if ptr.is_null() {
-        return None;
+        return Err(bare(MOLT_ERR_INVALID_ARG));
     }
     // SAFETY: per this function's contract.
-    Some(unsafe { core::slice::from_raw_parts(ptr, len) })
+    Ok(unsafe { core::slice::from_raw_parts(ptr, len) })
 }
 
-/// Fail with a reason the calling module's init will report (set_error on its behalf).
-fn set_and_fail(frame: &CallFrame<'_>, e: (molt_status, String)) -> molt_status {
-    fail(frame, e)
+/// A UTF-8 (pointer, length) argument; `what` names it in the refusal.
+///
+/// # Safety
+///
+/// As [`bytes`].
+unsafe fn text<'a>(ptr: *const c_char, len: usize, what: &str) -> Result<&'a str, Refused> {
+    // SAFETY: per this function's contract.
+    let b = unsafe { bytes(ptr.cast(), len) }?;
+    std::str::from_utf8(b).map_err(|_| Refused(MOLT_ERR_INVALID_ARG, Some(format!("{what} is not UTF-8"))))
 }
 
 fn fail(frame: &CallFrame<'_>, (status, msg): (molt_status, String)) -> molt_status {
@@ -94,12 +194,9 @@ fn fail(frame: &CallFrame<'_>, (status, msg): (molt_status, String)) -> molt_sta
 }
 
 unsafe extern "C" fn host_log(ctx: *const molt_ctx, level: u32, msg: *const c_char, len: usize) {
-    boundary("log", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+    let _ = host_entry!("log", ctx, |f| {
         // SAFETY: the module passes a string readable for `len` bytes.
-        let Some(text) = (unsafe { bytes(msg.cast(), len) }) else { return MOLT_ERR_INVALID_ARG };
-        let text = String::from_utf8_lossy(text);
+        let text = String::from_utf8_lossy(unsafe { bytes(msg.cast(), len) }?);
         let (m, v) = (&f.meta.name, &f.meta.version);
         match level {
             MOLT_LOG_ERROR => tracing::error!(module = %m, version = %v, "{text}"),
@@ -108,7 +205,7 @@ unsafe extern "C" fn host_log(ctx: *const molt_ctx, level: u32, msg: *const c_ch
             MOLT_LOG_DEBUG => tracing::debug!(module = %m, version = %v, "{text}"),
             _ => tracing::trace!(module = %m, version = %v, "{text}"),
         }
-        MOLT_OK
+        Ok(())
     });
 }
 
@@ -118,14 +215,12 @@ unsafe extern "C" fn host_set_error(
     msg: *const c_char,
     len: usize,
 ) -> molt_status {
-    boundary("set_error", || {
-        // SAFETY: the module passes the ctx of its running call.
-        if let Some(f) = unsafe { frame(ctx) } {
-            // SAFETY: the module passes a string readable for `len` bytes.
-            let text = unsafe { bytes(msg.cast(), len) }.map(String::from_utf8_lossy).unwrap_or_default();
-            f.set_module_error(status, text.into_owned());
-        }
-        status
+    host_entry!("set_error", ctx, |f| {
+        // SAFETY: the module passes a string readable for `len` bytes.
+        let text = unsafe { bytes(msg.cast(), len) }.map(String::from_utf8_lossy).unwrap_or_default();
+        f.set_module_error(status, text.into_owned());
+        // The status handed over comes back, so `return set_error(...)` works.
+        Ok(status)
     })
 }
 
@@ -137,29 +232,16 @@ unsafe extern "C" fn host_cont_create(
     tag: u64,
     out: *mut molt_cont_id,
 ) -> molt_status {
-    boundary("cont_create", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
-        if out.is_null() {
-            return MOLT_ERR_INVALID_ARG;
-        }
-        match f.env.services.cont_create(f, handler, data, worker, tag) {
-            Ok(id) => {
-                // SAFETY: `out` is non-null and the module's writable out-parameter.
-                unsafe { out.write(id) };
-                MOLT_OK
-            }
-            Err(e) => fail(f, e),
-        }
+    host_entry!("cont_create", ctx, |f| {
+        // SAFETY: the module's out-parameter.
+        let out = unsafe { Out::new(out) }?;
+        out.put(f.env.services.cont_create(f, handler, data, worker, tag)?);
+        Ok(())
     })
 }
 
 unsafe extern "C" fn host_cont_destroy(ctx: *const molt_ctx, id: molt_cont_id) -> molt_status {
-    boundary("cont_destroy", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
-        f.env.services.cont_destroy(f, id).map_or_else(|e| fail(f, e), |()| MOLT_OK)
-    })
+    host_entry!("cont_destroy", ctx, |f| Ok(f.env.services.cont_destroy(f, id)?))
 }
 
 unsafe extern "C" fn host_cont_send(
@@ -169,21 +251,19 @@ unsafe extern "C" fn host_cont_send(
     data: *const u8,
     len: usize,
 ) -> molt_status {
-    boundary("cont_send", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+    host_entry!("cont_send", ctx, |f| {
         // SAFETY: the module passes a payload readable for `len` bytes.
-        let Some(payload) = (unsafe { bytes(data, len) }) else { return MOLT_ERR_INVALID_ARG };
+        let payload = unsafe { bytes(data, len) }?;
         if target == 0 {
             // A reply to the host: whoever made the host send the event collects it.
-            // SAFETY: the ctx of a running call is readable.
+            // SAFETY: the ctx of a running call is readable (host_call resolved it).
             let from = unsafe { (*ctx).self_ };
             if let Some(sink) = f.env.replies {
                 sink.reply(Reply { from, version: f.meta.id, tag, data: payload.to_vec() });
             }
-            return MOLT_OK;
+            return Ok(());
         }
-        f.env.services.cont_send(f, target, tag, payload).map_or_else(|e| fail(f, e), |()| MOLT_OK)
+        Ok(f.env.services.cont_send(f, target, tag, payload)?)
     })
 }
 
@@ -194,28 +274,19 @@ unsafe extern "C" fn host_timer_schedule(
     tag: u64,
     out: *mut molt_timer_id,
 ) -> molt_status {
-    boundary("timer_schedule", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
-        match f.env.services.timer_schedule(f, target, delay_ns, tag) {
-            Ok(id) => {
-                if !out.is_null() {
-                    // SAFETY: `out` is non-null and the module's writable out-parameter.
-                    unsafe { out.write(id) };
-                }
-                MOLT_OK
-            }
-            Err(e) => fail(f, e),
+    host_entry!("timer_schedule", ctx, |f| {
+        let id = f.env.services.timer_schedule(f, target, delay_ns, tag)?;
+        // The timer id is optional: NULL is allowed.
+        // SAFETY: the module's out-parameter, or null.
+        if let Ok(out) = unsafe { Out::new(out) } {
+            out.put(id);
         }
+        Ok(())
     })
 }
 
 unsafe extern "C" fn host_timer_cancel(ctx: *const molt_ctx, id: molt_timer_id) -> molt_status {
-    boundary("timer_cancel", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
-        f.env.services.timer_cancel(f, id).map_or_else(|e| fail(f, e), |()| MOLT_OK)
-    })
+    host_entry!("timer_cancel", ctx, |f| Ok(f.env.services.timer_cancel(f, id)?))
 }
 
 unsafe extern "C" fn host_state_open(
@@ -226,37 +297,32 @@ unsafe extern "C" fn host_state_open(
     min_len: u64,
     out: *mut molt_state_block,
 ) -> molt_status {
-    boundary("state_open", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+    host_entry!("state_open", ctx, |f| {
         // SAFETY: the module passes a name readable for `name_len` bytes.
-        let Some(Ok(name)) = (unsafe { bytes(name.cast(), name_len) }).map(std::str::from_utf8) else {
-            return fail(f, (MOLT_ERR_INVALID_ARG, "state_open: the block name is not UTF-8".into()));
-        };
+        let name = unsafe { text(name, name_len, "state_open: the block name") }?;
         // SAFETY: the module's out-parameter, checked for null.
-        let Some(out) = (unsafe { out.as_mut() }) else { return MOLT_ERR_INVALID_ARG };
+        let Some(out) = (unsafe { out.as_mut() }) else { return Err(bare(MOLT_ERR_INVALID_ARG)) };
         if (out.size as usize) < v1_0::STATE_BLOCK_SIZE {
-            return fail(f, (MOLT_ERR_INVALID_ARG, "state_open: out->size is smaller than molt_state_block".into()));
+            return Err((MOLT_ERR_INVALID_ARG, "state_open: out->size is smaller than molt_state_block".into()).into());
         }
         let declared = f.meta.state_schema;
         if schema != declared || declared == 0 {
             let why = format!(
                 "state_open of block {name:?}: schema {schema} differs from the descriptor's state_schema {declared}; a module opens its blocks at the schema it declares (0 declares no state)"
             );
-            return fail(f, (MOLT_ERR_INVALID_ARG, why));
+            return Err((MOLT_ERR_INVALID_ARG, why).into());
         }
         let owner = &f.meta.name;
         let store = &f.host.state;
-        let (handle, len, created) = match store.open_block(owner, name, schema, min_len) {
-            Err(e) => return fail(f, e),
-            Ok(Opened::Existing { handle, len }) => (handle, len, false),
-            Ok(Opened::Created { handle, len }) => {
+        let (handle, len, created) = match store.open_block(owner, name, schema, min_len)? {
+            Opened::Existing { handle, len } => (handle, len, false),
+            Opened::Created { handle, len } => {
                 if let Some(h) = f.host.hooks() {
                     h.created(owner, f.meta.id, handle);
                 }
                 (handle, len, true)
             }
-            Ok(Opened::NeedsMigration { dst, from_schema, .. }) if f.env.worker != u32::MAX => {
+            Opened::NeedsMigration { dst, from_schema, .. } if f.env.worker != u32::MAX => {
                 // A migration quiesces the module on every worker and waits
                 // for them all: from a worker (this call's own included) it
                 // would wait forever. Migrations run in a reload's init.
@@ -266,9 +332,9 @@ unsafe extern "C" fn host_state_open(
                 let why = format!(
                     "state_open of block {name:?} would migrate it from schema {from_schema} to {schema}, which happens only during a reload: open the block in init"
                 );
-                return fail(f, (MOLT_ERR_PHASE, why));
+                return Err((MOLT_ERR_PHASE, why).into());
             }
-            Ok(Opened::NeedsMigration { src, dst, from_schema, down }) => {
+            Opened::NeedsMigration { src, dst, from_schema, down } => {
                 match migrate_block(f, ctx, name, (src, dst), from_schema, schema, down) {
                     Ok(len) => (dst, len, false),
                     Err(status) => {
@@ -276,7 +342,7 @@ unsafe extern "C" fn host_state_open(
                         if let Err((_, e)) = store.abort_migration(dst) {
                             tracing::error!(module = %owner, block = name, "aborting a failed migration: {e}");
                         }
-                        return status;
+                        return Err(bare(status));
                     }
                 }
             }
@@ -285,7 +351,7 @@ unsafe extern "C" fn host_state_open(
         out.len = len;
         out.schema = schema;
         out.created = u32::from(created);
-        MOLT_OK
+        Ok(())
     })
 }
 
@@ -306,7 +372,7 @@ fn migrate_block(
         return Err(MOLT_ERR_FAILED);
     };
     if let Some(h) = f.host.hooks() {
-        h.quiesce(owner, f.meta.id, f.meta.callbacks.adopt.is_some()).map_err(|e| set_and_fail(f, e))?;
+        h.quiesce(owner, f.meta.id, f.meta.callbacks.adopt.is_some()).map_err(|e| fail(f, e))?;
     }
     let cname = CString::new(name).unwrap_or_default();
     let m = molt_migration {
@@ -325,10 +391,10 @@ fn migrate_block(
     };
     if down {
         let hooks = f.host.hooks().ok_or(MOLT_ERR_SCHEMA)?;
-        hooks.migrate_down(owner, &m).map_err(|e| set_and_fail(f, e))?;
+        hooks.migrate_down(owner, &m).map_err(|e| fail(f, e))?;
     } else {
         let Some(migrate) = f.meta.callbacks.migrate else {
-            return Err(set_and_fail(
+            return Err(fail(
                 f,
                 (
                     MOLT_ERR_SCHEMA,
@@ -348,7 +414,7 @@ fn migrate_block(
             return Err(status);
         }
     }
-    store.commit_migration(src, dst).map_err(|e| set_and_fail(f, e))?;
+    store.commit_migration(src, dst).map_err(|e| fail(f, e))?;
     if let Some(h) = f.host.hooks() {
         h.migrated(owner, src, dst);
     }
@@ -361,20 +427,14 @@ unsafe extern "C" fn host_state_ptr(
     handle: molt_state_handle,
     out: *mut *mut c_void,
 ) -> molt_status {
-    boundary("state_ptr", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
-        if out.is_null() {
-            return MOLT_ERR_INVALID_ARG;
-        }
-        match f.host.state.ptr(&f.meta.name, handle) {
-            Some((p, _)) => {
-                // SAFETY: `out` is non-null and the module's writable out-parameter.
-                unsafe { out.write(p.cast()) };
-                MOLT_OK
-            }
-            None => fail(f, (MOLT_ERR_STALE, format!("state handle {handle} is not a block of {}", f.meta.name))),
-        }
+    host_entry!("state_ptr", ctx, |f| {
+        // SAFETY: the module's out-parameter.
+        let out = unsafe { Out::new(out) }?;
+        let Some((p, _)) = f.host.state.ptr(&f.meta.name, handle) else {
+            return Err((MOLT_ERR_STALE, format!("state handle {handle} is not a block of {}", f.meta.name)).into());
+        };
+        out.put(p.cast());
+        Ok(())
     })
 }
 
@@ -384,33 +444,18 @@ unsafe extern "C" fn host_user_arg_reserve(
     name_len: usize,
     out: *mut u32,
 ) -> molt_status {
-    boundary("user_arg_reserve", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+    host_entry!("user_arg_reserve", ctx, |f| {
         // SAFETY: the module passes a name readable for `name_len` bytes.
-        let Some(Ok(name)) = (unsafe { bytes(name.cast(), name_len) }).map(std::str::from_utf8) else {
-            return fail(f, (MOLT_ERR_INVALID_ARG, "user_arg_reserve: the name is not UTF-8".into()));
-        };
-        if out.is_null() {
-            return MOLT_ERR_INVALID_ARG;
-        }
-        match f.host.user_args.reserve(name, f.meta.id) {
-            Ok(i) => {
-                // SAFETY: `out` is non-null and the module's writable out-parameter.
-                unsafe { out.write(i) };
-                MOLT_OK
-            }
-            Err(e) => fail(f, e),
-        }
+        let name = unsafe { text(name, name_len, "user_arg_reserve: the name") }?;
+        // SAFETY: the module's out-parameter.
+        let out = unsafe { Out::new(out) }?;
+        out.put(f.host.user_args.reserve(name, f.meta.id)?);
+        Ok(())
     })
 }
 
 unsafe extern "C" fn host_user_arg_set(ctx: *const molt_ctx, id: molt_cont_id, slot: u32, value: u64) -> molt_status {
-    boundary("user_arg_set", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
-        f.env.services.user_arg_set(f, id, slot, value).map_or_else(|e| fail(f, e), |()| MOLT_OK)
-    })
+    host_entry!("user_arg_set", ctx, |f| Ok(f.env.services.user_arg_set(f, id, slot, value)?))
 }
 
 unsafe extern "C" fn host_user_arg_get(
@@ -419,47 +464,26 @@ unsafe extern "C" fn host_user_arg_get(
     slot: u32,
     out: *mut u64,
 ) -> molt_status {
-    boundary("user_arg_get", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
-        if out.is_null() {
-            return MOLT_ERR_INVALID_ARG;
-        }
-        match f.env.services.user_arg_get(f, id, slot) {
-            Ok(v) => {
-                // SAFETY: `out` is non-null and the module's writable out-parameter.
-                unsafe { out.write(v) };
-                MOLT_OK
-            }
-            Err(e) => fail(f, e),
-        }
+    host_entry!("user_arg_get", ctx, |f| {
+        // SAFETY: the module's out-parameter.
+        let out = unsafe { Out::new(out) }?;
+        out.put(f.env.services.user_arg_get(f, id, slot)?);
+        Ok(())
     })
 }
 
 // ---- ABI 1.1: connection I/O ----
 
 unsafe extern "C" fn host_conn_write(ctx: *const molt_ctx, conn: u64, data: *const u8, len: usize) -> molt_status {
-    boundary("conn_write", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+    host_entry!("conn_write", ctx, |f| {
         // SAFETY: the module passes bytes readable for `len`.
-        let Some(data) = (unsafe { bytes(data, len) }) else { return MOLT_ERR_INVALID_ARG };
-        match f.env.services.conn_write(f, conn, data) {
-            Ok(()) => MOLT_OK,
-            Err(e) => fail(f, e),
-        }
+        let data = unsafe { bytes(data, len) }?;
+        Ok(f.env.services.conn_write(f, conn, data)?)
     })
 }
 
 unsafe extern "C" fn host_conn_close(ctx: *const molt_ctx, conn: u64) -> molt_status {
-    boundary("conn_close", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
-        match f.env.services.conn_close(f, conn) {
-            Ok(()) => MOLT_OK,
-            Err(e) => fail(f, e),
-        }
-    })
+    host_entry!("conn_close", ctx, |f| Ok(f.env.services.conn_close(f, conn)?))
 }
 
 unsafe extern "C" fn host_conn_connect(
@@ -468,44 +492,30 @@ unsafe extern "C" fn host_conn_connect(
     addr_len: usize,
     out: *mut u64,
 ) -> molt_status {
-    boundary("conn_connect", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+    host_entry!("conn_connect", ctx, |f| {
         // SAFETY: the module passes a string readable for `addr_len` bytes.
-        let Some(addr) = (unsafe { bytes(addr.cast(), addr_len) }) else { return MOLT_ERR_INVALID_ARG };
-        let Ok(addr) = std::str::from_utf8(addr) else {
-            return fail(f, (MOLT_ERR_INVALID_ARG, "conn_connect: the address is not UTF-8".into()));
-        };
-        if out.is_null() {
-            return MOLT_ERR_INVALID_ARG;
-        }
-        match f.env.services.conn_connect(f, addr) {
-            Ok(h) => {
-                // SAFETY: `out` is non-null and the module's writable out-parameter.
-                unsafe { out.write(h) };
-                MOLT_OK
-            }
-            Err(e) => fail(f, e),
-        }
+        let addr = unsafe { text(addr, addr_len, "conn_connect: the address") }?;
+        // SAFETY: the module's out-parameter.
+        let out = unsafe { Out::new(out) }?;
+        out.put(f.env.services.conn_connect(f, addr)?);
+        Ok(())
     })
 }
 
 // ---- ABI 1.1: HTTP hooks ----
 
 /// The transaction `txn` of the current hook call.
-fn txn<'a>(f: &'a CallFrame<'_>, txn: u64) -> Result<&'a dyn super::TxnAccess, molt_status> {
+fn txn<'a>(f: &'a CallFrame<'_>, txn: u64) -> Result<&'a dyn super::TxnAccess, Refused> {
     match f.env.txn {
         Some(t) if t.id() == txn => Ok(t),
-        _ => Err(fail(
-            f,
-            (
-                MOLT_ERR_STALE,
-                format!(
-                    "transaction {txn:#x} is not the one this call is for: http_* functions work only during \
-                     an HTTP hook event, on that event's handle"
-                ),
+        _ => Err((
+            MOLT_ERR_STALE,
+            format!(
+                "transaction {txn:#x} is not the one this call is for: http_* functions work only during \
+                 an HTTP hook event, on that event's handle"
             ),
-        )),
+        )
+            .into()),
     }
 }
 
@@ -517,9 +527,9 @@ fn txn<'a>(f: &'a CallFrame<'_>, txn: u64) -> Result<&'a dyn super::TxnAccess, m
 /// `buf` is null (then cap is 0) or writable for `cap` bytes; `out_len` is
 /// null or writable.
 unsafe fn copy_out(value: &[u8], buf: *mut c_char, cap: usize, out_len: *mut usize) -> molt_status {
-    if !out_len.is_null() {
-        // SAFETY: per this function's contract.
-        unsafe { out_len.write(value.len()) };
+    // SAFETY: per this function's contract (null is allowed: no length wanted).
+    if let Ok(out_len) = unsafe { Out::new(out_len) } {
+        out_len.put(value.len());
     }
     if value.len() > cap {
         return MOLT_ERR_LIMIT;
@@ -543,20 +553,11 @@ unsafe extern "C" fn host_http_get(
     cap: usize,
     out_len: *mut usize,
 ) -> molt_status {
-    boundary("http_get", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
-        let t = match txn(f, txn_id) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
+    host_entry!("http_get", ctx, |f| {
         let mut status = MOLT_OK;
         // SAFETY: the module passes its buffer and length slot (header contract).
-        let r = t.get(item, &mut |v| status = unsafe { copy_out(v, buf, cap, out_len) });
-        match r {
-            Ok(()) => status,
-            Err(e) => fail(f, e),
-        }
+        txn(f, txn_id)?.get(item, &mut |v| status = unsafe { copy_out(v, buf, cap, out_len) })?;
+        Ok(status)
     })
 }
 
@@ -572,22 +573,17 @@ unsafe extern "C" fn host_http_header_get(
     cap: usize,
     out_len: *mut usize,
 ) -> molt_status {
-    boundary("http_header_get", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+    host_entry!("http_header_get", ctx, |f| {
         // SAFETY: the module passes a name readable for `name_len` bytes.
-        let Some(name) = (unsafe { bytes(name.cast(), name_len) }) else { return MOLT_ERR_INVALID_ARG };
-        let t = match txn(f, txn_id) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
+        let name = unsafe { bytes(name.cast(), name_len) }?;
+        let t = txn(f, txn_id)?;
         let mut status = MOLT_OK;
         // SAFETY: the module passes its buffer and length slot (header contract).
-        let r = t.header_get(msg, name, index, &mut |v| status = unsafe { copy_out(v, buf, cap, out_len) });
-        match r {
-            Ok(()) => status,
-            Err(e) if e.0 == MOLT_ERR_NOT_FOUND => e.0,
-            Err(e) => fail(f, e),
+        match t.header_get(msg, name, index, &mut |v| status = unsafe { copy_out(v, buf, cap, out_len) }) {
+            Ok(()) => Ok(status),
+            // An absent field is an answer, not a failure of the call.
+            Err((MOLT_ERR_NOT_FOUND, _)) => Err(bare(MOLT_ERR_NOT_FOUND)),
+            Err(e) => Err(e.into()),
         }
     })
 }
@@ -603,21 +599,12 @@ unsafe extern "C" fn host_http_header_set(
     value: *const c_char,
     value_len: usize,
 ) -> molt_status {
-    boundary("http_header_set", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+    host_entry!("http_header_set", ctx, |f| {
         // SAFETY: the module passes a name readable for `name_len` bytes.
-        let Some(name) = (unsafe { bytes(name.cast(), name_len) }) else { return MOLT_ERR_INVALID_ARG };
+        let name = unsafe { bytes(name.cast(), name_len) }?;
         // SAFETY: the module passes a value readable for `value_len` bytes.
-        let Some(value) = (unsafe { bytes(value.cast(), value_len) }) else { return MOLT_ERR_INVALID_ARG };
-        let t = match txn(f, txn_id) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
-        match t.header_set(msg, mode, name, value) {
-            Ok(()) => MOLT_OK,
-            Err(e) => fail(f, e),
-        }
+        let value = unsafe { bytes(value.cast(), value_len) }?;
+        Ok(txn(f, txn_id)?.header_set(msg, mode, name, value)?)
     })
 }
 
@@ -627,19 +614,10 @@ unsafe extern "C" fn host_http_set_target(
     target: *const c_char,
     len: usize,
 ) -> molt_status {
-    boundary("http_set_target", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+    host_entry!("http_set_target", ctx, |f| {
         // SAFETY: the module passes a target readable for `len` bytes.
-        let Some(target) = (unsafe { bytes(target.cast(), len) }) else { return MOLT_ERR_INVALID_ARG };
-        let t = match txn(f, txn_id) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
-        match t.set_target(target) {
-            Ok(()) => MOLT_OK,
-            Err(e) => fail(f, e),
-        }
+        let target = unsafe { bytes(target.cast(), len) }?;
+        Ok(txn(f, txn_id)?.set_target(target)?)
     })
 }
 
@@ -652,21 +630,12 @@ unsafe extern "C" fn host_http_respond(
     body: *const u8,
     body_len: usize,
 ) -> molt_status {
-    boundary("http_respond", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+    host_entry!("http_respond", ctx, |f| {
         // SAFETY: the module passes a string readable for `content_type_len` bytes.
-        let Some(ct) = (unsafe { bytes(content_type.cast(), content_type_len) }) else { return MOLT_ERR_INVALID_ARG };
+        let ct = unsafe { bytes(content_type.cast(), content_type_len) }?;
         // SAFETY: the module passes a body readable for `body_len` bytes.
-        let Some(body) = (unsafe { bytes(body, body_len) }) else { return MOLT_ERR_INVALID_ARG };
-        let t = match txn(f, txn_id) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
-        match t.respond(status, ct, body) {
-            Ok(()) => MOLT_OK,
-            Err(e) => fail(f, e),
-        }
+        let body = unsafe { bytes(body, body_len) }?;
+        Ok(txn(f, txn_id)?.respond(status, ct, body)?)
     })
 }
 
@@ -676,18 +645,72 @@ unsafe extern "C" fn host_http_upstream_select(
     group: *const c_char,
     len: usize,
 ) -> molt_status {
-    boundary("http_upstream_select", || {
-        // SAFETY: the module passes the ctx of its running call.
-        let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
+    host_entry!("http_upstream_select", ctx, |f| {
         // SAFETY: the module passes a name readable for `len` bytes.
-        let Some(group) = (unsafe { bytes(group.cast(), len) }) else { return MOLT_ERR_INVALID_ARG };
-        let t = match txn(f, txn_id) {
-            Ok(t) => t,
-            Err(s) => return s,
-        };
-        match t.upstream_select(group) {
-            Ok(()) => MOLT_OK,
-            Err(e) => fail(f, e),
-        }
+        let group = unsafe { bytes(group.cast(), len) }?;
+        Ok(txn(f, txn_id)?.upstream_select(group)?)
     })
+}
+
+// ---- ABI 1.2: posting from module-owned threads ----
+
+/// What a `molt_poster` points at: where posts go, and who posts.
+struct Poster {
+    sink: std::sync::Weak<dyn super::PostSink>,
+    version: crate::module::VersionId,
+}
+
+unsafe extern "C" fn host_poster_open(ctx: *const molt_ctx, out: *mut *mut molt_poster) -> molt_status {
+    host_entry!("poster_open", ctx, |f| {
+        // SAFETY: the module's out-parameter.
+        let out = unsafe { Out::new(out) }?;
+        let poster = Box::new(Poster { sink: f.host.post_sink(), version: f.meta.id });
+        out.put(Box::into_raw(poster).cast());
+        Ok(())
+    })
+}
+
+/// The largest message a poster carries.
+pub const POST_MAX: usize = 64 << 10;
+
+unsafe extern "C" fn host_post(
+    poster: *mut molt_poster,
+    target: molt_cont_id,
+    tag: u64,
+    data: *const u8,
+    len: usize,
+) -> molt_status {
+    // No ctx and no frame: this is the one entry for any thread. Its own
+    // boundary catches a panic of ours.
+    let run = || -> Result<(), Refused> {
+        // SAFETY: a poster from poster_open, not closed yet (header contract).
+        let Some(p) = (unsafe { poster.cast::<Poster>().as_ref() }) else { return Err(bare(MOLT_ERR_INVALID_ARG)) };
+        if len > POST_MAX {
+            return Err(bare(MOLT_ERR_LIMIT));
+        }
+        // SAFETY: the module passes a payload readable for `len` bytes.
+        let payload = unsafe { bytes(data, len) }?;
+        let sink = p.sink.upgrade().ok_or(bare(MOLT_ERR_SHUTDOWN))?;
+        sink.post(p.version, target, tag, payload).map_err(|(status, why)| {
+            tracing::debug!(version = %p.version, status, "post refused: {why}");
+            bare(status)
+        })
+    };
+    match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(Ok(())) => MOLT_OK,
+        Ok(Err(Refused(status, _))) => status,
+        Err(_) => {
+            tracing::error!(function = "post", "host function panicked; returning MOLT_ERR_FAILED to the module");
+            MOLT_ERR_FAILED
+        }
+    }
+}
+
+unsafe extern "C" fn host_poster_close(poster: *mut molt_poster) {
+    if poster.is_null() {
+        return;
+    }
+    // SAFETY: a poster from poster_open (a Box it leaked), closed once
+    // (header contract); dropping it cannot unwind (a Weak and an id).
+    drop(unsafe { Box::from_raw(poster.cast::<Poster>()) });
 }

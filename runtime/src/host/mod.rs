@@ -32,7 +32,8 @@ pub const HOST_CAPS: u64 = MOLT_HOST_CAP_CONT
     | MOLT_HOST_CAP_USER_ARGS
     | MOLT_HOST_CAP_ADOPT
     | MOLT_HOST_CAP_CONN
-    | MOLT_HOST_CAP_HTTP;
+    | MOLT_HOST_CAP_HTTP
+    | MOLT_HOST_CAP_POST;
 
 /// The name and bit of every host capability this host knows, for messages.
 pub const HOST_CAP_NAMES: &[(&str, u64)] = &[
@@ -44,6 +45,7 @@ pub const HOST_CAP_NAMES: &[(&str, u64)] = &[
     ("adopt", MOLT_HOST_CAP_ADOPT),
     ("conn", MOLT_HOST_CAP_CONN),
     ("http", MOLT_HOST_CAP_HTTP),
+    ("post", MOLT_HOST_CAP_POST),
 ];
 
 /// Runtime-wide services shared by every module version: the state
@@ -56,6 +58,9 @@ pub struct Host {
     pub user_args: UserArgs,
     /// What the runtime does around state migrations (quiesce, down-migrate).
     hooks: std::sync::OnceLock<Box<dyn StateHooks>>,
+    /// Where posters deliver (the runtime's workers); unset in tools, whose
+    /// posters answer `MOLT_ERR_SHUTDOWN`.
+    post_sink: std::sync::OnceLock<std::sync::Arc<dyn PostSink>>,
 }
 
 /// Default size of an anonymous region (tools, tests).
@@ -71,7 +76,12 @@ impl Default for Host {
 impl Host {
     /// A host over `state`.
     pub fn new(state: Region) -> Host {
-        Host { state, user_args: UserArgs::default(), hooks: std::sync::OnceLock::new() }
+        Host {
+            state,
+            user_args: UserArgs::default(),
+            hooks: std::sync::OnceLock::new(),
+            post_sink: std::sync::OnceLock::new(),
+        }
     }
 
     /// The capabilities this host offers modules.
@@ -87,6 +97,54 @@ impl Host {
     pub(crate) fn hooks(&self) -> Option<&dyn StateHooks> {
         self.hooks.get().map(|b| b.as_ref())
     }
+
+    /// Install where posters deliver (once).
+    pub fn set_post_sink(&self, sink: std::sync::Arc<dyn PostSink>) {
+        let _ = self.post_sink.set(sink);
+    }
+
+    /// A weak handle on where posters deliver: a poster must not keep the
+    /// runtime alive.
+    pub(crate) fn post_sink(&self) -> std::sync::Weak<dyn PostSink> {
+        match self.post_sink.get() {
+            Some(s) => std::sync::Arc::downgrade(s),
+            None => std::sync::Weak::<NoSink>::new(),
+        }
+    }
+}
+
+/// Where a poster's messages go: the one host service a module-owned thread
+/// reaches (header rule 8). Thread-safe, and it never waits on a worker.
+pub trait PostSink: Send + Sync {
+    /// Deliver a message from version `from`'s thread to continuation
+    /// `target` as `MOLT_EV_MESSAGE` with `MOLT_EVF_POSTED`, source 0.
+    fn post(&self, from: crate::module::VersionId, target: u64, tag: u64, data: &[u8]) -> ServiceResult<()>;
+}
+
+impl std::fmt::Debug for dyn PostSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PostSink")
+    }
+}
+
+/// The sink of a host without a runtime (tools): never upgraded.
+struct NoSink;
+
+impl PostSink for NoSink {
+    fn post(&self, _: crate::module::VersionId, _: u64, _: u64, _: &[u8]) -> ServiceResult<()> {
+        Err((MOLT_ERR_SHUTDOWN, "no runtime runs here".into()))
+    }
+}
+
+/// An address unique to the calling thread among live threads (its
+/// thread-local's): how a host function tells the callback's own thread
+/// from one a module started, for the price of a TLS read.
+#[inline]
+pub(crate) fn thread_mark() -> usize {
+    thread_local! {
+        static MARK: u8 = const { 0 };
+    }
+    MARK.with(|m| core::ptr::from_ref(m) as usize)
 }
 
 /// What a state migration needs from the runtime around it.
@@ -306,6 +364,8 @@ pub struct CallFrame<'a> {
     /// What went wrong in this call, if anything: one word to set up and
     /// to check on every call, allocated only on a failure.
     pub(crate) errors: Cell<Option<Box<CallErrors>>>,
+    /// The [`thread_mark`] of the thread running the callback.
+    pub(crate) thread: usize,
 }
 
 /// The failure texts of one call.
@@ -318,6 +378,12 @@ pub(crate) struct CallErrors {
 }
 
 impl CallFrame<'_> {
+    /// Whether the caller is the thread running this frame's callback.
+    #[inline]
+    pub(crate) fn on_its_thread(&self) -> bool {
+        thread_mark() == self.thread
+    }
+
     /// The error the module handed over, if any, with the reason of a host
     /// call it failed on appended (a module often reports only the status).
     #[inline]

@@ -132,7 +132,7 @@ pub(crate) fn with_call<R>(
     self_id: u64,
     f: impl FnOnce(*const molt_ctx) -> R,
 ) -> (R, Option<(molt_status, String)>) {
-    let frame = CallFrame { meta, host, env, errors: Cell::new(None) };
+    let frame = CallFrame { meta, host, env, errors: Cell::new(None), thread: crate::host::thread_mark() };
     let ctx = molt_ctx {
         size: v1_0::CTX_SIZE as u32,
         abi_major: MOLT_ABI_MAJOR,

@@ -791,6 +791,22 @@ impl TcpLayer {
         }
     }
 
+    /// Close the module connections whose continuation ended: nobody is
+    /// left to read them (a module that opened one and ended without
+    /// closing it, or destroyed a connection's host-made continuation).
+    fn sweep_orphans(&self, core: &WorkerCore) {
+        let conns = self.conns.borrow();
+        let mut closed = self.closed.borrow_mut();
+        for idx in 0..conns.bound() {
+            if let Some(c) = conns.get(idx)
+                && !core.is_live(c.cont)
+                && !closed.iter().any(|(i, _)| *i == idx)
+            {
+                closed.push((idx, 0));
+            }
+        }
+    }
+
     /// Retry what met a held module version.
     fn retry_held(&self, core: &WorkerCore) {
         let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
@@ -820,6 +836,7 @@ impl io::Io for TcpLayer {
     fn tick(&self, core: &crate::worker::WorkerCore, _now: Instant) -> bool {
         self.net.borrow_mut().sweep(&self.registry);
         self.versions.borrow_mut().release_stale(core.runtime().registry());
+        self.sweep_orphans(core);
         let worked = !self.closed.borrow().is_empty();
         self.reap(core);
         worked

@@ -111,7 +111,13 @@ pub struct WorkerShared {
     waker: mio::Waker,
     slots: SlotTable,
     stats: CachePadded<WorkerStats>,
+    /// Messages posted from module threads not yet taken from the inbox.
+    posted: CachePadded<crate::sync::AtomicUsize>,
 }
+
+/// Posted messages a worker's inbox holds at most: a module thread posting
+/// faster than the worker runs gets `MOLT_ERR_LIMIT`, not unbounded memory.
+pub const POSTED_MAX: usize = 65_536;
 
 impl WorkerShared {
     pub(crate) fn new(index: u32, waker: mio::Waker, capacity: u32) -> WorkerShared {
@@ -122,6 +128,7 @@ impl WorkerShared {
             waker,
             slots: SlotTable::new(capacity),
             stats: CachePadded::new(WorkerStats::default()),
+            posted: CachePadded::new(crate::sync::AtomicUsize::new(0)),
         }
     }
 
@@ -138,6 +145,22 @@ impl WorkerShared {
     /// Its slot table (the crate's: a release from outside would break dispatch).
     pub(crate) fn slots(&self) -> &SlotTable {
         &self.slots
+    }
+
+    /// Queue a message a module thread posted (`MOLT_EVF_POSTED` is set
+    /// here), up to [`POSTED_MAX`] waiting.
+    #[cfg_attr(molt_loom, allow(dead_code))]
+    pub(crate) fn post_posted(&self, mut ev: Event) -> ServiceResult<()> {
+        if self.posted.fetch_add(1, Ordering::Relaxed) >= POSTED_MAX {
+            self.posted.fetch_sub(1, Ordering::Relaxed);
+            return Err((
+                MOLT_ERR_LIMIT,
+                format!("worker {} holds {POSTED_MAX} posted messages not yet delivered", self.index),
+            ));
+        }
+        ev.flags |= MOLT_EVF_POSTED;
+        self.post(Remote::Event(ev));
+        Ok(())
     }
 
     /// Queue `msg` and wake the worker if it sleeps.
@@ -418,7 +441,12 @@ impl WorkerCore {
 
     fn accept(&self, msg: Remote) {
         match msg {
-            Remote::Event(ev) => self.local.borrow_mut().runq.push_back(ev),
+            Remote::Event(ev) => {
+                if ev.flags & MOLT_EVF_POSTED != 0 {
+                    self.shared.posted.fetch_sub(1, Ordering::Relaxed);
+                }
+                self.local.borrow_mut().runq.push_back(ev)
+            }
             Remote::Spawn(s) => self.install(*s),
             Remote::Destroy(id) => {
                 let _ = self.destroy_local(id);
@@ -604,6 +632,11 @@ impl WorkerCore {
             ev.flags = MOLT_EVF_FORCED;
             self.dispatch(ev);
         }
+    }
+
+    /// Whether continuation `id` of this worker is live (or reserved).
+    pub(crate) fn is_live(&self, id: u64) -> bool {
+        id::decode(id).is_some_and(|p| p.worker == self.index() && self.shared.slots.is_live(p.slot, p.generation))
     }
 
     /// End a continuation of this worker (the caller is this worker): it gets END.
@@ -971,7 +1004,7 @@ impl Services for WorkerCore {
 
     fn user_arg_set(&self, frame: &CallFrame<'_>, cont: u64, slot: u32, value: u64) -> ServiceResult<()> {
         self.check_context(frame);
-        self.with_local_cont(cont, slot, |args| {
+        self.with_local_cont(frame, cont, slot, |args| {
             args[slot as usize] = value;
             0
         })
@@ -980,7 +1013,7 @@ impl Services for WorkerCore {
 
     fn user_arg_get(&self, frame: &CallFrame<'_>, cont: u64, slot: u32) -> ServiceResult<u64> {
         self.check_context(frame);
-        self.with_local_cont(cont, slot, |args| args[slot as usize])
+        self.with_local_cont(frame, cont, slot, |args| args[slot as usize])
     }
 
     fn conn_write(&self, frame: &CallFrame<'_>, conn: u64, data: &[u8]) -> ServiceResult<()> {
@@ -1017,7 +1050,15 @@ impl Services for WorkerCore {
 }
 
 impl WorkerCore {
-    fn with_local_cont(&self, cont: u64, slot: u32, f: impl FnOnce(&mut [u64]) -> u64) -> ServiceResult<u64> {
+    /// Run `f` on the user args of `cont`, a continuation of this worker
+    /// owned by the calling module (one module's values are not another's).
+    fn with_local_cont(
+        &self,
+        frame: &CallFrame<'_>,
+        cont: u64,
+        slot: u32,
+        f: impl FnOnce(&mut [u64]) -> u64,
+    ) -> ServiceResult<u64> {
         if slot as usize >= USER_ARGS_MAX {
             return Err((MOLT_ERR_INVALID_ARG, format!("user-arg slot {slot} is out of range (0..{USER_ARGS_MAX})")));
         }
@@ -1031,6 +1072,15 @@ impl WorkerCore {
         let mut l = self.local.borrow_mut();
         match l.slab.get_mut(p.slot) {
             Slot::Live(c) if c.generation == p.generation => {
+                if c.version.meta().name != frame.meta.name {
+                    return Err((
+                        MOLT_ERR_INVALID_ARG,
+                        format!(
+                            "continuation {cont:#x} belongs to module {}: a module reaches the user args of its own continuations only",
+                            c.version.meta().name
+                        ),
+                    ));
+                }
                 let args = c.user_args.get_or_insert_with(|| vec![0; USER_ARGS_MAX].into_boxed_slice());
                 Ok(f(args))
             }
