@@ -410,10 +410,30 @@ struct Hooks(std::sync::Weak<RuntimeShared>);
 impl StateHooks for Hooks {
     fn quiesce(&self, module: &str, caller: VersionId, caller_adopts: bool) -> Result<(), (molt_status, String)> {
         let rt = self.0.upgrade().ok_or((MOLT_ERR_SHUTDOWN, "the runtime is stopping".to_owned()))?;
-        let versions = rt.versions();
-        let others: Vec<&VersionRecord> =
-            versions.iter().filter(|r| r.unloaded.is_none() && r.meta.name == module && r.meta.id != caller).collect();
-        let live: usize = others.iter().map(|r| r.holders.conts.load(Ordering::Relaxed)).sum();
+        let ids: Vec<VersionId> = rt
+            .versions()
+            .iter()
+            .filter(|r| r.unloaded.is_none() && r.meta.name == module && r.meta.id != caller)
+            .map(|r| r.meta.id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // Hold first, count after: once every worker holds them, a
+        // continuation of these versions created later never runs (its
+        // events wait), so the count below is final for code that ran; those
+        // created later are moved to the new version at publish. (Counting
+        // before the hold missed continuations created in between.)
+        let hold = ids.clone();
+        rt.broadcast(move |w| w.hold(&hold));
+        rt.held.lock().extend(ids.iter().copied());
+        tracing::info!(module, versions = ?ids, "module quiesced for a state migration: its events are held");
+        let live: usize = rt
+            .versions()
+            .iter()
+            .filter(|r| ids.contains(&r.meta.id))
+            .map(|r| r.holders.conts.load(Ordering::Relaxed))
+            .sum();
         if live > 0 && !caller_adopts {
             return Err((
                 MOLT_ERR_SCHEMA,
@@ -421,13 +441,6 @@ impl StateHooks for Hooks {
                     "changing module {module}'s state schema with {live} live continuations of its older versions needs an adopt callback in the new version (they must move to it: old code may not touch migrated state); this version has none"
                 ),
             ));
-        }
-        let ids: Vec<VersionId> = others.iter().map(|r| r.meta.id).collect();
-        if !ids.is_empty() {
-            let hold = ids.clone();
-            rt.broadcast(move |w| w.hold(&hold));
-            tracing::info!(module, versions = ?ids, "module quiesced for a state migration: its events are held");
-            rt.held.lock().extend(ids);
         }
         Ok(())
     }

@@ -33,6 +33,10 @@ pub(crate) struct Cont {
     /// Destroy was requested: its END is queued, other events are dropped.
     pub(crate) ending: bool,
     pub(crate) user_args: Option<Box<[u64]>>,
+    /// A call into its module was made (an event, or a layer's call). A
+    /// continuation the host made that never ran can be moved to another
+    /// version of its module without adopt: no code of the old one saw it.
+    pub(crate) started: bool,
 }
 
 /// One slot's local state.

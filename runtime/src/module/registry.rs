@@ -367,6 +367,13 @@ impl Registry {
         record.ok = true;
         record.generation = Some(generation_id);
         let migrated = rt.keep_migrations();
+        // Continuations the host made for a migrated module's older versions
+        // while they were held never ran: they start on the new version.
+        for m in &migrated {
+            if let Some(to) = generation.get(m) {
+                self.rebase_unstarted(rt, m, to);
+            }
+        }
         if let Some(old) = old {
             *self.previous.lock() = Some(self.kept_configs(&old));
             self.retire_replaced(rt, &old, &generation, &settings, &migrated);
@@ -516,6 +523,21 @@ impl Registry {
             tracing::info!(module = %e.cfg.name, version = %id, continuations = n, "draining");
             if n > 0 {
                 self.deadlines.lock().push((id, Instant::now() + settings.drain_deadline));
+            }
+        }
+    }
+
+    /// Move the never-run, host-made continuations of `module`'s older
+    /// versions to `to` (they were created while those versions were held).
+    fn rebase_unstarted(&self, rt: &RuntimeShared, module: &str, to: &VersionRef) {
+        for r in rt.versions() {
+            if r.unloaded.is_some() || r.meta.name != module || r.meta.id == to.id() {
+                continue;
+            }
+            let (id, to2) = (r.meta.id, to.clone());
+            let n: usize = rt.broadcast(move |w| w.rebase_unstarted(id, &to2)).into_iter().sum();
+            if n > 0 {
+                tracing::info!(module, from = %id, to = %to.id(), continuations = n, "schema change: continuations made during the hold start on the new version");
             }
         }
     }

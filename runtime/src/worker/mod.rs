@@ -477,6 +477,7 @@ impl WorkerCore {
             data: s.data.0,
             ending: false,
             user_args: None,
+            started: false,
         }));
         if start {
             l.runq.push_back(Event::bare(MOLT_EV_START, id, s.source, s.tag));
@@ -534,6 +535,7 @@ impl WorkerCore {
                         self.park(ev);
                         return;
                     }
+                    c.started = true;
                     (&raw const c.version, c.handler, c.data)
                 }
                 Slot::Reserved { generation, pending } if *generation == p.generation => {
@@ -700,6 +702,7 @@ impl WorkerCore {
                     if self.holding.get() && self.held.borrow().contains(&c.version.id()) {
                         return CallNow::Held;
                     }
+                    c.started = true;
                     (&raw const c.version, c.handler, c.data)
                 }
                 _ => return CallNow::Stale,
@@ -828,6 +831,29 @@ impl WorkerCore {
             t.version.holders().timers.fetch_sub(1, Ordering::Relaxed);
         }
         conts.len()
+    }
+
+    /// Move the continuations of `old` on this worker that the host made
+    /// and that never ran (created while `old` was held for a migration) to
+    /// `new`, without adopt: no code of `old` ever saw them. Returns how many.
+    pub fn rebase_unstarted(&self, old: crate::module::VersionId, new: &VersionRef) -> usize {
+        let mut moved = 0;
+        for (slot, _) in self.conts_of(old) {
+            if let Slot::Live(c) = self.local.borrow_mut().slab.get_mut(slot)
+                && !c.started
+                && !c.ending
+                && c.handler.is_none()
+                && c.data.is_null()
+            {
+                c.version.holders().conts.fetch_sub(1, Ordering::Relaxed);
+                new.holders().conts.fetch_add(1, Ordering::Relaxed);
+                // The old reference drops here, between calls: at worst it
+                // goes to the reaper.
+                c.version = new.clone();
+                moved += 1;
+            }
+        }
+        moved
     }
 
     /// Move every continuation of `old` on this worker to `new` through
