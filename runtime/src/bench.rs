@@ -430,7 +430,7 @@ pub fn to_table(opts: &DispatchOptions, rows: &[Row]) -> String {
 /// alternating between two copies of the module file (distinct by trailing
 /// bytes, as two builds would be).
 pub fn swap(module: &Path, count: usize) -> BenchResult<Value> {
-    use crate::config::{FailurePolicy, ModuleConfig, SwapMode};
+    use crate::module::{FailurePolicy, ModuleConfig, SwapMode};
     if !module.exists() {
         return Err(format!("module file {}: not found", module.display()));
     }

@@ -10,29 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-/// How a module's old version gives way to a new one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum SwapMode {
-    /// Old continuations finish on old code; new ones start on new code.
-    #[default]
-    Drain,
-    /// Live continuations move to the new version through its `adopt`.
-    Upgrade,
-}
-
-/// What requests see while a module is failed (used by the proxies).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum FailurePolicy {
-    /// Re-initialise the module (a fresh instance of the same version).
-    #[default]
-    Restart,
-    /// Refuse the work the module would have done.
-    FailClosed,
-    /// Skip the module and go on without it.
-    FailOpen,
-}
+pub use crate::module::spec::{FailurePolicy, ModuleConfig, SwapMode};
 
 /// `[runtime]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -207,26 +185,6 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Spanned<String>,
-}
-
-/// One `[[modules]]` entry, resolved.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ModuleConfig {
-    /// The module's name (must equal its descriptor's name).
-    pub name: String,
-    /// Its file, resolved against the config file's directory.
-    pub path: PathBuf,
-    /// Optional sha256 pin, lowercase hex.
-    pub sha256: Option<String>,
-    /// Swap mode.
-    pub mode: SwapMode,
-    /// Failure policy.
-    pub failure_policy: FailurePolicy,
-    /// Flat key/value config handed to init.
-    pub config: Vec<(String, String)>,
-    /// Where it was declared (`file:line`), for messages.
-    #[serde(skip)]
-    pub origin: String,
 }
 
 /// A whole config.

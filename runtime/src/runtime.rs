@@ -7,22 +7,21 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use molt_abi::ffi::*;
 
-use crate::config::ModuleConfig;
 use crate::cont::id;
-#[cfg(not(molt_loom))]
-use crate::host::StateHooks;
 use crate::host::{Host, Reply, ServiceResult};
+use crate::module::ModuleConfig;
 use crate::module::registry::{Registry, RegistrySettings, ReloadError, ReloadRecord};
+#[cfg(not(molt_loom))]
+use crate::module::reload::ReloadHooks;
+use crate::module::reload::{Reload, ReloadHost, VersionRecord, Workers};
 use crate::module::retire::{Reaper, Retiring};
-use crate::module::{
-    Holders, LoadError, Loader, ModuleMeta, ModuleSpec, ModuleVersion, UnloadReport, VersionId, VersionRef,
-};
+use crate::module::{LoadError, Loader, ModuleSpec, ModuleVersion, UnloadReport, VersionId, VersionRef};
 use crate::state::Region;
-use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
-use crate::worker::{self, Event, Payload, Remote, WorkerCore, WorkerShared};
+use crate::sync::{Arc, Mutex, Ordering};
+use crate::worker::{self, Event, Fleet, Payload, Remote, WorkerCore, WorkerShared};
 
 /// How to start a runtime.
 #[derive(Debug, Clone)]
@@ -80,45 +79,30 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// What the runtime knows of a version it loaded.
-#[derive(Debug, Clone)]
-pub struct VersionRecord {
-    /// The version.
-    pub meta: ModuleMeta,
-    /// What holds it (shared with the version).
-    pub holders: Arc<Holders>,
-    /// When it was loaded.
-    pub loaded_at: SystemTime,
-    /// Set once it was unloaded (or found pinned).
-    pub unloaded: Option<UnloadReport>,
-}
-
 /// What every worker and the control plane share.
 pub struct RuntimeShared {
-    pub(crate) workers: Vec<Arc<WorkerShared>>,
+    /// The workers and what they share (the registry among it).
+    fleet: Arc<Fleet>,
     pub(crate) reaper: Arc<Reaper<ModuleVersion>>,
-    pub(crate) replies: Sender<Reply>,
-    shutdown: AtomicBool,
     /// Recent unload reports, oldest first, at most [`UNLOADS_KEPT`]: a
     /// runtime that swaps for months must not grow by a report per swap.
     unloads: Mutex<std::collections::VecDeque<UnloadReport>>,
     loader: Loader,
-    registry: Registry,
     versions: Mutex<BTreeMap<VersionId, VersionRecord>>,
     run_dir: PathBuf,
-    /// Versions whose events are held for a state migration.
-    held: Mutex<Vec<VersionId>>,
-    /// Migrations committed by the reload in progress (module, src, dst).
-    migrations: Mutex<Vec<(String, u64, u64)>>,
-    /// Blocks created since the last reload was published or refused, and
-    /// the version that created each.
-    created: Mutex<Vec<(String, VersionId, u64)>>,
-    /// Modules whose failure policy asks for a restart after a panic.
-    restarts: Mutex<Vec<String>>,
     /// Each worker's TCP proxy counters.
     tcp_stats: Vec<std::sync::Arc<crate::net::TcpStats>>,
     /// Each worker's HTTP proxy counters.
     http_stats: Vec<std::sync::Arc<crate::http::HttpStats>>,
+}
+
+/// The control side reaches the workers' shared parts (the registry, the
+/// workers, broadcast) through the fleet the runtime owns.
+impl std::ops::Deref for RuntimeShared {
+    type Target = Fleet;
+    fn deref(&self) -> &Fleet {
+        &self.fleet
+    }
 }
 
 /// Unloaded, unpinned version records kept for status.
@@ -127,25 +111,15 @@ const UNLOADED_KEPT: usize = 32;
 pub const UNLOADS_KEPT: usize = 4096;
 
 impl RuntimeShared {
-    /// Ask the control plane to restart module `module` (its active version
-    /// panicked and its `failure_policy` is `restart`): a fresh version from
-    /// the same file and config, done by the ticker thread, never by a worker.
-    pub fn request_restart(&self, module: &str) {
-        let mut r = self.restarts.lock();
-        if !r.iter().any(|m| m == module) {
-            r.push(module.to_owned());
-        }
-    }
-
     /// Restart the modules asked for whose active version did panic.
     fn run_restarts(&self) {
-        let asked = std::mem::take(&mut *self.restarts.lock());
+        let asked = self.take_restarts();
         for m in asked {
-            let panicked = self.registry.active().and_then(|g| g.get(&m).map(|v| v.has_panicked())).unwrap_or(false);
+            let panicked = self.registry().active().and_then(|g| g.get(&m).map(|v| v.has_panicked())).unwrap_or(false);
             if !panicked {
                 continue;
             }
-            match self.registry.restart(self, &m) {
+            match self.registry().restart(self, &m) {
                 Ok(r) => {
                     tracing::warn!(module = %m, reload_id = r.id, "module restarted after a panic (failure_policy restart)")
                 }
@@ -163,10 +137,6 @@ impl RuntimeShared {
     /// Worker `w`'s HTTP proxy counters.
     pub fn http_stats(&self, w: usize) -> &crate::http::HttpStats {
         &self.http_stats[w]
-    }
-
-    pub(crate) fn is_shutting_down(&self) -> bool {
-        self.shutdown.load(Ordering::Acquire)
     }
 
     /// Unload every version whose last reference went. Runs on the control
@@ -196,53 +166,6 @@ impl RuntimeShared {
         }
     }
 
-    /// Release every hold taken for a state migration: held events run,
-    /// on whatever version their continuation has now.
-    pub(crate) fn release_holds(&self) {
-        if std::mem::take(&mut *self.held.lock()).is_empty() {
-            return;
-        }
-        let n: usize = self.broadcast(|w| w.unhold()).into_iter().sum();
-        tracing::info!(events = n, "state migration done: held events released");
-    }
-
-    /// Undo the state changes of a refused reload whose candidates have ids
-    /// from `candidates_from` on: the blocks they created are forgotten, the
-    /// user-arg names they reserved last are forgotten, migrations reverted.
-    pub(crate) fn revert_migrations(&self, candidates_from: VersionId) {
-        let candidate = |by: VersionId| by >= candidates_from;
-        let forgotten = self.loader.host().user_args.forget_newest(candidate);
-        if !forgotten.is_empty() {
-            tracing::info!(names = ?forgotten, "reload refused: user-arg names its candidates reserved are forgotten");
-        }
-        let mut created = self.created.lock();
-        let (theirs, others): (Vec<_>, Vec<_>) = created.drain(..).partition(|(_, by, _)| candidate(*by));
-        *created = others;
-        drop(created);
-        for (module, _, handle) in theirs {
-            match self.loader.host().state.abort_migration(handle) {
-                Ok(()) => {
-                    tracing::info!(module = %module, "reload refused: the block its candidate created is forgotten")
-                }
-                Err((_, e)) => tracing::error!(module = %module, "forgetting a refused candidate's block failed: {e}"),
-            }
-        }
-        for (module, src, dst) in std::mem::take(&mut *self.migrations.lock()).into_iter().rev() {
-            match self.loader.host().state.revert_migration(src, dst) {
-                Ok(()) => {
-                    tracing::warn!(module = %module, "reload refused: state migration reverted, the old block is live again")
-                }
-                Err((_, e)) => tracing::error!(module = %module, "reverting a state migration failed: {e}"),
-            }
-        }
-    }
-
-    /// Forget the migrations of a published reload.
-    pub(crate) fn keep_migrations(&self) -> Vec<String> {
-        self.created.lock().clear();
-        std::mem::take(&mut *self.migrations.lock()).into_iter().map(|(m, _, _)| m).collect()
-    }
-
     fn record_unload(&self, report: &UnloadReport) {
         let mut versions = self.versions.lock();
         if let Some(r) = versions.get_mut(&report.id) {
@@ -258,27 +181,22 @@ impl RuntimeShared {
         }
     }
 
-    /// Load a module version; the returned reference keeps it loaded.
+    /// Load a module version outside any generation; the returned
+    /// reference keeps it loaded. It is a transaction of its own: what its
+    /// init does to state (a first load's migration) is kept if it loads,
+    /// undone if it does not.
     pub fn load(&self, spec: &ModuleSpec) -> Result<VersionRef, LoadError> {
-        self.load_taken(spec, Loader::take(&spec.path)?)
+        let taken = Loader::take(&spec.path)?;
+        let mut txn = Reload::begin(self);
+        let v = txn.load(spec, taken)?;
+        txn.publish().finish();
+        Ok(v)
     }
 
-    /// [`RuntimeShared::load`] of bytes already taken in from `spec.path`.
-    pub(crate) fn load_taken(
-        &self,
-        spec: &ModuleSpec,
-        taken: crate::sys::files::Taken,
-    ) -> Result<VersionRef, LoadError> {
-        let loaded = self.loader.load_taken(spec, taken);
-        if !self.registry.is_reloading() {
-            // A load outside a reload owns the holds and migrations its init
-            // made: nobody else will release them. (Its module's older
-            // continuations are not adopted: a reload is the way to change
-            // a schema under live continuations.)
-            self.keep_migrations();
-            self.release_holds();
-        }
-        let v = loaded?;
+    /// Load a version from bytes taken in from `spec.path` (a reload's
+    /// candidate: the caller's transaction owns its state work).
+    fn load_taken(&self, spec: &ModuleSpec, taken: crate::sys::files::Taken) -> Result<VersionRef, LoadError> {
+        let v = self.loader.load_taken(spec, taken)?;
         let record = VersionRecord {
             meta: v.meta().clone(),
             holders: v.holders().clone(),
@@ -296,24 +214,7 @@ impl RuntimeShared {
 
     /// Loaded versions of module `name`, each with what holds it.
     pub fn loaded_versions(&self, name: &str) -> Vec<String> {
-        let active = self.registry.active();
-        self.versions
-            .lock()
-            .values()
-            .filter(|r| r.meta.name == name && r.unloaded.is_none())
-            .map(|r| {
-                let in_gen = active.as_ref().is_some_and(|g| g.get(name).is_some_and(|v| v.id() == r.meta.id));
-                format!(
-                    "{} {} ({}) held by {} continuations, {} timers{}",
-                    r.meta.name,
-                    r.meta.version,
-                    r.meta.id,
-                    r.holders.conts.load(Ordering::Relaxed),
-                    r.holders.timers.load(Ordering::Relaxed),
-                    if in_gen { ", the active generation" } else { "" }
-                )
-            })
-            .collect()
+        crate::module::registry::loaded_versions(self, name)
     }
 
     /// Every version record, by id.
@@ -321,49 +222,14 @@ impl RuntimeShared {
         self.versions.lock().values().cloned().collect()
     }
 
-    /// Run `f` on every worker's thread, between events, and collect the results.
-    pub fn broadcast<R: Send + 'static>(&self, f: impl Fn(&WorkerCore) -> R + Send + Sync + 'static) -> Vec<R> {
-        let f = std::sync::Arc::new(f);
-        let (tx, rx) = crossbeam_channel::unbounded();
-        for w in &self.workers {
-            let (f, tx) = (f.clone(), tx.clone());
-            let i = w.index();
-            w.post(Remote::Run(Box::new(move |core| {
-                let _ = tx.send((i, f(core)));
-            })));
-        }
-        drop(tx);
-        let mut out: Vec<(u32, R)> = rx.iter().take(self.workers.len()).collect();
-        out.sort_by_key(|(i, _)| *i);
-        out.into_iter().map(|(_, r)| r).collect()
-    }
-
-    /// The worker id `id` (a continuation's or a timer's) belongs to, and its parts.
-    pub(crate) fn home(&self, id: u64) -> ServiceResult<(id::Parts, &Arc<WorkerShared>)> {
-        let p = id::decode(id).ok_or_else(|| worker::stale(id))?;
-        let w = self.workers.get(p.worker as usize).ok_or_else(|| worker::stale(id))?;
-        Ok((p, w))
-    }
-
-    /// Like [`RuntimeShared::home`], for a continuation that must be live now.
-    pub(crate) fn live_home(&self, id: u64) -> ServiceResult<(id::Parts, &Arc<WorkerShared>)> {
-        let (p, w) = self.home(id)?;
-        if w.slots().is_live(p.slot, p.generation) { Ok((p, w)) } else { Err(worker::stale(id)) }
-    }
-
-    /// The registry.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     /// The run directory.
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
     }
 
-    /// The workers' shared halves.
-    pub fn workers(&self) -> &[Arc<WorkerShared>] {
-        &self.workers
+    /// The workers and what they share.
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        &self.fleet
     }
 
     /// The loader.
@@ -402,86 +268,24 @@ fn open_state(config: &RuntimeConfig) -> std::io::Result<Region> {
     Region::open_file(&path, config.state.size, config.state.reset).map_err(std::io::Error::other)
 }
 
-/// The runtime's side of state migrations (see [`StateHooks`]).
-#[cfg(not(molt_loom))]
-struct Hooks(std::sync::Weak<RuntimeShared>);
-
-#[cfg(not(molt_loom))]
-impl StateHooks for Hooks {
-    fn quiesce(&self, module: &str, caller: VersionId, caller_adopts: bool) -> Result<(), (molt_status, String)> {
-        let rt = self.0.upgrade().ok_or((MOLT_ERR_SHUTDOWN, "the runtime is stopping".to_owned()))?;
-        let ids: Vec<VersionId> = rt
-            .versions()
-            .iter()
-            .filter(|r| r.unloaded.is_none() && r.meta.name == module && r.meta.id != caller)
-            .map(|r| r.meta.id)
-            .collect();
-        if ids.is_empty() {
-            return Ok(());
-        }
-        // Hold first, count after: once every worker holds them, a
-        // continuation of these versions created later never runs (its
-        // events wait), so the count below is final for code that ran; those
-        // created later are moved to the new version at publish. (Counting
-        // before the hold missed continuations created in between.)
-        let hold = ids.clone();
-        rt.broadcast(move |w| w.hold(&hold));
-        rt.held.lock().extend(ids.iter().copied());
-        tracing::info!(module, versions = ?ids, "module quiesced for a state migration: its events are held");
-        let live: usize = rt
-            .versions()
-            .iter()
-            .filter(|r| ids.contains(&r.meta.id))
-            .map(|r| r.holders.conts.load(Ordering::Relaxed))
-            .sum();
-        if live > 0 && !caller_adopts {
-            return Err((
-                MOLT_ERR_SCHEMA,
-                format!(
-                    "changing module {module}'s state schema with {live} live continuations of its older versions needs an adopt callback in the new version (they must move to it: old code may not touch migrated state); this version has none"
-                ),
-            ));
-        }
-        Ok(())
+impl ReloadHost for RuntimeShared {
+    fn all_workers(&self) -> &dyn Workers {
+        &*self.fleet
     }
-
-    fn migrate_down(&self, module: &str, m: &molt_migration) -> Result<(), (molt_status, String)> {
-        let rt = self.0.upgrade().ok_or((MOLT_ERR_SHUTDOWN, "the runtime is stopping".to_owned()))?;
-        let newer = rt.registry.active().and_then(|g| g.get(module).cloned());
-        let Some(v) = newer.filter(|v| v.meta().state_schema == m.from_schema) else {
-            return Err((
-                MOLT_ERR_SCHEMA,
-                format!(
-                    "no loaded version of {module} speaks schema {} to migrate it down to {}: the block was written by a newer version (a downgrade that did not finish, or a rollback across a restart). Configure a version of {module} that speaks schema {} (it can then be rolled back with its down-migration), or discard the state with --reset-state",
-                    m.from_schema, m.to_schema, m.from_schema
-                ),
-            ));
-        };
-        if v.meta().module_caps & MOLT_MOD_CAP_MIGRATE_DOWN == 0 || v.meta().callbacks.migrate.is_none() {
-            return Err((
-                MOLT_ERR_SCHEMA,
-                format!(
-                    "going back from schema {} to {} needs {} {}'s down-migration, and it does not offer one (MOLT_MOD_CAP_MIGRATE_DOWN)",
-                    m.from_schema,
-                    m.to_schema,
-                    module,
-                    v.meta().version
-                ),
-            ));
-        }
-        v.migrate(m).map_err(|e| (e.status, e.to_string()))
+    fn load_version(&self, spec: &ModuleSpec, taken: crate::sys::files::Taken) -> Result<VersionRef, LoadError> {
+        self.load_taken(spec, taken)
     }
-
-    fn migrated(&self, module: &str, src: u64, dst: u64) {
-        if let Some(rt) = self.0.upgrade() {
-            rt.migrations.lock().push((module.to_owned(), src, dst));
-        }
+    fn version_records(&self) -> Vec<VersionRecord> {
+        self.versions()
     }
-
-    fn created(&self, module: &str, by: VersionId, handle: u64) {
-        if let Some(rt) = self.0.upgrade() {
-            rt.created.lock().push((module.to_owned(), by, handle));
-        }
+    fn host(&self) -> &Host {
+        self.loader.host()
+    }
+    fn registry(&self) -> &Registry {
+        self.fleet.registry()
+    }
+    fn reap(&self) {
+        RuntimeShared::reap(self)
     }
 }
 
@@ -553,25 +357,22 @@ impl Runtime {
             polls.push(poll);
         }
         let (tx, rx) = crossbeam_channel::bounded(crate::host::HOST_REPLIES_MAX);
+        let fleet = Arc::new(Fleet::new(workers, tx, Registry::new(&config.run_dir, config.registry.clone())?));
         let shared = Arc::new(RuntimeShared {
-            workers,
+            fleet,
             reaper: Arc::new(Reaper::default()),
-            replies: tx,
-            shutdown: AtomicBool::new(false),
             unloads: Mutex::new(std::collections::VecDeque::new()),
             loader: Loader::new(Arc::new(Host::new(open_state(&config)?)), &config.run_dir)?,
-            registry: Registry::new(&config.run_dir, config.registry.clone())?,
             versions: Mutex::new(BTreeMap::new()),
             run_dir: config.run_dir.clone(),
-            held: Mutex::new(Vec::new()),
-            migrations: Mutex::new(Vec::new()),
-            created: Mutex::new(Vec::new()),
-            restarts: Mutex::new(Vec::new()),
             tcp_stats: (0..n).map(|_| std::sync::Arc::default()).collect(),
             http_stats: (0..n).map(|_| std::sync::Arc::default()).collect(),
         });
         #[cfg(not(molt_loom))]
-        shared.loader.host().set_hooks(Box::new(Hooks(Arc::downgrade(&shared))));
+        {
+            let weak: std::sync::Weak<dyn ReloadHost> = Arc::downgrade(&shared) as std::sync::Weak<RuntimeShared>;
+            shared.loader.host().set_hooks(Box::new(ReloadHooks(weak)));
+        }
         #[cfg(not(molt_loom))]
         shared.loader.host().set_post_sink(std::sync::Arc::new(PostTo(Arc::downgrade(&shared))));
         // Each worker binds every listener itself (SO_REUSEPORT).
@@ -620,8 +421,8 @@ impl Runtime {
                     layers
                 }))
             };
-            let ws = shared.workers[i].clone();
-            let rt = shared.clone();
+            let ws = shared.workers()[i].clone();
+            let rt = shared.fleet.clone();
             let spin = config.spin;
             let pin = config.pin_workers;
             threads.push(std::thread::Builder::new().name(format!("molt-worker-{i}")).spawn(move || {
@@ -641,7 +442,7 @@ impl Runtime {
             rt.reaper.set_collector(std::thread::current());
             while !rt.is_shutting_down() {
                 std::thread::park_timeout(Duration::from_millis(20));
-                rt.registry.tick(&rt);
+                rt.registry().tick(&*rt);
                 rt.run_restarts();
                 rt.reap();
             }
@@ -667,7 +468,7 @@ impl Runtime {
 
     /// Number of workers.
     pub fn workers(&self) -> usize {
-        self.shared.workers.len()
+        self.shared.workers().len()
     }
 
     /// The loader (and through it the shared host services).
@@ -683,17 +484,17 @@ impl Runtime {
 
     /// Make `modules` the active generation (first load or reload).
     pub fn reload(&self, modules: &[ModuleConfig]) -> Result<ReloadRecord, ReloadError> {
-        self.shared.registry.reload(&self.shared, modules)
+        self.shared.registry().reload(&*self.shared, modules)
     }
 
     /// Re-activate the previous generation.
     pub fn rollback(&self) -> Result<ReloadRecord, ReloadError> {
-        self.shared.registry.rollback(&self.shared)
+        self.shared.registry().rollback(&*self.shared)
     }
 
     /// The active version of module `name`.
     pub fn active(&self, name: &str) -> Option<VersionRef> {
-        self.shared.registry.active().and_then(|g| g.get(name).cloned())
+        self.shared.registry().active().and_then(|g| g.get(name).cloned())
     }
 
     /// Create a continuation of `version` on `worker` on the module's behalf
@@ -704,10 +505,7 @@ impl Runtime {
     }
 
     fn worker(&self, index: u32) -> ServiceResult<&Arc<WorkerShared>> {
-        self.shared
-            .workers
-            .get(index as usize)
-            .ok_or_else(|| (MOLT_ERR_INVALID_ARG, format!("no worker {index} (this runtime has {})", self.workers())))
+        self.shared.worker(index)
     }
 
     /// Send a message from the host (source 0) to continuation `target`.
@@ -759,12 +557,12 @@ impl Runtime {
 
     /// The counters of worker `index`.
     pub fn worker_stats(&self, index: usize) -> Option<&worker::WorkerStats> {
-        self.shared.workers.get(index).map(|w| w.stats())
+        self.shared.workers().get(index).map(|w| w.stats())
     }
 
     /// Sum of a counter over all workers.
     pub fn total(&self, f: impl Fn(&worker::WorkerStats) -> &crate::sync::AtomicU64) -> u64 {
-        self.shared.workers.iter().map(|w| f(w.stats()).load(Ordering::Relaxed)).sum()
+        self.shared.workers().iter().map(|w| f(w.stats()).load(Ordering::Relaxed)).sum()
     }
 
     /// Unload versions whose last reference went (normally the loops do it).
@@ -786,15 +584,15 @@ impl Runtime {
     }
 
     fn stop(&mut self) {
-        self.shared.shutdown.store(true, Ordering::Release);
-        for w in &self.shared.workers {
+        self.shared.shut_down();
+        for w in self.shared.workers() {
             w.post(Remote::Run(Box::new(|_| {})));
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
         // The active generation's references go last, then everything is reaped.
-        self.shared.registry.clear();
+        self.shared.registry().clear();
         self.shared.reap();
         if let Err(e) = self.shared.loader.host().state.flush() {
             tracing::error!("flushing the state file failed: {e}");

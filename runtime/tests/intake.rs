@@ -73,7 +73,7 @@ fn reload_within(rt: &Runtime, cfg: ModuleConfig, limit: Duration) -> Result<Str
     let (tx, rx) = std::sync::mpsc::channel();
     let shared = rt.shared().clone();
     std::thread::spawn(move || {
-        let r = shared.registry().reload(&shared, &[cfg]).map(|_| ()).map_err(|e| e.to_string());
+        let r = shared.registry().reload(&*shared, &[cfg]).map(|_| ()).map_err(|e| e.to_string());
         let _ = tx.send(r);
     });
     match rx.recv_timeout(limit) {

@@ -8,7 +8,15 @@
 
 use std::cell::Cell;
 
-use crate::module::VersionId;
+/// The identity of one loaded module version, unique for the process's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VersionId(pub u64);
+
+impl std::fmt::Display for VersionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "v#{}", self.0)
+    }
+}
 
 thread_local! {
     static CURRENT: Cell<Option<VersionId>> = const { Cell::new(None) };

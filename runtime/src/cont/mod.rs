@@ -4,4 +4,5 @@ pub mod context;
 pub mod id;
 pub(crate) mod slab;
 
+pub use context::VersionId;
 pub use slab::SlotTable;

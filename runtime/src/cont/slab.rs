@@ -13,34 +13,15 @@
 //! 3. Slots live in fixed chunks that never move, so a reference to a
 //!    continuation stays valid while the slab grows during a module call.
 
-use std::collections::VecDeque;
-use std::ffi::c_void;
-
-use molt_abi::ffi::molt_handler_fn;
-
 use super::id::{GEN_MASK, MAX_SLOTS};
-use crate::module::VersionRef;
 use crate::sync::{AtomicU32, Mutex, Ordering};
+use std::collections::VecDeque;
 
 const CHUNK: usize = 1024;
 
-/// A live continuation.
-pub(crate) struct Cont {
-    pub(crate) generation: u32,
-    pub(crate) version: VersionRef,
-    pub(crate) handler: Option<molt_handler_fn>,
-    pub(crate) data: *mut c_void,
-    /// Destroy was requested: its END is queued, other events are dropped.
-    pub(crate) ending: bool,
-    pub(crate) user_args: Option<Box<[u64]>>,
-    /// A call into its module was made (an event, or a layer's call). A
-    /// continuation the host made that never ran can be moved to another
-    /// version of its module without adopt: no code of the old one saw it.
-    pub(crate) started: bool,
-}
-
-/// One slot's local state.
-pub(crate) enum Slot<E> {
+/// One slot's local state: `C` is a live continuation (the worker's), `E`
+/// an event waiting for a reserved slot.
+pub(crate) enum Slot<C, E> {
     Free,
     /// Reserved by another thread; events that arrived before the spawn
     /// message wait here.
@@ -48,22 +29,22 @@ pub(crate) enum Slot<E> {
         generation: u32,
         pending: VecDeque<E>,
     },
-    Live(Box<Cont>),
+    Live(Box<C>),
 }
 
 /// The home worker's slots (rule 1).
-pub(crate) struct Slab<E> {
-    chunks: Vec<Box<[Slot<E>]>>,
+pub(crate) struct Slab<C, E> {
+    chunks: Vec<Box<[Slot<C, E>]>>,
 }
 
-impl<E> Slab<E> {
-    pub(crate) fn new() -> Slab<E> {
+impl<C, E> Slab<C, E> {
+    pub(crate) fn new() -> Slab<C, E> {
         Slab { chunks: Vec::new() }
     }
 
     /// The slot at `index`, growing the slab by whole chunks (rule 3).
     #[inline]
-    pub(crate) fn get_mut(&mut self, index: u32) -> &mut Slot<E> {
+    pub(crate) fn get_mut(&mut self, index: u32) -> &mut Slot<C, E> {
         let (c, i) = (index as usize / CHUNK, index as usize % CHUNK);
         if c >= self.chunks.len() {
             self.grow(c);

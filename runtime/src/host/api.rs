@@ -111,7 +111,7 @@ unsafe fn host_call<R: IntoStatus>(
         let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
         if !f.on_its_thread() {
             // The frame's error cell is the callback thread's: not touched here.
-            crate::module::quiet::failure(&f.meta.name, || {
+            super::quiet::failure(&f.meta.name, || {
                 tracing::warn!(module = %f.meta.name, version = %f.meta.version, function = what, "a host function was called from a thread the module started, with a callback's ctx: refused with MOLT_ERR_THREAD (use a poster)");
             });
             return MOLT_ERR_THREAD;
@@ -657,7 +657,7 @@ unsafe extern "C" fn host_http_upstream_select(
 /// What a `molt_poster` points at: where posts go, and who posts.
 struct Poster {
     sink: std::sync::Weak<dyn super::PostSink>,
-    version: crate::module::VersionId,
+    version: crate::cont::VersionId,
 }
 
 unsafe extern "C" fn host_poster_open(ctx: *const molt_ctx, out: *mut *mut molt_poster) -> molt_status {

@@ -10,6 +10,8 @@
 //! runtime calls a module outside any worker).
 
 mod api;
+mod meta;
+pub mod quiet;
 mod user_args;
 
 use std::cell::{Cell, RefCell};
@@ -18,10 +20,10 @@ use std::ffi::c_void;
 use molt_abi::ffi::*;
 
 pub use api::HOST_API;
+pub use meta::{Callbacks, ModuleMeta};
 
 pub use user_args::{USER_ARGS_MAX, UserArgs};
 
-use crate::module::{ModuleMeta, VersionRef};
 use crate::state::Region;
 
 /// What every host of this build provides, in `MOLT_HOST_CAP_*` bits
@@ -118,7 +120,7 @@ impl Host {
 pub trait PostSink: Send + Sync {
     /// Deliver a message from version `from`'s thread to continuation
     /// `target` as `MOLT_EV_MESSAGE` with `MOLT_EVF_POSTED`, source 0.
-    fn post(&self, from: crate::module::VersionId, target: u64, tag: u64, data: &[u8]) -> ServiceResult<()>;
+    fn post(&self, from: crate::cont::VersionId, target: u64, tag: u64, data: &[u8]) -> ServiceResult<()>;
 }
 
 impl std::fmt::Debug for dyn PostSink {
@@ -131,7 +133,7 @@ impl std::fmt::Debug for dyn PostSink {
 struct NoSink;
 
 impl PostSink for NoSink {
-    fn post(&self, _: crate::module::VersionId, _: u64, _: u64, _: &[u8]) -> ServiceResult<()> {
+    fn post(&self, _: crate::cont::VersionId, _: u64, _: u64, _: &[u8]) -> ServiceResult<()> {
         Err((MOLT_ERR_SHUTDOWN, "no runtime runs here".into()))
     }
 }
@@ -156,7 +158,7 @@ pub trait StateHooks: Send + Sync {
     fn quiesce(
         &self,
         module: &str,
-        caller: crate::module::VersionId,
+        caller: crate::cont::VersionId,
         caller_adopts: bool,
     ) -> Result<(), (molt_status, String)>;
     /// Down-migrate `module`'s block with a loaded version that knows
@@ -166,7 +168,7 @@ pub trait StateHooks: Send + Sync {
     fn migrated(&self, module: &str, src: u64, dst: u64);
     /// Version `by` of `module` created block `handle` (a refused reload
     /// forgets the blocks its candidates created).
-    fn created(&self, module: &str, by: crate::module::VersionId, handle: u64);
+    fn created(&self, module: &str, by: crate::cont::VersionId, handle: u64);
 }
 
 impl std::fmt::Debug for dyn StateHooks {
@@ -182,7 +184,7 @@ pub struct Reply {
     /// The continuation that sent it (0 outside handle_event).
     pub from: u64,
     /// The module version whose code sent it.
-    pub version: crate::module::VersionId,
+    pub version: crate::cont::VersionId,
     /// Its tag.
     pub tag: u64,
     /// Its payload.
@@ -339,9 +341,10 @@ pub struct CallEnv<'a> {
     pub worker: u32,
     /// Where messages to the host (target 0) go; dropped when `None`.
     pub replies: Option<&'a dyn ReplySink>,
-    /// The counted reference of the version being called: what the call
+    /// The counted reference of the version being called (the module
+    /// layer's `VersionRef`, which the host does not name): what the call
     /// creates is charged to it. `None` outside workers.
-    pub owner: Option<&'a VersionRef>,
+    pub owner: Option<&'a (dyn std::any::Any + Send + Sync)>,
     /// The transaction of an HTTP hook call.
     pub txn: Option<&'a dyn TxnAccess>,
 }

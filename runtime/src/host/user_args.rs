@@ -12,12 +12,12 @@ pub const USER_ARGS_MAX: usize = 32;
 #[derive(Debug, Default)]
 pub struct UserArgs {
     /// Names by index, with the version that first reserved each.
-    names: Mutex<Vec<(String, crate::module::VersionId)>>,
+    names: Mutex<Vec<(String, crate::cont::VersionId)>>,
 }
 
 impl UserArgs {
     /// The index of `name`, reserving it for version `by` if new.
-    pub fn reserve(&self, name: &str, by: crate::module::VersionId) -> Result<u32, (molt_status, String)> {
+    pub fn reserve(&self, name: &str, by: crate::cont::VersionId) -> Result<u32, (molt_status, String)> {
         if name.is_empty() || name.len() > 128 {
             return Err((MOLT_ERR_INVALID_ARG, format!("user-arg name {name:?} must be 1 to 128 bytes")));
         }
@@ -46,7 +46,7 @@ impl UserArgs {
     /// Forget the newest reservations made by versions `gone` says are gone
     /// (a refused reload's candidates). Only from the end of the table, so
     /// that no other name's index moves.
-    pub(crate) fn forget_newest(&self, gone: impl Fn(crate::module::VersionId) -> bool) -> Vec<String> {
+    pub(crate) fn forget_newest(&self, gone: impl Fn(crate::cont::VersionId) -> bool) -> Vec<String> {
         let mut names = self.names.lock();
         let mut out = Vec::new();
         while names.last().is_some_and(|(_, by)| gone(*by)) {
@@ -63,7 +63,7 @@ mod tests {
     #[test]
     fn same_name_same_index_and_a_full_table_names_its_limit() {
         let t = UserArgs::default();
-        let v = crate::module::VersionId(1);
+        let v = crate::cont::VersionId(1);
         assert_eq!(t.reserve("a", v).unwrap(), 0);
         assert_eq!(t.reserve("b", v).unwrap(), 1);
         assert_eq!(t.reserve("a", v).unwrap(), 0);
@@ -74,7 +74,7 @@ mod tests {
         assert_eq!(status, MOLT_ERR_LIMIT);
         assert!(msg.contains("table full") && msg.contains("one-too-many"), "{msg}");
         assert_eq!(t.reserve("b", v).unwrap(), 1, "existing names still resolve when full");
-        let refused = crate::module::VersionId(2);
+        let refused = crate::cont::VersionId(2);
         let t = UserArgs::default();
         t.reserve("kept", v).unwrap();
         t.reserve("new", refused).unwrap();

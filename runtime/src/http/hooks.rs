@@ -7,7 +7,7 @@ use molt_abi::ffi::*;
 
 use super::site::HttpSite;
 use super::txn::{Answer, TxnData, View};
-use crate::config::FailurePolicy;
+use crate::module::FailurePolicy;
 use crate::sync::{AtomicU64, Ordering};
 use crate::worker::{CallNow, WorkerCore};
 
@@ -90,7 +90,7 @@ impl Chain {
                             tracing::warn!(worker = by.worker, module = %h.name, hook = kind, "hook failed: {e}");
                         });
                         if e.panicked() && h.policy == FailurePolicy::Restart {
-                            by.core.runtime().request_restart(&h.name);
+                            by.core.fleet().request_restart(&h.name);
                         }
                         if h.policy == FailurePolicy::FailOpen {
                             h.skip = true;

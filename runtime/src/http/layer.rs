@@ -172,7 +172,7 @@ impl HttpLayer {
     /// loaded" in the first moments of a start.
     fn ready(&self, core: &WorkerCore, site: usize) -> bool {
         let needs_modules = self.sites[site].routes.iter().any(|r| !r.modules.is_empty());
-        !needs_modules || self.generations.borrow_mut().get(core.runtime().registry()).is_some()
+        !needs_modules || self.generations.borrow_mut().get(core.fleet().registry()).is_some()
     }
 
     fn accept(&self, core: &WorkerCore, site: usize) {
@@ -414,7 +414,7 @@ impl io::Io for HttpLayer {
                 self.accept(core, site);
             }
         }
-        self.generations.borrow_mut().release_stale(core.runtime().registry());
+        self.generations.borrow_mut().release_stale(core.fleet().registry());
         if now.duration_since(self.last_sweep.get()) >= Duration::from_millis(20) {
             self.last_sweep.set(now);
             self.sweep(core, now);

@@ -219,7 +219,7 @@ impl HttpLayer {
         // One continuation per module of the chain, of its active version
         // (spawn_host calls no module, so the cache stays borrowed).
         let mut generations = self.generations.borrow_mut();
-        let generation = generations.get(core.runtime().registry());
+        let generation = generations.get(core.fleet().registry());
         for name in &site.routes[route].modules {
             let entry = generation.and_then(|g| g.entries.iter().find(|e| &e.cfg.name == name));
             let Some(entry) = entry else {

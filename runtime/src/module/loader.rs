@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 use molt_abi::ffi::*;
 
-use super::version::{Callbacks, ModuleMeta, ModuleVersion, with_call};
+use super::version::{ModuleVersion, with_call};
 use super::{LoadError, VersionId};
 use crate::host::{CallEnv, HOST_API, HOST_CAP_NAMES, Host};
+use crate::host::{Callbacks, ModuleMeta};
 use crate::sync::statics::AtomicU64;
 use crate::sync::{Arc, Ordering};
 use crate::sys;

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
+use super::reload::{Reload, ReloadHost};
+use super::spec::{ModuleConfig, SwapMode};
 use super::{LoadError, ModuleSpec, VersionId, VersionRef};
-use crate::config::{ModuleConfig, SwapMode};
-use crate::runtime::RuntimeShared;
 use crate::sync::{Arc, Mutex};
 
 /// A worker's copy of the active generation for its data path: re-read
@@ -218,6 +218,27 @@ const HISTORY: usize = 64;
 /// How long a reload waits for the one running before it answers Busy.
 const RELOAD_WAIT: Duration = Duration::from_secs(30);
 
+/// Loaded versions of module `name`, each with what holds it, for messages.
+pub fn loaded_versions(rt: &dyn ReloadHost, name: &str) -> Vec<String> {
+    let active = rt.registry().active();
+    rt.version_records()
+        .iter()
+        .filter(|r| r.meta.name == name && r.is_loaded())
+        .map(|r| {
+            let in_gen = active.as_ref().is_some_and(|g| g.get(name).is_some_and(|v| v.id() == r.meta.id));
+            format!(
+                "{} {} ({}) held by {} continuations, {} timers{}",
+                r.meta.name,
+                r.meta.version,
+                r.meta.id,
+                r.continuations(),
+                r.holders.timers.load(crate::sync::Ordering::Relaxed),
+                if in_gen { ", the active generation" } else { "" }
+            )
+        })
+        .collect()
+}
+
 /// The sha256 of a file, lowercase hex.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(path)?;
@@ -288,13 +309,13 @@ impl Registry {
     }
 
     /// Load `modules` as the new active generation (the first load, or a reload).
-    pub fn reload(&self, rt: &RuntimeShared, modules: &[ModuleConfig]) -> Result<ReloadRecord, ReloadError> {
+    pub fn reload(&self, rt: &dyn ReloadHost, modules: &[ModuleConfig]) -> Result<ReloadRecord, ReloadError> {
         let first = self.active.lock().is_none();
         self.apply(rt, modules, if first { "load" } else { "reload" }, None)
     }
 
     /// Re-activate the previous generation's modules from their kept copies.
-    pub fn rollback(&self, rt: &RuntimeShared) -> Result<ReloadRecord, ReloadError> {
+    pub fn rollback(&self, rt: &dyn ReloadHost) -> Result<ReloadRecord, ReloadError> {
         let prev = self.previous.lock().clone().ok_or(ReloadError::NoPrevious)?;
         self.apply(rt, &prev, "rollback", None)
     }
@@ -302,7 +323,7 @@ impl Registry {
     /// Load a fresh version of `module` from the active generation's own
     /// config (its file and settings unchanged), keeping every other module:
     /// `failure_policy = "restart"` after the module panicked.
-    pub fn restart(&self, rt: &RuntimeShared, module: &str) -> Result<ReloadRecord, ReloadError> {
+    pub fn restart(&self, rt: &dyn ReloadHost, module: &str) -> Result<ReloadRecord, ReloadError> {
         let active = self.active.lock().clone().ok_or(ReloadError::NoPrevious)?;
         let configs: Vec<ModuleConfig> = active.entries.iter().map(|e| e.cfg.clone()).collect();
         self.apply(rt, &configs, "restart", Some(module))
@@ -310,7 +331,7 @@ impl Registry {
 
     fn apply(
         &self,
-        rt: &RuntimeShared,
+        rt: &dyn ReloadHost,
         modules: &[ModuleConfig],
         kind: &'static str,
         force: Option<&str>,
@@ -342,9 +363,9 @@ impl Registry {
             kept: Vec::new(),
             generation: None,
         };
-        // Every version this reload loads has an id from here on.
-        let candidates_from = super::next_version_id();
-        let built = self.build(rt, modules, old.as_deref(), &settings, &mut record, force);
+        // The transaction: what the candidates' init does to state is its own.
+        let mut txn = Reload::begin(rt);
+        let built = self.build(rt, &mut txn, modules, old.as_deref(), &settings, &mut record, force);
         record.duration_us = t0.elapsed().as_micros() as u64;
         let entries = match built {
             Ok(e) => e,
@@ -352,21 +373,21 @@ impl Registry {
                 tracing::warn!(duration_us = record.duration_us, "reload refused, active generation unchanged: {e}");
                 record.error = Some(e.to_string());
                 self.push_history(record);
-                // Old code resumes on the old blocks, exactly as they were.
-                rt.revert_migrations(candidates_from);
-                rt.release_holds();
-                // The candidate's fresh versions were dropped inside build: reap them now.
-                rt.reap();
+                // Dropping the transaction undoes it: old code resumes on
+                // the old blocks exactly as they were, and the candidates
+                // (dropped inside build) are unloaded.
+                drop(txn);
                 return Err(e);
             }
         };
+        let published = txn.publish();
         let generation = Arc::new(Generation { id: generation_id, reload_id, entries });
         *self.active.lock() = Some(generation.clone());
         self.epoch.fetch_add(1, crate::sync::Ordering::Release);
         self.counters.lock().1 = generation_id;
         record.ok = true;
         record.generation = Some(generation_id);
-        let migrated = rt.keep_migrations();
+        let migrated = published.migrated.clone();
         // Continuations the host made for a migrated module's older versions
         // while they were held never ran: they start on the new version.
         for m in &migrated {
@@ -383,7 +404,7 @@ impl Registry {
                 self.adopt_all(rt, m, to);
             }
         }
-        rt.release_holds();
+        published.finish();
         self.collect_kept();
         tracing::info!(duration_us = record.duration_us, generation = generation_id, loaded = ?record.loaded, "reload published");
         self.push_history(record.clone());
@@ -405,9 +426,11 @@ impl Registry {
         h.push_back(r);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn build(
         &self,
-        rt: &RuntimeShared,
+        rt: &dyn ReloadHost,
+        txn: &mut Reload<'_>,
         modules: &[ModuleConfig],
         old: Option<&Generation>,
         settings: &RegistrySettings,
@@ -439,7 +462,7 @@ impl Registry {
                 entries.push(Entry { cfg: mc.clone(), sha256, version: p.version.clone() });
                 continue;
             }
-            let loaded = rt.loaded_versions(&mc.name);
+            let loaded = loaded_versions(rt, &mc.name);
             if loaded.len() + 1 > settings.max_versions_per_module {
                 return Err(ReloadError::VersionCap {
                     module,
@@ -455,8 +478,8 @@ impl Registry {
                 pin: Some(sha256.clone()),
                 name: Some(mc.name.clone()),
             };
-            let version = rt
-                .load_taken(&spec, taken)
+            let version = txn
+                .load(&spec, taken)
                 .map_err(|e| ReloadError::Load { module: module.clone(), source: Box::new(e) })?;
             let meta = version.meta();
             // The rollback copy comes from the private copy: bytes nobody else can change.
@@ -491,7 +514,7 @@ impl Registry {
     /// Drain (or upgrade) every version of `old` that `new` does not keep.
     fn retire_replaced(
         &self,
-        rt: &RuntimeShared,
+        rt: &dyn ReloadHost,
         old: &Generation,
         new: &Generation,
         settings: &RegistrySettings,
@@ -508,8 +531,7 @@ impl Registry {
             let must_adopt = migrated.contains(&e.cfg.name);
             if let Some(n) = successor.filter(|n| n.cfg.mode == SwapMode::Upgrade || must_adopt) {
                 let to = n.version.clone();
-                let results = rt.broadcast(move |w| w.upgrade_version(id, &to));
-                let (a, r) = results.iter().fold((0, 0), |acc, x| (acc.0 + x.0, acc.1 + x.1));
+                let (a, r) = rt.all_workers().upgrade(id, &to);
                 tracing::info!(module = %e.cfg.name, from = %id, to = %n.version.id(), adopted = a, refused = r, "upgraded live continuations");
                 if r == 0 {
                     continue;
@@ -518,8 +540,7 @@ impl Registry {
             if let Err(err) = e.version.drain(crate::host::CallEnv::detached(None)) {
                 tracing::warn!(module = %e.cfg.name, version = %id, "drain callback failed: {err}");
             }
-            let ns = settings.drain_deadline.as_nanos() as u64;
-            let n: usize = rt.broadcast(move |w| w.drain_version(id, ns)).into_iter().sum();
+            let n = rt.all_workers().drain(id, settings.drain_deadline);
             tracing::info!(module = %e.cfg.name, version = %id, continuations = n, "draining");
             if n > 0 {
                 self.deadlines.lock().push((id, Instant::now() + settings.drain_deadline));
@@ -529,13 +550,13 @@ impl Registry {
 
     /// Move the never-run, host-made continuations of `module`'s older
     /// versions to `to` (they were created while those versions were held).
-    fn rebase_unstarted(&self, rt: &RuntimeShared, module: &str, to: &VersionRef) {
-        for r in rt.versions() {
-            if r.unloaded.is_some() || r.meta.name != module || r.meta.id == to.id() {
+    fn rebase_unstarted(&self, rt: &dyn ReloadHost, module: &str, to: &VersionRef) {
+        for r in rt.version_records() {
+            if !r.is_loaded() || r.meta.name != module || r.meta.id == to.id() {
                 continue;
             }
-            let (id, to2) = (r.meta.id, to.clone());
-            let n: usize = rt.broadcast(move |w| w.rebase_unstarted(id, &to2)).into_iter().sum();
+            let id = r.meta.id;
+            let n = rt.all_workers().rebase_unstarted(id, to);
             if n > 0 {
                 tracing::info!(module, from = %id, to = %to.id(), continuations = n, "schema change: continuations made during the hold start on the new version");
             }
@@ -544,20 +565,15 @@ impl Registry {
 
     /// After a schema change of `module`, every older version still holding
     /// continuations (drained generations too) hands them to `to`.
-    fn adopt_all(&self, rt: &RuntimeShared, module: &str, to: &VersionRef) {
+    fn adopt_all(&self, rt: &dyn ReloadHost, module: &str, to: &VersionRef) {
         let older: Vec<VersionId> = rt
-            .versions()
+            .version_records()
             .into_iter()
-            .filter(|r| r.unloaded.is_none() && r.meta.name == module && r.meta.id != to.id())
-            .filter(|r| r.holders.conts.load(crate::sync::Ordering::Relaxed) > 0)
+            .filter(|r| r.is_loaded() && r.meta.name == module && r.meta.id != to.id() && r.continuations() > 0)
             .map(|r| r.meta.id)
             .collect();
         for id in older {
-            let to2 = to.clone();
-            let (a, r): (usize, usize) = rt
-                .broadcast(move |w| w.upgrade_version(id, &to2))
-                .into_iter()
-                .fold((0, 0), |x, y| (x.0 + y.0, x.1 + y.1));
+            let (a, r) = rt.all_workers().upgrade(id, to);
             if r > 0 {
                 tracing::error!(module, version = %id, refused = r, "after a schema change, adopt refused continuations: they stay on old code over the retired block");
             }
@@ -584,11 +600,6 @@ impl Registry {
         }
     }
 
-    /// Whether a reload or rollback is running now.
-    pub fn is_reloading(&self) -> bool {
-        self.reload_lock.try_lock().is_none()
-    }
-
     /// Drop the active generation (shutdown).
     pub fn clear(&self) {
         self.active.lock().take();
@@ -597,16 +608,18 @@ impl Registry {
     }
 
     /// End the continuations of versions whose drain deadline passed.
-    pub fn tick(&self, rt: &RuntimeShared) {
+    pub fn tick(&self, rt: &dyn ReloadHost) {
         let now = Instant::now();
         let due: Vec<VersionId> = {
             let mut d = self.deadlines.lock();
             let due = d.iter().filter(|(_, t)| *t <= now).map(|(id, _)| *id).collect();
-            d.retain(|(id, t)| *t > now && rt.is_loaded(*id));
+            let loaded: Vec<VersionId> =
+                rt.version_records().iter().filter(|r| r.is_loaded()).map(|r| r.meta.id).collect();
+            d.retain(|(id, t)| *t > now && loaded.contains(id));
             due
         };
         for id in due {
-            let n: usize = rt.broadcast(move |w| w.end_version(id)).into_iter().sum();
+            let n = rt.all_workers().end(id);
             tracing::warn!(version = %id, continuations = n, "drain deadline passed: continuations ended");
         }
     }

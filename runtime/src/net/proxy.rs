@@ -510,7 +510,7 @@ impl TcpLayer {
     /// A host-made continuation of module `name`'s active version.
     fn spawn(&self, core: &WorkerCore, name: &str) -> Option<u64> {
         let mut versions = self.versions.borrow_mut();
-        let version = versions.get(core.runtime().registry()).and_then(|g| g.get(name));
+        let version = versions.get(core.fleet().registry()).and_then(|g| g.get(name));
         match version {
             Some(v) => core.spawn_host(v).ok(),
             None => {
@@ -835,7 +835,7 @@ impl io::Io for TcpLayer {
 
     fn tick(&self, core: &crate::worker::WorkerCore, _now: Instant) -> bool {
         self.net.borrow_mut().sweep(&self.registry);
-        self.versions.borrow_mut().release_stale(core.runtime().registry());
+        self.versions.borrow_mut().release_stale(core.fleet().registry());
         self.sweep_orphans(core);
         let worked = !self.closed.borrow().is_empty();
         self.reap(core);

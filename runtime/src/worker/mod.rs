@@ -48,6 +48,7 @@
 //! ```
 
 pub mod event;
+pub mod fleet;
 pub mod inbox;
 pub mod io;
 pub mod sleep;
@@ -62,6 +63,7 @@ use crossbeam_utils::CachePadded;
 use molt_abi::ffi::*;
 
 pub use event::{Event, Payload, Remote, SendPtr, Spawn};
+pub use fleet::Fleet;
 pub use inbox::{Inbox, Pop};
 pub use sleep::Sleeper;
 use timer::TimerWheel;
@@ -69,10 +71,9 @@ use timer::TimerWheel;
 use crate::cont::SlotTable;
 use crate::cont::context;
 use crate::cont::id;
-use crate::cont::slab::{Cont, Slab, Slot};
+use crate::cont::slab::{Slab, Slot};
 use crate::host::{CallEnv, CallFrame, ServiceResult, Services, USER_ARGS_MAX};
 use crate::module::VersionRef;
-use crate::runtime::RuntimeShared;
 use crate::sync::{Arc, AtomicU64, Ordering};
 
 /// Inbox messages accepted per loop turn (then the run queue gets its turn).
@@ -179,8 +180,23 @@ struct TimerPayload {
     version: VersionRef,
 }
 
+/// A live continuation.
+pub(crate) struct Cont {
+    pub(crate) generation: u32,
+    pub(crate) version: VersionRef,
+    pub(crate) handler: Option<molt_handler_fn>,
+    pub(crate) data: *mut c_void,
+    /// Destroy was requested: its END is queued, other events are dropped.
+    pub(crate) ending: bool,
+    pub(crate) user_args: Option<Box<[u64]>>,
+    /// A call into its module was made (an event, or a layer's call). A
+    /// continuation the host made that never ran can be moved to another
+    /// version of its module without adopt: no code of the old one saw it.
+    pub(crate) started: bool,
+}
+
 struct Local {
-    slab: Slab<Event>,
+    slab: Slab<Cont, Event>,
     runq: VecDeque<Event>,
     /// The previous turn's batch, empty, kept for its capacity.
     spare: VecDeque<Event>,
@@ -190,7 +206,7 @@ struct Local {
 /// The worker as its own thread sees it.
 pub struct WorkerCore {
     shared: Arc<WorkerShared>,
-    rt: Arc<RuntimeShared>,
+    rt: Arc<Fleet>,
     local: RefCell<Local>,
     /// The continuation being dispatched (0: none).
     current: Cell<u64>,
@@ -227,7 +243,7 @@ pub enum CallNow {
 }
 
 impl WorkerCore {
-    pub(crate) fn new(shared: Arc<WorkerShared>, rt: Arc<RuntimeShared>, spin: Duration) -> WorkerCore {
+    pub(crate) fn new(shared: Arc<WorkerShared>, rt: Arc<Fleet>, spin: Duration) -> WorkerCore {
         WorkerCore {
             shared,
             rt,
@@ -252,8 +268,8 @@ impl WorkerCore {
         self.shared.index
     }
 
-    /// The runtime this worker belongs to.
-    pub fn runtime(&self) -> &Arc<RuntimeShared> {
+    /// The fleet this worker belongs to.
+    pub fn fleet(&self) -> &Arc<Fleet> {
         &self.rt
     }
 
@@ -725,7 +741,7 @@ impl WorkerCore {
 
     /// The environment of a call from this worker into `owner`.
     fn env<'a>(&'a self, owner: &'a VersionRef, txn: Option<&'a dyn crate::host::TxnAccess>) -> CallEnv<'a> {
-        CallEnv { services: self, worker: self.index(), replies: Some(&self.rt.replies), owner: Some(owner), txn }
+        CallEnv { services: self, worker: self.index(), replies: Some(self.rt.replies()), owner: Some(owner), txn }
     }
 
     /// Call continuation `target`'s handler with `abi`, as the current
@@ -962,14 +978,15 @@ impl Services for WorkerCore {
         tag: u64,
     ) -> ServiceResult<u64> {
         self.check_context(frame);
-        let owner = frame.env.owner.ok_or((MOLT_ERR_PHASE, "cont_create outside a dispatched call".to_owned()))?;
+        let owner =
+            frame.env.owner_ref().ok_or((MOLT_ERR_PHASE, "cont_create outside a dispatched call".to_owned()))?;
         let w = if worker == u32::MAX { self.index() } else { worker };
         let source = self.current.get();
         if w == self.index() {
             return self.spawn_local(owner, handler, data, tag, source);
         }
-        let target = self.rt.workers.get(w as usize).ok_or_else(|| {
-            (MOLT_ERR_INVALID_ARG, format!("cont_create: no worker {w} (this runtime has {})", self.rt.workers.len()))
+        let target = self.rt.workers().get(w as usize).ok_or_else(|| {
+            (MOLT_ERR_INVALID_ARG, format!("cont_create: no worker {w} (this runtime has {})", self.rt.workers().len()))
         })?;
         spawn_remote(target, owner, handler, data, tag, source)
     }
@@ -1007,7 +1024,8 @@ impl Services for WorkerCore {
 
     fn timer_schedule(&self, frame: &CallFrame<'_>, target: u64, delay_ns: u64, tag: u64) -> ServiceResult<u64> {
         self.check_context(frame);
-        let owner = frame.env.owner.ok_or((MOLT_ERR_PHASE, "timer_schedule outside a dispatched call".to_owned()))?;
+        let owner =
+            frame.env.owner_ref().ok_or((MOLT_ERR_PHASE, "timer_schedule outside a dispatched call".to_owned()))?;
         self.rt.live_home(target)?;
         let me = self.index();
         let (idx, generation) =
@@ -1056,7 +1074,8 @@ impl Services for WorkerCore {
 
     fn conn_connect(&self, frame: &CallFrame<'_>, addr: &str) -> ServiceResult<u64> {
         self.check_context(frame);
-        let owner = frame.env.owner.ok_or((MOLT_ERR_PHASE, "conn_connect outside a dispatched call".to_owned()))?;
+        let owner =
+            frame.env.owner_ref().ok_or((MOLT_ERR_PHASE, "conn_connect outside a dispatched call".to_owned()))?;
         let cont = self.current.get();
         if cont == 0 {
             return Err((MOLT_ERR_PHASE, "conn_connect needs a continuation to report to".into()));
