@@ -133,6 +133,28 @@ fn top_level_modules_import_each_other_in_no_cycle() {
     assert!(cycles.is_empty(), "import cycles between top-level modules:\n{}", cycles.join("\n"));
 }
 
+/// The OS is reached through `sys` only: no other module names the crates
+/// that make system calls.
+#[test]
+fn only_sys_calls_the_os() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut bad = Vec::new();
+    for f in files {
+        if top_of(&src, &f) == "sys" {
+            continue;
+        }
+        for (i, line) in std::fs::read_to_string(&f).unwrap().lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if ["rustix::", "memmap2::", "libc::", "libloading::"].iter().any(|c| code.contains(c)) {
+                bad.push(format!("{}:{}: {}", f.strip_prefix(&src).unwrap().display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "OS calls outside sys:\n{}", bad.join("\n"));
+}
+
 #[test]
 fn the_reader_sees_groups_inline_paths_and_the_facade() {
     let n = named("use crate::{Runtime, http::X};\nlet a = crate::net::f(); // crate::ctl::g\n");

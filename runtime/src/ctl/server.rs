@@ -157,10 +157,9 @@ fn serve(
     stream.set_write_timeout(Some(IDLE_TIMEOUT))?;
     let mut out = stream.try_clone()?;
     let me = crate::sys::files::effective_uid();
-    let peer = rustix::net::sockopt::socket_peercred(&stream).map_err(std::io::Error::from)?;
-    let peer_uid = peer.uid.as_raw();
+    let (peer_uid, peer_pid) = crate::sys::creds::peer(&stream)?;
     if peer_uid != me {
-        tracing::warn!(peer_uid, pid = peer.pid.as_raw_nonzero().get(), "control connection refused: wrong uid");
+        tracing::warn!(peer_uid, pid = peer_pid, "control connection refused: wrong uid");
         let msg = json!({"ok": false, "error": format!("permission denied: uid {peer_uid} may not use this control socket (only uid {me})")});
         writeln!(out, "{msg}")?;
         return Ok(());

@@ -13,9 +13,8 @@
 //! beyond that call.
 
 pub(crate) mod balance;
-mod listener;
 mod proxy;
 pub(crate) mod slots;
 
-pub use listener::{bind_reuseport, ensure_unserved};
+pub use crate::sys::listen::{bind_reuseport, ensure_unserved};
 pub use proxy::{Net, TcpLayer, TcpRoute, TcpStats};

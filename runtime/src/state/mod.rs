@@ -23,12 +23,13 @@
 
 pub mod format;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::sys;
+use crate::sys::mapfile::MmapRaw;
 use format::{DATA, DIR_BYTES, DIR0, DIR1, Directory, Entry, F_LIVE, F_MIGRATING, F_RETIRED, PAGE, Superblock};
-use memmap2::MmapRaw;
 use molt_abi::ffi::{MOLT_ERR_FAILED, MOLT_ERR_INVALID_ARG, MOLT_ERR_NO_MEMORY, molt_status};
 
 use crate::sync::Mutex;
@@ -143,30 +144,26 @@ impl Region {
     /// `reset`, discard an existing file's contents first.
     pub fn open_file(path: &Path, size: u64, reset: bool) -> Result<Region, StateError> {
         let size = size.max(MIN_SIZE).div_ceil(PAGE) * PAGE;
-        use std::os::unix::fs::OpenOptionsExt;
         if matches!(std::fs::symlink_metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
             Self::create_whole(path, size)?;
         }
         // Never through a symlink (molt would write wherever it points).
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(path)
-            .map_err(|e| match e.raw_os_error() {
-                Some(code) if code == rustix::io::Errno::LOOP.raw_os_error() => err(
-                    path,
-                    "it is a symbolic link, which molt does not follow for its state",
-                    "Point state_file at the real file.",
-                ),
-                _ => err(path, format!("cannot open it: {e}"), "Check the path and its permissions."),
-            })?;
+        let file = sys::mapfile::open_nofollow(path).map_err(|e| match e {
+            sys::mapfile::OpenError::Symlink => err(
+                path,
+                "it is a symbolic link, which molt does not follow for its state",
+                "Point state_file at the real file.",
+            ),
+            sys::mapfile::OpenError::Io(e) => {
+                err(path, format!("cannot open it: {e}"), "Check the path and its permissions.")
+            }
+        })?;
         if !file.metadata().is_ok_and(|m| m.is_file()) {
             return Err(err(path, "it is not a regular file", "Point state_file at a file."));
         }
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => {
+        match sys::mapfile::try_lock_exclusive(&file) {
+            Ok(true) => {}
+            Ok(false) => {
                 return Err(err(
                     path,
                     "another molt process has it open",
@@ -207,7 +204,7 @@ impl Region {
         file.read_exact_at(&mut head, 0).map_err(|e| err(path, format!("cannot read it: {e}"), ""))?;
         let (sb, dir, copy) = Self::validate(&head, len).map_err(|what| err(path, what, FIX_CORRUPT))?;
         let active = Active { dir, copy };
-        let map = MmapRaw::map_raw(&file).map_err(|e| err(path, format!("cannot map it: {e}"), ""))?;
+        let map = sys::mapfile::map_shared(&file).map_err(|e| err(path, format!("cannot map it: {e}"), ""))?;
         tracing::info!(path = %path.display(), size = sb.file_size, blocks = active.dir.entries.len(), seq = active.dir.seq, "state file opened");
         let warning = Self::fallback_warning(&head, &sb, copy, active.dir.seq);
         if let Some(w) = &warning {
@@ -230,17 +227,10 @@ impl Region {
     /// the directory synced), so a kill at any moment leaves either no file
     /// or a whole one, never a half-made file every later start refuses.
     fn create_whole(path: &Path, size: u64) -> Result<(), StateError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = path.with_file_name(format!(".{name}.new-{}", std::process::id()));
         let made = (|| -> std::io::Result<()> {
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                .open(&tmp)?;
+            let f = sys::mapfile::create_new_nofollow(&tmp, 0o600)?;
             f.set_len(size)?;
             Self::format_into(&f, size)?;
             f.sync_all()?;
@@ -262,8 +252,7 @@ impl Region {
     pub fn anonymous(size: u64) -> Result<Region, StateError> {
         let size = size.max(MIN_SIZE).div_ceil(PAGE) * PAGE;
         let anon = Path::new("anonymous memory");
-        let mm = memmap2::MmapMut::map_anon(size as usize).map_err(|e| err(anon, format!("cannot map: {e}"), ""))?;
-        let map = MmapRaw::from(mm);
+        let map = sys::mapfile::map_anon(size as usize).map_err(|e| err(anon, format!("cannot map: {e}"), ""))?;
         let r = Region {
             map,
             file: None,

@@ -1,5 +1,6 @@
 //! The OS edge: everything that touches the dynamic loader, the proc
-//! filesystem or file metadata lives here, so the core above stays plain Rust.
+//! filesystem, file metadata, sockets' options, locks and mappings lives
+//! here, so the core above stays plain Rust.
 //!
 //! What this layer must provide:
 //! * [`dl`]: open a shared library with `RTLD_NOW | RTLD_LOCAL`, resolve a
@@ -11,10 +12,21 @@
 //!   runtime copies;
 //! * [`elf`]: that bytes are a whole ELF shared object for this machine,
 //!   before the dynamic loader maps them;
-//! * [`cpu`]: pinning the calling thread to a CPU.
+//! * [`cpu`]: pinning the calling thread to a CPU;
+//! * [`listen`]: listening sockets each worker binds (`SO_REUSEPORT`), and
+//!   the check that no other process serves an address;
+//! * [`creds`]: the uid and pid at the other end of a Unix socket;
+//! * [`mapfile`]: opening a file without following links, its exclusive
+//!   advisory lock, and shared or anonymous mappings.
+//!
+//! Nothing outside this layer calls the OS through `rustix` or `memmap2`
+//! (`runtime/tests/layering.rs` checks).
 
 pub mod cpu;
+pub mod creds;
 pub mod dl;
 pub mod elf;
 pub mod files;
+pub mod listen;
+pub mod mapfile;
 pub mod maps;
