@@ -90,6 +90,13 @@ pub struct RuntimeShared {
     loader: Loader,
     versions: Mutex<BTreeMap<VersionId, VersionRecord>>,
     run_dir: PathBuf,
+    /// The HTTP sites served now: each as configured (its listen address
+    /// as the config says it, port 0 included) and as running (resolved).
+    http_sites: Mutex<Vec<(std::net::SocketAddr, std::sync::Arc<crate::http::HttpSite>)>>,
+    /// Whether the workers have an HTTP layer (the start config had sites).
+    http_layer: bool,
+    /// The TCP routes as configured at start (they do not reload).
+    tcp_routes: Vec<crate::net::TcpRoute>,
     /// Each worker's TCP proxy counters.
     tcp_stats: Vec<std::sync::Arc<crate::net::TcpStats>>,
     /// Each worker's HTTP proxy counters.
@@ -164,6 +171,87 @@ impl RuntimeShared {
                 self.loader.host().state.release_retired(&module, schema);
             }
         }
+    }
+
+    /// Reload the whole config: modules, and HTTP sites with their routes,
+    /// upstream groups and listeners (see `docs/reload.md`). New listeners
+    /// are bound first (a failure refuses the reload, nothing applied);
+    /// then the modules' transaction runs; once it is published, every
+    /// worker applies the sites between its events: a removed site stops
+    /// accepting, a changed one serves new transactions with its new routes
+    /// and upstreams, a new one accepts. TCP routes need a restart: a
+    /// config that changes them is refused.
+    pub fn reload_config(
+        &self,
+        modules: &[ModuleConfig],
+        http: &[crate::http::HttpSite],
+        tcp: &[crate::net::TcpRoute],
+    ) -> Result<ReloadRecord, ReloadError> {
+        if tcp != self.tcp_routes.as_slice() {
+            return Err(ReloadError::Layer(
+                "the config changes [[tcp]] routes, which a reload does not apply: restart molt for them (modules and HTTP sites reload)".into(),
+            ));
+        }
+        if !http.is_empty() && !self.http_layer {
+            return Err(ReloadError::Layer(
+                "this molt started without HTTP listeners, so its workers have no HTTP layer: restart it to add the first".into(),
+            ));
+        }
+        // Bind what is new before anything changes.
+        let n = self.workers().len();
+        let current = self.http_sites.lock().clone();
+        let mut planned: Vec<(std::net::SocketAddr, std::sync::Arc<crate::http::HttpSite>)> = Vec::new();
+        let mut bound: Vec<Vec<std::net::TcpListener>> = Vec::new();
+        for site in http {
+            let same = current.iter().find(|(configured, run)| {
+                run.name == site.name && (site.listen == *configured || site.listen == run.listen)
+            });
+            match same {
+                Some((configured, run)) => {
+                    planned.push((
+                        *configured,
+                        std::sync::Arc::new(crate::http::HttpSite { listen: run.listen, ..site.clone() }),
+                    ));
+                    bound.push(Vec::new());
+                }
+                None => {
+                    let (listeners, addr) = bind_workers(site.listen, n, &format!("HTTP listener {}", site.name))
+                        .map_err(|e| ReloadError::Layer(format!("{e}; the reload is refused, nothing changed")))?;
+                    planned.push((
+                        site.listen,
+                        std::sync::Arc::new(crate::http::HttpSite { listen: addr, ..site.clone() }),
+                    ));
+                    bound.push(listeners);
+                }
+            }
+        }
+        let record = self.registry().reload(self, modules)?;
+        // Published: each worker takes its share of the new listeners.
+        let mut per_worker: Vec<Vec<crate::http::SitePlan>> = (0..n).map(|_| Vec::new()).collect();
+        for ((_, site), listeners) in planned.iter().zip(bound) {
+            let mut listeners = listeners.into_iter().map(Some).collect::<Vec<_>>();
+            listeners.resize_with(n, || None);
+            for (w, l) in listeners.into_iter().enumerate() {
+                per_worker[w].push(crate::http::SitePlan { site: site.clone(), listener: l });
+            }
+        }
+        if self.http_layer {
+            let plans: std::sync::Arc<Vec<Mutex<Option<Vec<crate::http::SitePlan>>>>> =
+                std::sync::Arc::new(per_worker.into_iter().map(|p| Mutex::new(Some(p))).collect());
+            self.broadcast(move |w| {
+                let plan = plans[w.index() as usize].lock().take().unwrap_or_default();
+                if let Some(l) = w.layer::<crate::http::HttpLayer>() {
+                    l.reconfigure(plan);
+                }
+            });
+        }
+        *self.http_sites.lock() = planned;
+        Ok(record)
+    }
+
+    /// The address HTTP site `name` listens on now.
+    pub fn http_addr(&self, name: &str) -> Option<std::net::SocketAddr> {
+        self.http_sites.lock().iter().find(|(_, s)| s.name == name).map(|(_, s)| s.listen)
     }
 
     fn record_unload(&self, report: &UnloadReport) {
@@ -365,6 +453,9 @@ impl Runtime {
             loader: Loader::new(Arc::new(Host::new(open_state(&config)?)), &config.run_dir)?,
             versions: Mutex::new(BTreeMap::new()),
             run_dir: config.run_dir.clone(),
+            http_sites: Mutex::new(Vec::new()),
+            http_layer: !config.http.is_empty(),
+            tcp_routes: config.tcp.clone(),
             tcp_stats: (0..n).map(|_| std::sync::Arc::default()).collect(),
             http_stats: (0..n).map(|_| std::sync::Arc::default()).collect(),
         });
@@ -391,7 +482,9 @@ impl Runtime {
             (0..n).map(|_| Vec::new()).collect();
         for site in &config.http {
             let (listeners, addr) = bind_workers(site.listen, n, &format!("HTTP listener {}", site.name))?;
+            let configured = site.listen;
             let site = std::sync::Arc::new(crate::http::HttpSite { listen: addr, ..site.clone() });
+            shared.http_sites.lock().push((configured, site.clone()));
             for (list, l) in http_per_worker.iter_mut().zip(listeners) {
                 list.push((site.clone(), l));
             }
@@ -485,6 +578,22 @@ impl Runtime {
     /// Make `modules` the active generation (first load or reload).
     pub fn reload(&self, modules: &[ModuleConfig]) -> Result<ReloadRecord, ReloadError> {
         self.shared.registry().reload(&*self.shared, modules)
+    }
+
+    /// Reload the whole config: modules and HTTP sites (routes, upstream
+    /// groups, listeners) together; see [`RuntimeShared::reload_config`].
+    pub fn reload_config(
+        &self,
+        modules: &[ModuleConfig],
+        http: &[crate::http::HttpSite],
+        tcp: &[crate::net::TcpRoute],
+    ) -> Result<ReloadRecord, ReloadError> {
+        self.shared.reload_config(modules, http, tcp)
+    }
+
+    /// The address HTTP site `name` listens on now (sites added by a reload too).
+    pub fn http_addr(&self, name: &str) -> Option<std::net::SocketAddr> {
+        self.shared.http_addr(name)
     }
 
     /// Re-activate the previous generation.

@@ -43,7 +43,7 @@ impl ConfigSource {
 /// Reload from the config source: what SIGHUP and the socket's `reload` do.
 pub fn reload(rt: &RuntimeShared, source: &ConfigSource) -> Result<Value, String> {
     let cfg = source.read().map_err(|e| e.to_string())?;
-    let r = rt.registry().reload(rt, &cfg.modules).map_err(|e| e.to_string())?;
+    let r = rt.reload_config(&cfg.modules, &cfg.http, &cfg.tcp).map_err(|e| e.to_string())?;
     Ok(serde_json::to_value(r).unwrap_or(Value::Null))
 }
 

@@ -93,8 +93,8 @@ pub struct HttpLayer {
     layer: usize,
     pub(super) worker: u32,
     registry: Registry,
-    pub(super) sites: Vec<Arc<HttpSite>>,
-    listeners: Vec<TcpListener>,
+    /// Its sites by slot (a client's `site`); see [`SiteSlot`].
+    sites: RefCell<Vec<SiteSlot>>,
     clients: RefCell<Slots<Client>>,
     pub(super) ups: Upstreams,
     /// The active generation, for the module chains' versions.
@@ -111,6 +111,27 @@ pub struct HttpLayer {
     pub(super) scratch: RefCell<Box<[u8]>>,
 }
 
+/// One site of a worker: its config, its listener while it accepts, and the
+/// slot that replaced it when a reload changed the site. Slots are never
+/// reused, so a client's slot index (and its transactions' route and group
+/// indices into the slot's config) stays valid while it lives; a client
+/// moves to the newest slot between transactions.
+struct SiteSlot {
+    site: Arc<HttpSite>,
+    listener: Option<TcpListener>,
+    next: Option<usize>,
+}
+
+/// What a reload asks of one worker's HTTP layer: the sites it should have,
+/// in order, each with the listener this worker takes for it when the site
+/// is new (bound before the reload was published).
+pub struct SitePlan {
+    /// The site's config (its listen address resolved).
+    pub site: Arc<HttpSite>,
+    /// This worker's listener, for a site this worker does not serve yet.
+    pub listener: Option<std::net::TcpListener>,
+}
+
 impl HttpLayer {
     /// The layer at position `layer` of worker `worker`, with its
     /// listeners (one per site, bound by [`crate::net::bind_reuseport`]).
@@ -121,22 +142,19 @@ impl HttpLayer {
         sites: Vec<(Arc<HttpSite>, std::net::TcpListener)>,
         stats: Arc<HttpStats>,
     ) -> std::io::Result<HttpLayer> {
-        let mut listeners = Vec::new();
         let mut groups = Vec::new();
-        let mut out_sites = Vec::new();
+        let mut slots = Vec::new();
         for (i, (site, l)) in sites.into_iter().enumerate() {
             let mut l = TcpListener::from_std(l);
             registry.register(&mut l, io::token(layer, i), Interest::READABLE)?;
-            listeners.push(l);
             groups.push(site.groups.iter().map(|(_, s)| s.len()).collect());
-            out_sites.push(site);
+            slots.push(SiteSlot { site, listener: Some(l), next: None });
         }
         Ok(HttpLayer {
             layer,
             worker,
             registry: registry.try_clone()?,
-            sites: out_sites,
-            listeners,
+            sites: RefCell::new(slots),
             clients: RefCell::new(Slots::default()),
             ups: Upstreams::new(layer, UP_BASE, registry.try_clone()?, groups),
             generations: RefCell::new(GenerationCache::default()),
@@ -154,11 +172,83 @@ impl HttpLayer {
         add(&self.stats.responses[usize::from(status / 100).saturating_sub(1).min(4)], 1);
     }
 
-    /// Who calls hooks for client `c`.
-    pub(super) fn caller<'a>(&'a self, core: &'a WorkerCore, c: &'a Client) -> Caller<'a> {
+    /// The config of site slot `slot`.
+    pub(super) fn site(&self, slot: usize) -> Arc<HttpSite> {
+        self.sites.borrow()[slot].site.clone()
+    }
+
+    /// The newest slot of the site slot `slot` was replaced by, and whether
+    /// that site still listens (a reload may have removed it).
+    fn newest(&self, mut slot: usize) -> (usize, bool) {
+        let sites = self.sites.borrow();
+        while let Some(n) = sites[slot].next {
+            slot = n;
+        }
+        (slot, sites[slot].listener.is_some())
+    }
+
+    /// Apply a reload's sites (see [`SitePlan`]): a site no longer planned
+    /// stops accepting now (its connections finish); a site whose routes,
+    /// upstreams or limits changed gets a new slot that takes over its
+    /// listener, and its clients move to it between transactions; a new site
+    /// starts accepting on the listener the plan brings.
+    pub fn reconfigure(&self, plan: Vec<SitePlan>) {
+        let mut sites = self.sites.borrow_mut();
+        for slot in sites.iter_mut().filter(|s| s.next.is_none() && s.listener.is_some()) {
+            if !plan.iter().any(|p| p.site.name == slot.site.name) {
+                if let Some(mut l) = slot.listener.take() {
+                    let _ = self.registry.deregister(&mut l);
+                }
+                tracing::info!(worker = self.worker, site = %slot.site.name, "HTTP listener removed: it accepts no more connections");
+            }
+        }
+        for p in plan {
+            let live =
+                sites.iter().position(|s| s.next.is_none() && s.listener.is_some() && s.site.name == p.site.name);
+            if let Some(i) = live {
+                if *sites[i].site == *p.site {
+                    continue;
+                }
+            }
+            let j = sites.len();
+            if j >= CLIENT_BASE {
+                tracing::error!(worker = self.worker, site = %p.site.name, "too many site changes on this worker; restart molt to apply more");
+                continue;
+            }
+            let listener = match live {
+                Some(i) => {
+                    sites[i].next = Some(j);
+                    sites[i].listener.take()
+                }
+                None => p.listener.map(TcpListener::from_std),
+            };
+            let Some(mut l) = listener else {
+                tracing::error!(worker = self.worker, site = %p.site.name, "a new HTTP site came without its listener");
+                continue;
+            };
+            let token = io::token(self.layer, j);
+            let registered = if live.is_some() {
+                self.registry.reregister(&mut l, token, Interest::READABLE)
+            } else {
+                self.registry.register(&mut l, token, Interest::READABLE)
+            };
+            if let Err(e) = registered {
+                tracing::error!(worker = self.worker, site = %p.site.name, "cannot register the listener: {e}");
+                continue;
+            }
+            self.ups.add_site(&p.site.groups.iter().map(|(_, s)| s.len()).collect::<Vec<_>>());
+            sites.push(SiteSlot { site: p.site, listener: Some(l), next: None });
+        }
+        drop(sites);
+        // Connections may have queued on a listener before it moved.
+        self.waiting_accept.set(true);
+    }
+
+    /// Who calls hooks for client `c`, of site `site`.
+    pub(super) fn caller<'a>(&'a self, core: &'a WorkerCore, c: &'a Client, site: &'a HttpSite) -> Caller<'a> {
         Caller {
             core,
-            site: &self.sites[c.site],
+            site,
             peer: &c.peer_text,
             worker: self.worker,
             hook_failures: &self.stats.hook_failures,
@@ -171,18 +261,25 @@ impl HttpLayer {
     /// generation of modules is active, instead of answering 503 "not
     /// loaded" in the first moments of a start.
     fn ready(&self, core: &WorkerCore, site: usize) -> bool {
-        let needs_modules = self.sites[site].routes.iter().any(|r| !r.modules.is_empty());
+        let needs_modules = self.sites.borrow()[site].site.routes.iter().any(|r| !r.modules.is_empty());
         !needs_modules || self.generations.borrow_mut().get(core.fleet().registry()).is_some()
     }
 
     fn accept(&self, core: &WorkerCore, site: usize) {
-        let Some(l) = self.listeners.get(site) else { return };
+        if self.sites.borrow().get(site).is_none_or(|s| s.listener.is_none()) {
+            return;
+        }
         if !self.ready(core, site) {
             self.waiting_accept.set(true);
             return;
         }
+        let max_connections = self.site(site).limits.max_connections;
         loop {
-            let (mut sock, peer) = match l.accept() {
+            let accepted = match self.sites.borrow().get(site).and_then(|s| s.listener.as_ref()) {
+                Some(l) => l.accept(),
+                None => return,
+            };
+            let (mut sock, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -191,7 +288,7 @@ impl HttpLayer {
                 }
             };
             add(&self.stats.accepted, 1);
-            if self.stats.open.load(Ordering::Relaxed) as usize >= self.sites[site].limits.max_connections {
+            if self.stats.open.load(Ordering::Relaxed) as usize >= max_connections {
                 add(&self.stats.overload, 1);
                 self.count_status(503);
                 let a = Answer::host(503, "this worker is at its connection limit; try again");
@@ -259,7 +356,12 @@ impl HttpLayer {
                 }
             }
         }
-        let site: &HttpSite = &self.sites[c.site];
+        if c.txn.is_none() {
+            // Between transactions a client moves to its site's newest config.
+            c.site = self.newest(c.site).0;
+        }
+        let site = self.site(c.site);
+        let site: &HttpSite = &site;
         let mut moved = false;
         // Read the client when there is room: a head, or a body in transit.
         let cap = match c.txn.as_ref().map(|t| &t.stage) {
@@ -344,7 +446,8 @@ impl HttpLayer {
     /// Timers of one client (and its transaction).
     fn expire(&self, core: &WorkerCore, idx: usize, now: Instant) {
         let Some(mut c) = self.clients.borrow_mut().take(idx) else { return };
-        let site: &HttpSite = &self.sites[c.site];
+        let site = self.site(c.site);
+        let site: &HttpSite = &site;
         let mut close = false;
         let mut drive = false;
         if let Some(at) = c.linger {
@@ -356,6 +459,10 @@ impl HttpLayer {
                 Flow::Close => close = true,
             }
             c.txn = Some(t);
+        } else if c.inb.is_empty() && c.out_pos >= c.out.len() && !self.newest(c.site).1 {
+            // Idle on a site a reload removed: its connections finish, and
+            // an idle one is finished.
+            close = true;
         } else {
             match c.waiting(&site.limits, now) {
                 Waiting::InTime => {}
@@ -386,12 +493,16 @@ impl HttpLayer {
             }
         }
         // Idle pooled connections past the keep-alive timeout.
-        let keep = self.sites.iter().map(|s| s.limits.keepalive_timeout).min().unwrap_or_default();
+        let keep = self.sites.borrow().iter().map(|s| s.site.limits.keepalive_timeout).min().unwrap_or_default();
         self.ups.sweep(now, keep);
     }
 }
 
 impl io::Io for HttpLayer {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn ready(&self, core: &WorkerCore, token: usize, ready: io::Readiness) {
         if token < CLIENT_BASE {
             self.accept(core, token);
@@ -410,7 +521,8 @@ impl io::Io for HttpLayer {
         if self.waiting_accept.replace(false) {
             // Connections that queued before the first load: take them now
             // (accept waits again, and sets the flag, while not ready).
-            for site in 0..self.listeners.len() {
+            let n = self.sites.borrow().len();
+            for site in 0..n {
                 self.accept(core, site);
             }
         }

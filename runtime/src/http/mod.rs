@@ -17,5 +17,5 @@ pub mod txn;
 mod upstream;
 mod wire;
 
-pub use layer::{BODY_BUF, HttpLayer, HttpStats};
+pub use layer::{BODY_BUF, HttpLayer, HttpStats, SitePlan};
 pub use site::{HttpLimits, HttpRoute, HttpSite};

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// One `[[http]]` listener's configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpSite {
     /// Its name (status, metrics, `MOLT_HTTP_ITEM_ROUTE` prefix).
     pub name: String,
@@ -19,7 +19,7 @@ pub struct HttpSite {
 }
 
 /// A route: which requests, which upstream group, which modules.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpRoute {
     /// Its name (for `MOLT_HTTP_ITEM_ROUTE` and logs).
     pub name: String,
@@ -37,7 +37,7 @@ pub struct HttpRoute {
 }
 
 /// Limits and timeouts of a listener, per worker where it says so.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HttpLimits {
     /// Largest request or response head (431 / 502 over it).
     pub max_head_bytes: usize,

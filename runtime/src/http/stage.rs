@@ -282,7 +282,7 @@ impl HttpLayer {
                 Stage::Request | Stage::Upstream => {
                     let upstream_hook = matches!(stage, Stage::Upstream);
                     let kind = if upstream_hook { MOLT_EV_HTTP_UPSTREAM } else { MOLT_EV_HTTP_REQUEST };
-                    if t.chain.call(&self.caller(core, c), &mut t.data, kind, (0, 0)) == Ran::Held {
+                    if t.chain.call(&self.caller(core, c, site), &mut t.data, kind, (0, 0)) == Ran::Held {
                         self.held.borrow_mut().push(idx);
                         t.stage = stage;
                         return Flow::Wait;
@@ -304,7 +304,8 @@ impl HttpLayer {
                     let by = t.data.answer.as_ref().map_or(0, |a| a.by);
                     let status = t.data.answer.as_ref().map(|a| a.status).or(t.data.resp.as_ref().map(|r| r.status));
                     let args = (u64::from(status.unwrap_or(0)), by);
-                    if t.chain.call(&self.caller(core, c), &mut t.data, MOLT_EV_HTTP_RESPONSE, args) == Ran::Held {
+                    if t.chain.call(&self.caller(core, c, site), &mut t.data, MOLT_EV_HTTP_RESPONSE, args) == Ran::Held
+                    {
                         self.held.borrow_mut().push(idx);
                         t.stage = Stage::Respond(a);
                         return Flow::Wait;
@@ -323,7 +324,7 @@ impl HttpLayer {
                 Stage::Stream(a) => self.stream(c, t, a),
                 Stage::End => {
                     let args = (u64::from(t.status), t.sent_body);
-                    if t.chain.end(&self.caller(core, c), &mut t.data, args, false) == Ran::Held {
+                    if t.chain.end(&self.caller(core, c, site), &mut t.data, args, false) == Ran::Held {
                         self.held.borrow_mut().push(idx);
                         return Flow::Wait;
                     }
@@ -654,7 +655,8 @@ impl HttpLayer {
             _ => {}
         }
         let args = (u64::from(t.status), t.sent_body);
-        let _ = t.chain.end(&self.caller(core, c), &mut t.data, args, true);
+        let site = self.site(c.site);
+        let _ = t.chain.end(&self.caller(core, c, &site), &mut t.data, args, true);
     }
 
     /// The timers of a transaction at `now`: Moved when it must be driven,

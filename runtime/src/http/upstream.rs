@@ -82,6 +82,13 @@ impl Upstreams {
         }
     }
 
+    /// Health for one more listener slot with these groups' sizes (a reload
+    /// changed a site's upstreams: the new slot starts fresh, the old one
+    /// keeps serving its transactions in flight).
+    pub fn add_site(&self, groups: &[usize]) {
+        self.health.borrow_mut().push(groups.iter().map(|n| Balancer::new(*n)).collect());
+    }
+
     /// Start a walk over group `g` of listener `site`.
     pub fn walk(&self, site: usize, g: usize) -> Walk {
         self.health.borrow_mut()[site][g].walk()

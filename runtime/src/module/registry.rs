@@ -160,6 +160,10 @@ pub enum ReloadError {
         /// Each loaded version and what holds it.
         holders: String,
     },
+    /// A layer refused the config (a listener that cannot be bound, a
+    /// change that needs a restart); nothing was applied.
+    #[error("{0}")]
+    Layer(String),
     /// Nothing to roll back to.
     #[error("nothing to roll back to: no earlier generation was replaced yet")]
     NoPrevious,

@@ -20,7 +20,7 @@ const BUF: usize = 64 * 1024;
 const PAIR_BASE: usize = 1 << 20;
 
 /// A TCP route: where to listen and where to forward.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TcpRoute {
     /// The listening address.
     pub listen: SocketAddr,
@@ -822,6 +822,10 @@ impl TcpLayer {
 }
 
 impl io::Io for TcpLayer {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn ready(&self, core: &crate::worker::WorkerCore, token: usize, _ready: io::Readiness) {
         if token >= MOD_BASE {
             self.conn_io(core, token - MOD_BASE);

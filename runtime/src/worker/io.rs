@@ -85,6 +85,9 @@ pub trait Io {
     fn conn_close(&self, _core: &WorkerCore, conn: u64) -> ServiceResult<()> {
         no_conn(conn)
     }
+    /// The layer itself, for the control side to find its own kind among
+    /// a worker's layers (a reload reconfiguring the HTTP layer).
+    fn as_any(&self) -> &dyn std::any::Any;
     /// Connect to `addr` for continuation `cont` of `owner`; the layer's handle.
     fn conn_connect(&self, _core: &WorkerCore, _owner: &VersionRef, _cont: u64, _addr: &str) -> ServiceResult<u64> {
         Err((MOLT_ERR_UNSUPPORTED, "this layer makes no outgoing connections".into()))

@@ -346,6 +346,11 @@ impl WorkerCore {
         self.end_all();
     }
 
+    /// This worker's layer of type `T`, if it has one.
+    pub fn layer<T: 'static>(&self) -> Option<&T> {
+        self.layers().iter().find_map(|l| l.as_any().downcast_ref::<T>())
+    }
+
     fn layers(&self) -> &[Box<dyn io::Io>] {
         self.io.get().map_or(&[], |v| v.as_slice())
     }
