@@ -2,7 +2,7 @@
 //!
 //! The models live in `tests/` and only exist under `--cfg molt_loom`, which
 //! also switches the runtime's `sync` shim to loom, so the models run the
-//! runtime's own code. `scripts/test` runs them; `scripts/loom-mutants`
-//! runs each against the mutant that removes its protection and requires it
-//! to fail.
+//! runtime's own code. `scripts/test` runs them, then `scripts/loom-mutants`,
+//! which builds each model against the mutant that removes its protection
+//! and requires it to fail with the model's own message.
 #![forbid(unsafe_code)]

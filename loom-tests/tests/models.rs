@@ -13,10 +13,27 @@ use molt_runtime::module::retire::{Reaper, Retiring};
 use molt_runtime::worker::{Inbox, Pop, Sleeper};
 
 /// A stand-in for a module version: counts its unloads and knows whether a
-/// call into it is in flight.
+/// call into it is in flight. Its teardown (the end of `unload`, or a drop)
+/// must never run on a worker: `fini`, `dlclose` and the maps check are the
+/// control side's.
 struct Version {
     unloaded: Arc<AtomicUsize>,
     in_call: Arc<AtomicBool>,
+}
+
+loom::thread_local! {
+    /// Set by the threads that stand for workers.
+    static ON_WORKER: std::cell::Cell<bool> = std::cell::Cell::new(false);
+}
+
+fn on_worker() {
+    ON_WORKER.with(|w| w.set(true));
+}
+
+impl Drop for Version {
+    fn drop(&mut self) {
+        assert!(!ON_WORKER.with(|w| w.get()), "a module version was torn down on a worker");
+    }
 }
 
 fn unload(v: Version) {
@@ -32,10 +49,10 @@ fn call(v: &Version) {
 
 /// (a) The module-version refcount against a concurrent dispatch and the
 /// deferred unload: a worker calls through a continuation's reference, then
-/// the continuation ends (releasing it) and the worker reaps at its loop's
-/// top; meanwhile the control plane drops the generation's reference and
-/// reaps too. No unload while the call is in flight, and exactly one unload
-/// once the last reference is gone.
+/// the continuation ends (releasing it: the worker only enqueues);
+/// meanwhile the control plane drops the generation's reference and reaps.
+/// No unload while the call is in flight, and exactly one unload once the
+/// last reference is gone.
 ///
 /// Protection: the continuation's own counted reference held across the
 /// call. `dispatch_without_a_counted_reference_unloads_mid_call` removes it
@@ -50,11 +67,10 @@ fn version_refcount_versus_dispatch_and_deferred_unload() {
         let generation = Retiring::new(Version { unloaded: unloaded.clone(), in_call }, reaper.clone());
         let cont = generation.clone();
 
-        let r1 = reaper.clone();
         let worker = thread::spawn(move || {
+            on_worker();
             call(&cont);
             drop(cont); // END: the continuation releases its reference
-            r1.collect().into_iter().for_each(unload); // the loop's top
         });
         let r2 = reaper.clone();
         let control = thread::spawn(move || {
@@ -214,5 +230,193 @@ fn park_wake_never_loses_a_wakeup() {
             consumer_thread.unpark();
         }
         consumer.join().unwrap();
+    });
+}
+
+/// (e) Dispatch and END against the unload of the version, through the
+/// slot table and the counted reference: a worker dispatches to a live
+/// continuation, runs its END, retires and frees the slot and drops the
+/// continuation's reference; a sender on another thread checks the id's
+/// liveness; the control side drops the generation's reference and reaps.
+/// No call into an unloaded version, exactly one unload, never on the
+/// worker, and the id is stale afterwards.
+///
+/// Protection: `Retiring`'s drop only enqueues (retire rule 2). Mutant
+/// `retiring_drops_inline` tears the version down where the last reference
+/// went: on the worker when the END released it last.
+#[test]
+fn dispatch_and_end_versus_unload_of_the_version() {
+    loom::model(|| {
+        let table = Arc::new(SlotTable::new(2));
+        let (slot, gen_) = table.reserve().unwrap();
+        let reaper = Arc::new(Reaper::default());
+        let unloaded = Arc::new(AtomicUsize::new(0));
+        let in_call = Arc::new(AtomicBool::new(false));
+        let generation = Retiring::new(Version { unloaded: unloaded.clone(), in_call }, reaper.clone());
+        let cont = generation.clone();
+
+        let t = table.clone();
+        let worker = thread::spawn(move || {
+            on_worker();
+            if t.is_live(slot, gen_) {
+                call(&cont); // an event
+            }
+            call(&cont); // END
+            t.retire(slot);
+            t.free(slot);
+            drop(cont);
+        });
+        let t = table.clone();
+        let sender = thread::spawn(move || {
+            // A remote cont_send checks liveness; a stale id is an error, and
+            // a live one may turn stale right after (the worker drops it then).
+            let _ = t.is_live(slot, gen_);
+        });
+        let r = reaper.clone();
+        let control = thread::spawn(move || {
+            drop(generation);
+            r.collect().into_iter().for_each(unload);
+        });
+        worker.join().unwrap();
+        sender.join().unwrap();
+        control.join().unwrap();
+        reaper.collect().into_iter().for_each(unload);
+        assert_eq!(unloaded.load(Ordering::SeqCst), 1, "exactly one unload after the last reference");
+        assert!(!table.is_live(slot, gen_), "the ended continuation's id is stale");
+    });
+}
+
+/// (f) Holds with parked events, through the real inbox and `Holds`: the
+/// control side holds a version on a worker and releases it (broadcasts
+/// through the worker's inbox) while a producer sends two events for it.
+/// No event runs while the hold stands, none is lost, and they run in the
+/// order sent.
+///
+/// Protection: `Holds::release` puts parked events ahead of what was
+/// queued after them. Mutant `hold_release_appends` queues them behind:
+/// loom finds the turn where the second event overtakes the first.
+#[test]
+fn hold_and_release_keep_parked_events_in_order() {
+    use molt_runtime::cont::VersionId;
+    use molt_runtime::worker::hold::Holds;
+    use std::collections::VecDeque;
+
+    enum Msg {
+        Hold,
+        Release,
+        Event(u32),
+    }
+    loom::model(|| {
+        const V: VersionId = VersionId(7);
+        let inbox = Arc::new(Inbox::new());
+        let q = inbox.clone();
+        let producer = thread::spawn(move || {
+            q.push(Msg::Event(1));
+            q.push(Msg::Event(2));
+        });
+        let q = inbox.clone();
+        let control = thread::spawn(move || {
+            q.push(Msg::Hold);
+            q.push(Msg::Release);
+        });
+        // The worker: each turn accepts what its inbox holds (holds take
+        // effect there, as broadcast closures do), then dispatches the
+        // events queued when the turn began.
+        let holds: Holds<u32> = Holds::default();
+        let (mut runq, mut ran, mut taken) = (VecDeque::new(), Vec::new(), 0);
+        let mut holding = false;
+        while taken < 4 || !runq.is_empty() {
+            loop {
+                // SAFETY: this thread is the inbox's only consumer.
+                match unsafe { inbox.pop() } {
+                    Pop::Data(m) => {
+                        taken += 1;
+                        match m {
+                            Msg::Hold => {
+                                holds.hold(&[V]);
+                                holding = true;
+                            }
+                            Msg::Release => {
+                                holding = false;
+                                holds.release(&mut runq);
+                            }
+                            Msg::Event(n) => runq.push_back(n),
+                        }
+                    }
+                    Pop::Empty => break,
+                    Pop::Inconsistent => thread::yield_now(),
+                }
+            }
+            let batch: Vec<u32> = runq.drain(..).collect();
+            for n in batch {
+                if holds.is_held(V) {
+                    holds.park(n);
+                } else {
+                    assert!(!holding, "event {n} ran while its version was held");
+                    ran.push(n);
+                }
+            }
+            thread::yield_now();
+        }
+        producer.join().unwrap();
+        control.join().unwrap();
+        assert_eq!(ran, [1, 2], "every event ran once, in the order sent");
+    });
+}
+
+/// (g) The remote-spawn reserved slot: a thread creates a continuation on
+/// another worker (reserves its slot, lets the id escape, posts the spawn);
+/// a third thread that learned the id sends it an event, which may reach
+/// the home worker before the spawn. The event waits for the spawn and is
+/// delivered once, after START — never dropped as stale.
+///
+/// Protection: `SlotTable::reserve` marks the slot live before the id can
+/// escape (slab rule 2). Mutant `reserve_not_live` leaves the bit unset;
+/// loom finds the event arriving first and dropped.
+#[test]
+fn remote_spawn_keeps_events_that_arrive_before_it() {
+    enum Msg {
+        Spawn(u32, u32),
+        Event(u32, u32),
+    }
+    loom::model(|| {
+        let table = Arc::new(SlotTable::new(2));
+        let inbox = Arc::new(Inbox::new());
+        let (t, q) = (table.clone(), inbox.clone());
+        let spawner = thread::spawn(move || {
+            let (slot, g) = t.reserve().unwrap();
+            // cont_create returned the id: a third thread sends to it at once.
+            let q2 = q.clone();
+            let sender = thread::spawn(move || q2.push(Msg::Event(slot, g)));
+            q.push(Msg::Spawn(slot, g));
+            sender.join().unwrap();
+        });
+        // The home worker: a slot it does not know yet but the table says is
+        // live is reserved, and its events wait for the spawn.
+        let (mut live, mut pending, mut delivered, mut taken) = (false, 0, Vec::new(), 0);
+        while taken < 2 {
+            // SAFETY: this thread is the inbox's only consumer.
+            match unsafe { inbox.pop() } {
+                Pop::Data(Msg::Spawn(_, _)) => {
+                    taken += 1;
+                    live = true;
+                    delivered.push("START");
+                    for _ in 0..std::mem::take(&mut pending) {
+                        delivered.push("event");
+                    }
+                }
+                Pop::Data(Msg::Event(slot, g)) => {
+                    taken += 1;
+                    if live {
+                        delivered.push("event");
+                    } else if table.is_live(slot, g) {
+                        pending += 1;
+                    }
+                }
+                _ => thread::yield_now(),
+            }
+        }
+        spawner.join().unwrap();
+        assert_eq!(delivered, ["START", "event"], "the early event was dropped as stale");
     });
 }

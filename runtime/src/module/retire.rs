@@ -52,7 +52,12 @@ impl<T: Send + 'static> std::ops::Deref for Retiring<T> {
 impl<T: Send + 'static> Drop for Retiring<T> {
     fn drop(&mut self) {
         if let Some(v) = self.value.take() {
+            // Rule 2. The loom mutant tears the value down right here, on
+            // whichever thread let go last (a worker, say).
+            #[cfg(not(molt_mutant = "retiring_drops_inline"))]
             self.reaper.retire(v);
+            #[cfg(molt_mutant = "retiring_drops_inline")]
+            drop(v);
         }
     }
 }

@@ -49,6 +49,7 @@
 
 pub mod event;
 pub mod fleet;
+pub mod hold;
 pub mod inbox;
 pub mod io;
 pub mod sleep;
@@ -212,11 +213,7 @@ pub struct WorkerCore {
     current: Cell<u64>,
     spin: Duration,
     /// Versions whose events are held (a state migration of their module).
-    held: RefCell<Vec<crate::module::VersionId>>,
-    /// Whether `held` is non-empty: the one check dispatch makes (holds are rare).
-    holding: Cell<bool>,
-    /// Events held for them, in arrival order.
-    parked: RefCell<VecDeque<Event>>,
+    holds: hold::Holds<Event>,
     /// Holds were released since the layers last heard of it.
     released: Cell<bool>,
     /// The socket layers (set once when the loop starts).
@@ -255,9 +252,7 @@ impl WorkerCore {
             }),
             current: Cell::new(0),
             spin,
-            held: RefCell::new(Vec::new()),
-            holding: Cell::new(false),
-            parked: RefCell::new(VecDeque::new()),
+            holds: hold::Holds::default(),
             released: Cell::new(false),
             io: std::cell::OnceCell::new(),
         }
@@ -551,9 +546,9 @@ impl WorkerCore {
                         bump(&self.shared.stats.stale_dropped);
                         return;
                     }
-                    if self.holding.get() && self.held.borrow().contains(&c.version.id()) {
+                    if self.holds.is_held(c.version.id()) {
                         drop(l);
-                        self.park(ev);
+                        self.holds.park(ev);
                         return;
                     }
                     c.started = true;
@@ -720,7 +715,7 @@ impl WorkerCore {
             let mut l = self.local.borrow_mut();
             match l.slab.get_mut(p.slot) {
                 Slot::Live(c) if c.generation == p.generation && !c.ending => {
-                    if self.holding.get() && self.held.borrow().contains(&c.version.id()) {
+                    if self.holds.is_held(c.version.id()) {
                         return CallNow::Held;
                     }
                     c.started = true;
@@ -798,27 +793,13 @@ impl WorkerCore {
     /// Hold the events of `versions` (between events: no call into them is
     /// in flight when this returns); they wait until [`WorkerCore::unhold`].
     pub fn hold(&self, versions: &[crate::module::VersionId]) {
-        self.held.borrow_mut().extend_from_slice(versions);
-        self.holding.set(!self.held.borrow().is_empty());
-    }
-
-    #[cold]
-    fn park(&self, ev: Event) {
-        self.parked.borrow_mut().push_back(ev);
+        self.holds.hold(versions);
     }
 
     /// Release every hold: held events run next, in their order.
     pub fn unhold(&self) -> usize {
-        self.held.borrow_mut().clear();
-        self.holding.set(false);
         self.released.set(true);
-        let parked = std::mem::take(&mut *self.parked.borrow_mut());
-        let n = parked.len();
-        let mut l = self.local.borrow_mut();
-        for ev in parked.into_iter().rev() {
-            l.runq.push_front(ev);
-        }
-        n
+        self.holds.release(&mut self.local.borrow_mut().runq)
     }
 
     /// Queue a DRAIN event (`arg0`: the deadline in ns from now) to every
