@@ -166,7 +166,7 @@ impl RuntimeShared {
                 .versions
                 .lock()
                 .values()
-                .any(|r| r.unloaded.is_none() && r.meta.name == module && r.meta.state_schema == schema);
+                .any(|r| r.is_loaded() && r.meta.name == module && r.meta.state_schema == schema);
             if !still {
                 self.loader.host().state.release_retired(&module, schema);
             }
@@ -257,11 +257,12 @@ impl RuntimeShared {
     fn record_unload(&self, report: &UnloadReport) {
         let mut versions = self.versions.lock();
         if let Some(r) = versions.get_mut(&report.id) {
-            r.unloaded = Some(report.clone());
+            let s = std::mem::replace(&mut r.stage, crate::module::Stage::Loaded);
+            r.stage = s.unloaded(report.clone());
         }
         let gone: Vec<VersionId> = versions
             .iter()
-            .filter(|(_, r)| r.unloaded.as_ref().is_some_and(|u| u.pinned.is_none()))
+            .filter(|(_, r)| matches!(r.stage, crate::module::Stage::Unloaded(_)))
             .map(|(id, _)| *id)
             .collect();
         for id in gone.iter().take(gone.len().saturating_sub(UNLOADED_KEPT)) {
@@ -289,7 +290,7 @@ impl RuntimeShared {
             meta: v.meta().clone(),
             holders: v.holders().clone(),
             loaded_at: SystemTime::now(),
-            unloaded: None,
+            stage: crate::module::Stage::Loaded,
         };
         self.versions.lock().insert(v.id(), record);
         Ok(Retiring::new(v, self.reaper.clone()))
@@ -297,7 +298,7 @@ impl RuntimeShared {
 
     /// Whether version `id` is still loaded.
     pub fn is_loaded(&self, id: VersionId) -> bool {
-        self.versions.lock().get(&id).is_some_and(|r| r.unloaded.is_none())
+        self.versions.lock().get(&id).is_some_and(|r| r.is_loaded())
     }
 
     /// Loaded versions of module `name`, each with what holds it.
@@ -374,6 +375,12 @@ impl ReloadHost for RuntimeShared {
     }
     fn reap(&self) {
         RuntimeShared::reap(self)
+    }
+    fn set_stage(&self, id: VersionId, to: &mut dyn FnMut(crate::module::Stage) -> crate::module::Stage) {
+        if let Some(r) = self.versions.lock().get_mut(&id) {
+            let s = std::mem::replace(&mut r.stage, crate::module::Stage::Loaded);
+            r.stage = to(s);
+        }
     }
 }
 

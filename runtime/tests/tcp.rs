@@ -421,7 +421,7 @@ fn a_schema_change_without_adopt_never_leaves_old_continuations_over_the_retired
         for v in rt.shared().versions() {
             let live = v.holders.conts.load(molt_runtime::sync::Ordering::Relaxed);
             let other_schema = v.meta.state_schema != active.meta().state_schema;
-            if v.meta.name == "fixture_noadopt" && v.unloaded.is_none() && other_schema && live > 0 {
+            if v.meta.name == "fixture_noadopt" && v.is_loaded() && other_schema && live > 0 {
                 violations
                     .push(format!("reload {i}: {} ({}) still holds {live} continuations", v.meta.version, v.meta.id));
             }

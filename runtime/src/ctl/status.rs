@@ -35,18 +35,12 @@ pub fn status(rt: &RuntimeShared, started: Instant, config: &str) -> Value {
     let reg = rt.registry();
     let active = reg.active();
     let now = Instant::now();
-    let draining = reg.draining();
     let versions: Vec<Value> = rt
         .versions()
         .into_iter()
         .map(|r| {
             let in_active = active.as_ref().is_some_and(|g| g.entries.iter().any(|e| e.version.id() == r.meta.id));
-            let state = match &r.unloaded {
-                Some(u) if u.pinned.is_some() => "pinned",
-                Some(_) => "unloaded",
-                None if in_active => "active",
-                None => "draining",
-            };
+            let state = r.stage.name();
             json!({
                 "id": r.meta.id.0,
                 "module": r.meta.name,
@@ -58,9 +52,11 @@ pub fn status(rt: &RuntimeShared, started: Instant, config: &str) -> Value {
                 "continuations": r.holders.conts.load(Ordering::Relaxed),
                 "timers": r.holders.timers.load(Ordering::Relaxed),
                 "held_by_active_generation": in_active,
-                "pinned": r.unloaded.as_ref().and_then(|u| u.pinned.clone()),
-                "drain_deadline_in_ms": draining.iter().find(|(id, _)| *id == r.meta.id)
-                    .map(|(_, t)| t.saturating_duration_since(now).as_millis() as u64),
+                "pinned": r.unloaded().and_then(|u| u.pinned.clone()),
+                "drain_deadline_in_ms": match r.stage {
+                    crate::module::Stage::Draining { deadline, .. } => Some(deadline.saturating_duration_since(now).as_millis() as u64),
+                    _ => None,
+                },
             })
         })
         .collect();
@@ -221,10 +217,10 @@ pub fn metrics(rt: &RuntimeShared) -> String {
     let mut by_module: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
     for v in &versions {
         let e = by_module.entry(v.meta.name.as_str()).or_default();
-        match &v.unloaded {
-            None => e.0 += 1,
-            Some(u) if u.pinned.is_some() => e.1 += 1,
-            Some(_) => {}
+        match &v.stage {
+            crate::module::Stage::Pinned(_) => e.1 += 1,
+            s if s.is_loaded() => e.0 += 1,
+            _ => {}
         }
     }
     let loaded = gauge(&mut reg, "molt_versions_loaded", "Loaded versions per module.");

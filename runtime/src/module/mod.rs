@@ -6,6 +6,7 @@
 //! refuses with a [`LoadError`] that says in words what is wrong.
 
 mod error;
+pub mod lifecycle;
 mod loader;
 pub mod registry;
 pub mod reload;
@@ -14,6 +15,7 @@ pub mod spec;
 mod version;
 
 pub use error::{CallError, LoadError};
+pub use lifecycle::Stage;
 pub(crate) use loader::next_version_id;
 pub use loader::{Loader, ModuleSpec};
 pub use reload::VersionRecord;

@@ -215,7 +215,6 @@ pub struct Registry {
     /// Since start, by (kind, ok): how many, and their summed duration in µs.
     totals: Mutex<ReloadTotals>,
     counters: Mutex<(u64, u64)>,
-    deadlines: Mutex<Vec<(VersionId, Instant)>>,
 }
 
 const HISTORY: usize = 64;
@@ -266,7 +265,6 @@ impl Registry {
             history: Mutex::new(VecDeque::new()),
             totals: Mutex::new(std::collections::BTreeMap::new()),
             counters: Mutex::new((0, 0)),
-            deadlines: Mutex::new(Vec::new()),
         })
     }
 
@@ -299,11 +297,6 @@ impl Registry {
     /// Reload history, oldest first.
     pub fn history(&self) -> Vec<ReloadRecord> {
         self.history.lock().iter().cloned().collect()
-    }
-
-    /// Versions draining with their deadlines.
-    pub fn draining(&self) -> Vec<(VersionId, Instant)> {
-        self.deadlines.lock().clone()
     }
 
     fn next_ids(&self) -> (u64, u64) {
@@ -385,6 +378,9 @@ impl Registry {
             }
         };
         let published = txn.publish();
+        for e in &entries {
+            rt.set_stage(e.version.id(), &mut |s| s.activate());
+        }
         let generation = Arc::new(Generation { id: generation_id, reload_id, entries });
         *self.active.lock() = Some(generation.clone());
         self.epoch.fetch_add(1, crate::sync::Ordering::Release);
@@ -524,11 +520,13 @@ impl Registry {
         settings: &RegistrySettings,
         migrated: &[String],
     ) {
+        let deadline = Instant::now() + settings.drain_deadline;
         for e in &old.entries {
             let id = e.version.id();
             if new.entries.iter().any(|n| n.version.id() == id) {
                 continue;
             }
+            rt.set_stage(id, &mut |s| s.retire(deadline));
             let successor = new.entries.iter().find(|n| n.cfg.name == e.cfg.name);
             // After a schema change no old code may touch state: its
             // continuations move to the new version whatever the mode.
@@ -546,9 +544,6 @@ impl Registry {
             }
             let n = rt.all_workers().drain(id, settings.drain_deadline);
             tracing::info!(module = %e.cfg.name, version = %id, continuations = n, "draining");
-            if n > 0 {
-                self.deadlines.lock().push((id, Instant::now() + settings.drain_deadline));
-            }
         }
     }
 
@@ -608,21 +603,14 @@ impl Registry {
     pub fn clear(&self) {
         self.active.lock().take();
         self.epoch.fetch_add(1, crate::sync::Ordering::Release);
-        self.deadlines.lock().clear();
     }
 
     /// End the continuations of versions whose drain deadline passed.
     pub fn tick(&self, rt: &dyn ReloadHost) {
         let now = Instant::now();
-        let due: Vec<VersionId> = {
-            let mut d = self.deadlines.lock();
-            let due = d.iter().filter(|(_, t)| *t <= now).map(|(id, _)| *id).collect();
-            let loaded: Vec<VersionId> =
-                rt.version_records().iter().filter(|r| r.is_loaded()).map(|r| r.meta.id).collect();
-            d.retain(|(id, t)| *t > now && loaded.contains(id));
-            due
-        };
+        let due: Vec<VersionId> = rt.version_records().iter().filter(|r| r.stage.due(now)).map(|r| r.meta.id).collect();
         for id in due {
+            rt.set_stage(id, &mut |s| s.forced());
             let n = rt.all_workers().end(id);
             tracing::warn!(version = %id, continuations = n, "drain deadline passed: continuations ended");
         }

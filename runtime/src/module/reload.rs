@@ -59,14 +59,19 @@ pub struct VersionRecord {
     pub holders: Arc<Holders>,
     /// When it was loaded.
     pub loaded_at: SystemTime,
-    /// Set once it was unloaded (or found pinned).
-    pub unloaded: Option<UnloadReport>,
+    /// Where it is in its life.
+    pub stage: super::Stage,
 }
 
 impl VersionRecord {
-    /// Whether it is still loaded.
+    /// Whether it is still loaded (not finalised yet).
     pub fn is_loaded(&self) -> bool {
-        self.unloaded.is_none()
+        self.stage.is_loaded()
+    }
+
+    /// How its unload went, once it was unloaded (or found pinned).
+    pub fn unloaded(&self) -> Option<&UnloadReport> {
+        self.stage.report()
     }
 
     /// Continuations it owns now.
@@ -89,6 +94,8 @@ pub trait ReloadHost: Send + Sync {
     fn registry(&self) -> &Registry;
     /// Unload the versions whose last reference went.
     fn reap(&self);
+    /// Move version `id` to its next stage (see [`super::Stage`]).
+    fn set_stage(&self, id: VersionId, to: &mut dyn FnMut(super::Stage) -> super::Stage);
 }
 
 /// The state work of an open transaction, recorded by the host's hooks.
