@@ -569,3 +569,30 @@ fn the_drain_deadline_ends_lingering_continuations() {
     assert!(t.elapsed() >= Duration::from_millis(150), "not before the deadline ({:?})", t.elapsed());
     assert!(rt.send(c, tag::ECHO, b"").is_err(), "the continuation was ended");
 }
+
+/// A continuation's user args are its version's: when a newer version
+/// adopts it, the values the old code stored are not handed to the new code
+/// (a refused adopt would keep them with the old version).
+#[test]
+fn user_args_do_not_survive_an_adopt() {
+    let dir = RunDir::new("upgrade-args");
+    let files = RunDir::new("upgrade-args-files");
+    let rt = runtime(&dir, 4);
+    let f = [variant(files.path(), "fixture_probe", 0), variant(files.path(), "fixture_probe", 1)];
+    let cfg = |n: usize| {
+        let mut c = module_cfg("fixture_probe", &f[n], &[]);
+        c.mode = SwapMode::Upgrade;
+        c
+    };
+    rt.reload(&[cfg(0)]).unwrap();
+    let c = rt.spawn(&rt.active("fixture_probe").unwrap(), 1, 0).unwrap();
+    let swap = |value: u64| {
+        rt.send(c, tag::ARG_SWAP, &value.to_le_bytes()).unwrap();
+        let r = (0..100).find_map(|_| rt.next_reply(Duration::from_secs(1)).filter(|r| r.tag == tag::ARG)).unwrap();
+        u64::from_le_bytes(r.data[..8].try_into().unwrap())
+    };
+    assert_eq!(swap(42), 0);
+    assert_eq!(swap(43), 42, "the same version reads what it stored");
+    rt.reload(&[cfg(1)]).unwrap();
+    assert_eq!(swap(44), 0, "the adopting version starts with no user args of the old code's");
+}

@@ -865,8 +865,11 @@ impl WorkerCore {
         let (mut adopted, mut refused) = (0, 0);
         for (slot, generation) in self.conts_of(old) {
             let id = id::encode(self.index(), slot, generation);
-            let (old_ref, old_handler, old_data) = match self.local.borrow_mut().slab.get_mut(slot) {
-                Slot::Live(c) => (c.version.clone(), c.handler, c.data),
+            // The old code's user args stay with it: the adopting version
+            // starts without them (and sets its own in adopt); they come
+            // back if the adopt is refused.
+            let (old_ref, old_handler, old_data, old_args) = match self.local.borrow_mut().slab.get_mut(slot) {
+                Slot::Live(c) => (c.version.clone(), c.handler, c.data, c.user_args.take()),
                 _ => continue,
             };
             let env = self.env(new, None);
@@ -877,6 +880,9 @@ impl WorkerCore {
             let (new_data, new_handler) = match r {
                 Ok(x) => x,
                 Err(e) => {
+                    if let Slot::Live(c) = self.local.borrow_mut().slab.get_mut(slot) {
+                        c.user_args = old_args;
+                    }
                     refused += 1;
                     tracing::warn!(
                         worker = self.index(),
