@@ -21,7 +21,7 @@ use crate::module::retire::{Reaper, Retiring};
 use crate::module::{LoadError, Loader, ModuleSpec, ModuleVersion, UnloadReport, VersionId, VersionRef};
 use crate::state::Region;
 use crate::sync::{Arc, Mutex, Ordering};
-use crate::worker::{self, Event, Fleet, Payload, Remote, WorkerCore, WorkerShared};
+use crate::worker::{self, Event, Fleet, Remote, WorkerCore, WorkerShared};
 
 /// How to start a runtime.
 #[derive(Debug, Clone)]
@@ -397,15 +397,7 @@ impl crate::host::PostSink for PostTo {
             return Err((MOLT_ERR_SHUTDOWN, "the runtime is stopping".to_owned()));
         }
         let (_, w) = rt.live_home(target)?;
-        let ev = Event {
-            target,
-            source: 0,
-            kind: MOLT_EV_MESSAGE,
-            flags: 0,
-            tag,
-            arg0: 0,
-            payload: Payload::copy_from(data),
-        };
+        let ev = Event::from_host(target, tag, data);
         w.post_posted(ev)
     }
 }
@@ -627,15 +619,7 @@ impl Runtime {
     /// Send a message from the host (source 0) to continuation `target`.
     pub fn send(&self, target: u64, tag: u64, data: &[u8]) -> ServiceResult<()> {
         let (_, w) = self.shared.live_home(target)?;
-        let ev = Event {
-            target,
-            source: 0,
-            kind: MOLT_EV_MESSAGE,
-            flags: 0,
-            tag,
-            arg0: 0,
-            payload: Payload::copy_from(data),
-        };
+        let ev = Event::from_host(target, tag, data);
         w.post(Remote::Event(ev));
         Ok(())
     }

@@ -67,6 +67,19 @@ pub struct Event {
 const _: () = assert!(core::mem::size_of::<Event>() <= 64, "an Event is one cache line");
 
 impl Event {
+    /// A message from the host (source 0) to `target`, its payload copied.
+    pub fn from_host(target: u64, tag: u64, data: &[u8]) -> Event {
+        Event {
+            target,
+            source: 0,
+            kind: molt_abi::ffi::MOLT_EV_MESSAGE,
+            flags: 0,
+            tag,
+            arg0: 0,
+            payload: Payload::copy_from(data),
+        }
+    }
+
     /// An event with no payload.
     pub fn bare(kind: u32, target: u64, source: u64, tag: u64) -> Event {
         Event { target, source, kind, flags: 0, tag, arg0: 0, payload: Payload::Inline { len: 0, bytes: [0; INLINE] } }
