@@ -14,7 +14,8 @@ use crate::worker::{CallNow, WorkerCore};
 /// One module's continuation in a transaction.
 pub(super) struct Hooked {
     pub cont: u64,
-    pub name: Box<str>,
+    /// The module's index in its route's module list (its name, for logs).
+    pub module: usize,
     pub policy: FailurePolicy,
     /// Skipped for the rest of the transaction (failed under fail_open).
     pub skip: bool,
@@ -86,20 +87,22 @@ impl Chain {
                     CallNow::Stale | CallNow::CoreKind => h.skip = true,
                     CallNow::Failed(e) => {
                         bump(by.hook_failures);
-                        crate::module::quiet::failure(&h.name, || {
-                            tracing::warn!(worker = by.worker, module = %h.name, hook = kind, "hook failed: {e}");
+                        let name = by.site.routes.get(data.route).and_then(|r| r.modules.get(h.module));
+                        let name = name.map_or("?", |n| n.as_str());
+                        crate::module::quiet::failure(name, || {
+                            tracing::warn!(worker = by.worker, module = %name, hook = kind, "hook failed: {e}");
                         });
                         if e.panicked() && h.policy == FailurePolicy::Restart {
-                            by.core.fleet().request_restart(&h.name);
+                            by.core.fleet().request_restart(name);
                         }
                         if h.policy == FailurePolicy::FailOpen {
                             h.skip = true;
                         } else if early {
-                            data.answer = Some(Answer::host(500, &format!("module {} failed at the request", h.name)));
+                            data.answer = Some(Answer::host(500, &format!("module {name} failed at the request")));
                         } else if kind == MOLT_EV_HTTP_RESPONSE && data.answer.is_none() {
                             // The upstream's response may not be sent as it is.
                             data.resp = None;
-                            data.answer = Some(Answer::host(500, &format!("module {} failed at the response", h.name)));
+                            data.answer = Some(Answer::host(500, &format!("module {name} failed at the response")));
                         }
                     }
                 }
@@ -131,4 +134,56 @@ impl Chain {
 
 fn data_id(view: &View<'_>) -> u64 {
     view.t.borrow().id
+}
+
+/// The hook path alone, for the hook-path bench: `iters` transactions on
+/// this worker, each making one continuation per module of `modules` (as a
+/// request's `begin` does), calling the REQUEST, UPSTREAM and RESPONSE
+/// hooks, then TXN_END and END, and running the loop until idle. No socket
+/// is touched. The caller is this worker's thread (`Runtime::on_worker`).
+pub fn hook_path_bench(core: &WorkerCore, modules: &[crate::module::VersionRef], iters: u64) -> std::time::Duration {
+    let site = HttpSite {
+        name: "bench".into(),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+        routes: vec![super::site::HttpRoute {
+            name: "all".into(),
+            host: None,
+            path: "/".into(),
+            upstream: Some(0),
+            modules: modules.iter().map(|v| v.meta().name.clone()).collect(),
+            retry_non_idempotent: false,
+        }],
+        groups: vec![("up".into(), vec![std::net::SocketAddr::from(([127, 0, 0, 1], 2))])],
+        limits: super::site::HttpLimits::default(),
+    };
+    let raw = b"GET / HTTP/1.1\r\nHost: b\r\n\r\n";
+    let Ok(Some((req, _))) = super::head::parse_request(raw, &super::head::Limits::default()) else {
+        return std::time::Duration::ZERO;
+    };
+    let mut data = TxnData { id: 1, req, route: 0, group: Some(0), answer: None, resp: None, upstream_addr: None };
+    let (failures, held) = (AtomicU64::new(0), AtomicU64::new(0));
+    let by = Caller {
+        core,
+        site: &site,
+        peer: "127.0.0.1:1",
+        worker: core.index(),
+        hook_failures: &failures,
+        held_hooks: &held,
+    };
+    let mut spare = Vec::new();
+    let t = std::time::Instant::now();
+    for _ in 0..iters {
+        let mut chain = Chain::recycled(spare);
+        for (i, v) in modules.iter().enumerate() {
+            let Ok(cont) = core.spawn_host(v) else { return t.elapsed() };
+            chain.conts.push(Hooked { cont, module: i, policy: FailurePolicy::Restart, skip: false });
+        }
+        chain.call(&by, &mut data, MOLT_EV_HTTP_REQUEST, (0, 0));
+        chain.call(&by, &mut data, MOLT_EV_HTTP_UPSTREAM, (0, 0));
+        chain.call(&by, &mut data, MOLT_EV_HTTP_RESPONSE, (200, 0));
+        chain.end(&by, &mut data, (200, 2), false);
+        core.run_until_idle();
+        spare = std::mem::take(&mut chain.conts);
+    }
+    t.elapsed()
 }

@@ -17,5 +17,6 @@ pub mod txn;
 mod upstream;
 mod wire;
 
+pub use hooks::hook_path_bench;
 pub use layer::{BODY_BUF, HttpLayer, HttpStats, SitePlan};
 pub use site::{HttpLimits, HttpRoute, HttpSite};

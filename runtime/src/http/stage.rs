@@ -220,7 +220,7 @@ impl HttpLayer {
         // (spawn_host calls no module, so the cache stays borrowed).
         let mut generations = self.generations.borrow_mut();
         let generation = generations.get(core.fleet().registry());
-        for name in &site.routes[route].modules {
+        for (module, name) in site.routes[route].modules.iter().enumerate() {
             let entry = generation.and_then(|g| g.entries.iter().find(|e| &e.cfg.name == name));
             let Some(entry) = entry else {
                 let why = format!("module {name} of route {} is not loaded", site.routes[route].name);
@@ -228,12 +228,7 @@ impl HttpLayer {
                 break;
             };
             match core.spawn_host(&entry.version) {
-                Ok(cont) => t.chain.conts.push(Hooked {
-                    cont,
-                    name: name.as_str().into(),
-                    policy: entry.cfg.failure_policy,
-                    skip: false,
-                }),
+                Ok(cont) => t.chain.conts.push(Hooked { cont, module, policy: entry.cfg.failure_policy, skip: false }),
                 Err((_, e)) => {
                     answer(&mut t, Answer::host(503, &format!("cannot start module {name} for this request: {e}")));
                     break;
