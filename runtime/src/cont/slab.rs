@@ -19,6 +19,10 @@ use std::collections::VecDeque;
 
 const CHUNK: usize = 1024;
 
+/// Freed slots a worker keeps for its own next spawns (see
+/// [`SlotTable::retire_local`]).
+pub const LOCAL_CACHE: usize = 256;
+
 /// One slot's local state: `C` is a live continuation (the worker's), `E`
 /// an event waiting for a reserved slot.
 pub(crate) enum Slot<C, E> {
@@ -29,7 +33,7 @@ pub(crate) enum Slot<C, E> {
         generation: u32,
         pending: VecDeque<E>,
     },
-    Live(Box<C>),
+    Live(C),
 }
 
 /// The home worker's slots (rule 1).
@@ -118,14 +122,48 @@ impl SlotTable {
     /// its ids are stale for every thread from now on. Idempotent.
     pub fn retire(&self, slot: u32) {
         let _f = self.free.lock();
+        self.bump(slot);
+    }
+
+    /// Rule 2's generation bump and live bit cleared, if live. Only the
+    /// slot's home worker retires a live slot, so no lock is needed for the
+    /// slot itself; the loom mutant keeps the old generation.
+    fn bump(&self, slot: u32) {
         let cur = self.gens[slot as usize].load(Ordering::Relaxed);
         if cur & 1 == 1 {
             let g = cur >> 1;
-            // Rule 2's generation bump; the loom mutant keeps the old one.
             #[cfg(not(molt_mutant = "slot_no_generation"))]
             let g = (g + 1) & GEN_MASK;
             self.gens[slot as usize].store(g << 1, Ordering::Release);
         }
+    }
+
+    /// Retire a live slot and return it to the free list under one lock
+    /// (the home worker, after the continuation's END ran).
+    pub fn retire_and_free(&self, slot: u32) {
+        let mut f = self.free.lock();
+        self.bump(slot);
+        f.free.push(slot);
+    }
+
+    /// Reserve a slot for the home worker, from its own cache of freed
+    /// slots when it has one (no lock), else from the shared list.
+    pub fn reserve_local(&self, cache: &mut Vec<u32>) -> Option<(u32, u32)> {
+        let Some(slot) = cache.pop() else { return self.reserve() };
+        let g = self.gens[slot as usize].load(Ordering::Relaxed) >> 1;
+        self.gens[slot as usize].store(g << 1 | 1, Ordering::Release);
+        Some((slot, g))
+    }
+
+    /// Retire a live slot of the home worker and keep it in the worker's
+    /// cache (no lock), up to [`LOCAL_CACHE`] slots; beyond, it goes back
+    /// to the shared list so that other threads can reserve it.
+    pub fn retire_local(&self, slot: u32, cache: &mut Vec<u32>) {
+        if cache.len() >= LOCAL_CACHE {
+            return self.retire_and_free(slot);
+        }
+        self.bump(slot);
+        cache.push(slot);
     }
 
     /// Return a retired slot to the free list.

@@ -119,8 +119,10 @@ impl Chain {
         if self.call(by, data, MOLT_EV_HTTP_TXN_END, args) == Ran::Held && !force {
             return Ran::Held;
         }
+        // END now, not a loop turn later: the chain's continuations are
+        // the layer's own, and it is outside any module call here.
         for h in self.conts.drain(..) {
-            let _ = by.core.destroy(h.cont);
+            let _ = by.core.end_now(h.cont);
         }
         self.pos = 0;
         Ran::Done

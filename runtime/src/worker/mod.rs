@@ -198,6 +198,8 @@ pub(crate) struct Cont {
 
 struct Local {
     slab: Slab<Cont, Event>,
+    /// Slots this worker freed, reserved again without the table's lock.
+    free_slots: Vec<u32>,
     runq: VecDeque<Event>,
     /// The previous turn's batch, empty, kept for its capacity.
     spare: VecDeque<Event>,
@@ -246,6 +248,7 @@ impl WorkerCore {
             rt,
             local: RefCell::new(Local {
                 slab: Slab::new(),
+                free_slots: Vec::with_capacity(crate::cont::slab::LOCAL_CACHE),
                 runq: VecDeque::new(),
                 spare: VecDeque::new(),
                 timers: TimerWheel::new(Instant::now()),
@@ -486,7 +489,7 @@ impl WorkerCore {
             _ => VecDeque::new(),
         };
         s.version.holders().conts.fetch_add(1, Ordering::Relaxed);
-        *l.slab.get_mut(s.slot) = Slot::Live(Box::new(Cont {
+        *l.slab.get_mut(s.slot) = Slot::Live(Cont {
             generation: s.generation,
             version: s.version,
             handler: s.handler,
@@ -494,7 +497,7 @@ impl WorkerCore {
             ending: false,
             user_args: None,
             started: false,
-        }));
+        });
         if start {
             l.runq.push_back(Event::bare(MOLT_EV_START, id, s.source, s.tag));
         }
@@ -591,14 +594,40 @@ impl WorkerCore {
     }
 
     fn free_slot(&self, slot: u32) {
-        let old = std::mem::replace(self.local.borrow_mut().slab.get_mut(slot), Slot::Free);
+        let mut l = self.local.borrow_mut();
+        let old = std::mem::replace(l.slab.get_mut(slot), Slot::Free);
         if let Slot::Live(c) = old {
             c.version.holders().conts.fetch_sub(1, Ordering::Relaxed);
-            self.shared.slots.retire(slot);
-            self.shared.slots.free(slot);
+            self.shared.slots.retire_local(slot, &mut l.free_slots);
+            drop(l);
             // `c.version` drops here: if it was the last reference, the
             // version goes to the reaper (never unloaded on this stack).
+            drop(c);
         }
+    }
+
+    /// End continuation `id` of this worker now: its END runs before this
+    /// returns (no loop turn in between). For a layer ending what it made
+    /// (a transaction's module continuations at TXN_END), outside any module
+    /// call; a held version's END waits like any of its events.
+    pub fn end_now(&self, id: u64) -> ServiceResult<()> {
+        let p = id::decode(id).filter(|p| p.worker == self.index()).ok_or_else(|| stale(id))?;
+        match self.local.borrow_mut().slab.get_mut(p.slot) {
+            Slot::Live(c) if c.generation == p.generation && !c.ending => {
+                c.ending = true;
+                // The id is stale for everyone from here; the slot is
+                // reused only after the END below.
+                self.shared.slots.retire(p.slot);
+            }
+            _ => return Err(stale(id)),
+        }
+        if context::current().is_some() {
+            // Inside a module call: END must not run on its stack.
+            self.local.borrow_mut().runq.push_back(Event::bare(MOLT_EV_END, id, 0, 0));
+        } else {
+            self.dispatch(Event::bare(MOLT_EV_END, id, 0, 0));
+        }
+        Ok(())
     }
 
     /// Mark a local continuation ending and queue its END.
@@ -671,7 +700,8 @@ impl WorkerCore {
         tag: u64,
         source: u64,
     ) -> ServiceResult<u64> {
-        let (slot, generation) = self.shared.slots.reserve().ok_or_else(|| full(self.index(), &self.shared.slots))?;
+        let reserved = self.shared.slots.reserve_local(&mut self.local.borrow_mut().free_slots);
+        let (slot, generation) = reserved.ok_or_else(|| full(self.index(), &self.shared.slots))?;
         self.install(Spawn { slot, generation, version: version.clone(), handler, data: SendPtr(data), tag, source });
         Ok(id::encode(self.index(), slot, generation))
     }
@@ -680,7 +710,8 @@ impl WorkerCore {
     /// connection or a transaction: no START (its first event is the
     /// layer's), data NULL. The caller is this worker, outside module calls.
     pub fn spawn_host(&self, version: &VersionRef) -> ServiceResult<u64> {
-        let (slot, generation) = self.shared.slots.reserve().ok_or_else(|| full(self.index(), &self.shared.slots))?;
+        let reserved = self.shared.slots.reserve_local(&mut self.local.borrow_mut().free_slots);
+        let (slot, generation) = reserved.ok_or_else(|| full(self.index(), &self.shared.slots))?;
         let spawn = Spawn {
             slot,
             generation,
