@@ -376,7 +376,8 @@ fn hold_and_release_keep_parked_events_in_order() {
 #[test]
 fn remote_spawn_keeps_events_that_arrive_before_it() {
     enum Msg {
-        Spawn(u32, u32),
+        /// The spawn message (its slot is the one the event names).
+        Spawn,
         Event(u32, u32),
     }
     loom::model(|| {
@@ -388,7 +389,7 @@ fn remote_spawn_keeps_events_that_arrive_before_it() {
             // cont_create returned the id: a third thread sends to it at once.
             let q2 = q.clone();
             let sender = thread::spawn(move || q2.push(Msg::Event(slot, g)));
-            q.push(Msg::Spawn(slot, g));
+            q.push(Msg::Spawn);
             sender.join().unwrap();
         });
         // The home worker: a slot it does not know yet but the table says is
@@ -397,7 +398,7 @@ fn remote_spawn_keeps_events_that_arrive_before_it() {
         while taken < 2 {
             // SAFETY: this thread is the inbox's only consumer.
             match unsafe { inbox.pop() } {
-                Pop::Data(Msg::Spawn(_, _)) => {
+                Pop::Data(Msg::Spawn) => {
                     taken += 1;
                     live = true;
                     delivered.push("START");
@@ -418,5 +419,43 @@ fn remote_spawn_keeps_events_that_arrive_before_it() {
         }
         spawner.join().unwrap();
         assert_eq!(delivered, ["START", "event"], "the early event was dropped as stale");
+    });
+}
+
+/// (h) The same id reuse through the home worker's own slot cache
+/// (`retire_local` / `reserve_local`, no table lock): the old id is never
+/// live again, whatever another thread observes meanwhile.
+///
+/// Protection: the generation bump (slab rule 2), shared with the locked
+/// path; mutant `slot_no_generation` removes it.
+#[test]
+fn local_slot_reuse_has_no_aba() {
+    loom::model(|| {
+        let table = Arc::new(SlotTable::new(2));
+        let mut cache = Vec::new();
+        let (slot, old) = table.reserve_local(&mut cache).unwrap();
+        let reused = Arc::new(AtomicBool::new(false));
+
+        let (t, r) = (table.clone(), reused.clone());
+        let owner = thread::spawn(move || {
+            let mut cache = cache;
+            t.retire_local(slot, &mut cache); // END ran
+            let (s2, g2) = t.reserve_local(&mut cache).unwrap();
+            assert_eq!(s2, slot, "the worker reuses its own freed slot");
+            assert_ne!(g2, old, "with a new generation");
+            r.store(true, Ordering::SeqCst);
+        });
+        let (t, r) = (table.clone(), reused.clone());
+        let observer = thread::spawn(move || {
+            for _ in 0..2 {
+                if r.load(Ordering::SeqCst) {
+                    assert!(!t.is_live(slot, old), "a stale id looks live after its slot was reused (ABA)");
+                }
+                thread::yield_now();
+            }
+        });
+        owner.join().unwrap();
+        observer.join().unwrap();
+        assert!(!table.is_live(slot, old));
     });
 }
