@@ -6,7 +6,12 @@
 # own config (adds a request and a response header, keep-alive upstream pool).
 #
 #   benches/proxy/run.sh [--rounds N] [--duration S] [--connections C] [--workers W]
-#                        [--no-modules | --direct]
+#                        [--no-modules | --direct] [--count]
+#
+# --count, instead of the rounds, counts what molt does per request at one
+# connection (wrk -c1 for --duration seconds): malloc calls (a perf uprobe
+# on libc's malloc), epoll_wait calls and all system calls, from
+# `perf stat -p` on the molt process, divided by the requests wrk made.
 #
 # --no-modules runs molt's route without its module chain (and nginx without
 # the extra headers): the proxy core alone, to see what the chain costs.
@@ -23,7 +28,7 @@ set -euo pipefail
 
 ROUNDS=3 DURATION=10 CONNS=64 WORKERS=1 CHAIN='"rate_limit", "header_rewrite", "router"'
 NGX_EXTRA='proxy_set_header X-Proxy molt-bench; add_header X-Served-By nginx;'
-MODE=proxy
+MODE=proxy COUNT=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -32,7 +37,8 @@ while [ $# -gt 0 ]; do
     --workers) WORKERS=$2; shift 2 ;;
     --no-modules) CHAIN=''; NGX_EXTRA=''; shift ;;
     --direct) MODE=direct; CHAIN='"rate_limit", "header_rewrite", "hello"'; shift ;;
-    *) echo "usage: $0 [--rounds N] [--duration S] [--connections C] [--workers W] [--no-modules | --direct]" >&2; exit 2 ;;
+    --count) COUNT=1; shift ;;
+    *) echo "usage: $0 [--rounds N] [--duration S] [--connections C] [--workers W] [--no-modules | --direct] [--count]" >&2; exit 2 ;;
   esac
 done
 
@@ -166,6 +172,22 @@ for addr in $BACKEND $MOLT $NGX; do
 done
 if [ -n "$CHAIN" ]; then
   curl -si "http://$MOLT/" | grep -qi "X-Served-By: molt" || { echo "molt's module chain did not run" >&2; exit 1; }
+fi
+
+if [ "$COUNT" = 1 ]; then
+  MPID=${PIDS[-1]}
+  perf probe -q -x "$(ldd "$BIN/molt" | awk '/libc.so/ {print $3}')" malloc 2>/dev/null || true
+  perf stat -x, -o "$WORK/stat.txt" -e probe_libc:malloc -e syscalls:sys_enter_epoll_wait -e raw_syscalls:sys_enter \
+    -p "$MPID" -- sleep "$((DURATION + 1))" &
+  STAT=$!
+  sleep 0.5
+  reqs=$(wrk -t1 -c1 -d"${DURATION}s" "http://$MOLT/" | awk '/requests in/ {print $1}')
+  wait "$STAT"
+  echo "molt per request at one connection (modules: [${CHAIN:-none}], $reqs requests in ${DURATION}s):"
+  awk -F, -v n="$reqs" '$3 ~ /malloc/ {printf "  malloc       %.2f\n", $1/n}
+                        $3 ~ /epoll_wait/ {printf "  epoll_wait   %.2f\n", $1/n}
+                        $3 ~ /raw_syscalls/ {printf "  syscalls     %.2f\n", $1/n}' "$WORK/stat.txt"
+  exit 0
 fi
 
 # wrk's --latency output -> "rps p50_us p99_us"

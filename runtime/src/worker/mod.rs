@@ -289,16 +289,29 @@ impl WorkerCore {
         let active = !layers.is_empty();
         let tick_every = layers.iter().map(|l| l.tick_every()).min().unwrap_or(Duration::from_millis(50));
         let _ = self.io.set(layers);
+        // Readiness comes from the blocking poll below when the loop runs
+        // out of work. While work stays queued, a zero-timeout poll every
+        // POLL_EVERY turns keeps sockets served; right after a blocking
+        // poll, or with nothing queued (the blocking poll follows at once),
+        // none is made.
+        const POLL_EVERY: u32 = 8;
+        let mut turns_without_poll = 0u32;
+        let mut just_polled = false;
         loop {
             let mut worked = false;
             if active {
-                // Sockets are edge-triggered: a zero-timeout poll each turn.
-                if poll.poll(&mut events, Some(Duration::ZERO)).is_ok() {
-                    for ev in events.iter() {
-                        worked = true;
-                        self.io_ready(ev);
+                if !just_polled && turns_without_poll >= POLL_EVERY {
+                    turns_without_poll = 0;
+                    if poll.poll(&mut events, Some(Duration::ZERO)).is_ok() {
+                        for ev in events.iter() {
+                            worked = true;
+                            self.io_ready(ev);
+                        }
                     }
+                } else {
+                    turns_without_poll += 1;
                 }
+                just_polled = false;
                 worked |= self.io_tick();
             }
             worked |= self.turn();
@@ -334,6 +347,8 @@ impl WorkerCore {
                     for ev in events.iter() {
                         self.io_ready(ev);
                     }
+                    just_polled = true;
+                    turns_without_poll = 0;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => tracing::error!(worker = self.index(), "poll failed: {e}"),
