@@ -181,6 +181,10 @@ if [ "$COUNT" = 1 ]; then
     -p "$MPID" -- sleep "$((DURATION + 1))" &
   STAT=$!
   sleep 0.5
+  if [ -n "${MALLOC_STACKS:-}" ]; then
+    # Where the mallocs come from: call graphs into $MALLOC_STACKS (perf report -i ...).
+    perf record -q --call-graph dwarf,16384 -e probe_libc:malloc -o "$MALLOC_STACKS" -p "$MPID" -- sleep 1 >/dev/null 2>&1 &
+  fi
   reqs=$(wrk -t1 -c1 -d"${DURATION}s" "http://$MOLT/" | awk '/requests in/ {print $1}')
   wait "$STAT"
   echo "molt per request at one connection (modules: [${CHAIN:-none}], $reqs requests in ${DURATION}s):"

@@ -523,7 +523,7 @@ fn check_http(v: &molt_runtime::module::ModuleVersion) -> bool {
     use molt_runtime::http::txn::{TxnData, View};
     use std::cell::RefCell;
     let name = v.meta().name.clone();
-    let h = |n: &str, v: &str| Header { name: n.to_owned(), value: v.as_bytes().to_vec() };
+    let h = |n: &str, v: &str| Header::new(n, v.as_bytes());
     let site = molt_runtime::http::HttpSite {
         name: "check".into(),
         listen: "127.0.0.1:0".parse().expect("an address"),

@@ -77,13 +77,21 @@ impl HeadError {
     }
 }
 
-/// One header field.
+/// One header field. Names and values up to 24 bytes (most of them) are
+/// held inline: parsing a head allocates for its field list, not per field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     /// The name as sent.
-    pub name: String,
+    pub name: compact_str::CompactString,
     /// The value bytes.
-    pub value: Vec<u8>,
+    pub value: smallvec::SmallVec<[u8; 24]>,
+}
+
+impl Header {
+    /// A field `name: value`.
+    pub fn new(name: &str, value: &[u8]) -> Header {
+        Header { name: name.into(), value: value.into() }
+    }
 }
 
 /// A parsed request head.
@@ -173,13 +181,14 @@ impl<'a> HopByHop<'a> {
     }
 }
 
-fn tokens<'a>(headers: &'a [Header], name: &'a str) -> impl Iterator<Item = String> + 'a {
+/// The comma-separated tokens of every `name` field, trimmed, empty ones
+/// skipped: borrowed from the values, no allocation.
+fn tokens<'a>(headers: &'a [Header], name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
     headers
         .iter()
         .filter(move |h| eq(&h.name, name))
-        .flat_map(|h| {
-            String::from_utf8_lossy(&h.value).split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>()
-        })
+        .flat_map(|h| h.value.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
 }
 
@@ -201,9 +210,10 @@ fn framing(headers: &[Header], minor: u8) -> Result<Option<Body>, HeadError> {
             length = Some(n);
         }
     }
-    let codings: Vec<String> = tokens(headers, "transfer-encoding").collect();
     let has_te = headers.iter().any(|h| eq(&h.name, "transfer-encoding"));
     if has_te {
+        let codings: Vec<String> =
+            tokens(headers, "transfer-encoding").map(|t| String::from_utf8_lossy(t).to_ascii_lowercase()).collect();
         if length.is_some() {
             return Err(HeadError::Bad("Transfer-Encoding together with Content-Length".into()));
         }
@@ -228,8 +238,12 @@ fn framing(headers: &[Header], minor: u8) -> Result<Option<Body>, HeadError> {
 }
 
 fn keep_alive(headers: &[Header], minor: u8) -> bool {
-    let conn: Vec<String> = tokens(headers, "connection").collect();
-    if minor == 0 { conn.iter().any(|t| t == "keep-alive") } else { !conn.iter().any(|t| t == "close") }
+    let mut conn = tokens(headers, "connection");
+    if minor == 0 {
+        conn.any(|t| t.eq_ignore_ascii_case(b"keep-alive"))
+    } else {
+        !conn.any(|t| t.eq_ignore_ascii_case(b"close"))
+    }
 }
 
 fn collect(raw: &[httparse::Header<'_>]) -> Result<Vec<Header>, HeadError> {
@@ -238,7 +252,7 @@ fn collect(raw: &[httparse::Header<'_>]) -> Result<Vec<Header>, HeadError> {
             if h.value.iter().any(|b| *b == b'\r' || *b == b'\n' || *b == 0) {
                 return Err(HeadError::Bad(format!("header {} has a control character in its value", h.name)));
             }
-            Ok(Header { name: h.name.to_owned(), value: h.value.to_vec() })
+            Ok(Header::new(h.name, h.value))
         })
         .collect()
 }
@@ -350,7 +364,7 @@ fn parse_request_as_is(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHea
             if !valid_authority(authority.as_bytes()) {
                 return Err(HeadError::Bad(format!("the target's host {authority:?} is not a valid host")));
             }
-            let host = Header { name: "Host".into(), value: authority.as_bytes().to_vec() };
+            let host = Header::new("Host", authority.as_bytes());
             headers.retain(|h| !eq(&h.name, "host"));
             headers.insert(0, host);
             target = rest;
@@ -520,7 +534,7 @@ mod tests {
         assert_eq!((r.body, r.keep_alive), (Body::UntilClose, false));
         let (r, _) = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", &l, "GET").unwrap().unwrap();
         assert_eq!(r.body, Body::None);
-        let hs = vec![Header { name: "Connection".into(), value: b"close, X-Secret".to_vec() }];
+        let hs = vec![Header::new("Connection", b"close, X-Secret")];
         assert!(is_hop_by_hop("x-secret", &hs) && is_hop_by_hop("Keep-Alive", &hs) && !is_hop_by_hop("X-Other", &hs));
     }
 }

@@ -29,7 +29,7 @@ impl Answer {
     pub fn host(status: u16, text: &str) -> Answer {
         Answer {
             status,
-            headers: vec![Header { name: "Content-Type".into(), value: b"text/plain; charset=utf-8".to_vec() }],
+            headers: vec![Header::new("Content-Type", b"text/plain; charset=utf-8")],
             body: format!("{status} {}: {text}\n", reason(status)).into_bytes(),
             by: 2,
         }
@@ -178,7 +178,7 @@ impl TxnAccess for View<'_> {
             MOLT_HDR_SET => {
                 let pos = headers.iter().position(|h| h.name.eq_ignore_ascii_case(name));
                 headers.retain(|h| !h.name.eq_ignore_ascii_case(name));
-                let h = Header { name: name.to_owned(), value: value.to_vec() };
+                let h = Header::new(name, value);
                 match pos {
                     Some(p) => headers.insert(p.min(headers.len()), h),
                     None => headers.push(h),
@@ -187,7 +187,7 @@ impl TxnAccess for View<'_> {
                     t.req.host = Some(String::from_utf8_lossy(value).into_owned());
                 }
             }
-            MOLT_HDR_ADD => headers.push(Header { name: name.to_owned(), value: value.to_vec() }),
+            MOLT_HDR_ADD => headers.push(Header::new(name, value)),
             MOLT_HDR_REMOVE => headers.retain(|h| !h.name.eq_ignore_ascii_case(name)),
             _ => return Err(invalid(format!("unknown header mode {mode} (MOLT_HDR_*)"))),
         }
@@ -221,7 +221,7 @@ impl TxnAccess for View<'_> {
         }
         let mut headers = Vec::new();
         if !content_type.is_empty() {
-            headers.push(Header { name: "Content-Type".into(), value: content_type.to_vec() });
+            headers.push(Header::new("Content-Type", content_type));
         }
         self.t.borrow_mut().answer = Some(Answer { status: status as u16, headers, body: body.to_vec(), by: 1 });
         Ok(())
