@@ -376,6 +376,9 @@ impl ReloadHost for RuntimeShared {
     fn reap(&self) {
         RuntimeShared::reap(self)
     }
+    fn due(&self, now: std::time::Instant) -> Vec<VersionId> {
+        self.versions.lock().values().filter(|r| r.stage.due(now)).map(|r| r.meta.id).collect()
+    }
     fn set_stage(&self, id: VersionId, to: &mut dyn FnMut(crate::module::Stage) -> crate::module::Stage) {
         if let Some(r) = self.versions.lock().get_mut(&id) {
             let s = std::mem::replace(&mut r.stage, crate::module::Stage::Loaded);

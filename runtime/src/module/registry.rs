@@ -608,7 +608,7 @@ impl Registry {
     /// End the continuations of versions whose drain deadline passed.
     pub fn tick(&self, rt: &dyn ReloadHost) {
         let now = Instant::now();
-        let due: Vec<VersionId> = rt.version_records().iter().filter(|r| r.stage.due(now)).map(|r| r.meta.id).collect();
+        let due = rt.due(now);
         for id in due {
             rt.set_stage(id, &mut |s| s.forced());
             let n = rt.all_workers().end(id);

@@ -94,6 +94,10 @@ pub trait ReloadHost: Send + Sync {
     fn registry(&self) -> &Registry;
     /// Unload the versions whose last reference went.
     fn reap(&self);
+    /// The draining versions whose deadline passed at `now` and that were
+    /// not forced yet (read under the records' lock, nothing cloned: the
+    /// ticker asks every 20 ms).
+    fn due(&self, now: std::time::Instant) -> Vec<VersionId>;
     /// Move version `id` to its next stage (see [`super::Stage`]).
     fn set_stage(&self, id: VersionId, to: &mut dyn FnMut(super::Stage) -> super::Stage);
 }
