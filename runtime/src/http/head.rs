@@ -97,10 +97,10 @@ impl Header {
 /// A parsed request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
-    /// Method.
-    pub method: String,
-    /// Request target.
-    pub target: String,
+    /// Method (inline up to 24 bytes, as every method is).
+    pub method: compact_str::CompactString,
+    /// Request target (inline up to 24 bytes).
+    pub target: compact_str::CompactString,
     /// Minor version: 0 or 1.
     pub minor: u8,
     /// Header fields in order.
@@ -111,8 +111,8 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue`.
     pub expect_continue: bool,
-    /// The `Host` value.
-    pub host: Option<String>,
+    /// The `Host` value (inline up to 24 bytes).
+    pub host: Option<compact_str::CompactString>,
 }
 
 /// A parsed response head.
@@ -120,8 +120,8 @@ pub struct RequestHead {
 pub struct ResponseHead {
     /// Status code.
     pub status: u16,
-    /// Reason phrase.
-    pub reason: String,
+    /// Reason phrase (inline up to 24 bytes).
+    pub reason: compact_str::CompactString,
     /// Minor version.
     pub minor: u8,
     /// Header fields in order.
@@ -356,7 +356,7 @@ fn parse_request_as_is(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHea
             return Err(HeadError::Bad(format!("Host {:?} is not a valid host", String::from_utf8_lossy(&h.value))));
         }
         let method = req.method.unwrap_or_default();
-        let mut target = req.path.unwrap_or_default().to_owned();
+        let mut target: compact_str::CompactString = req.path.unwrap_or_default().into();
         if target == "*" && method != "OPTIONS" {
             return Err(HeadError::Bad(format!("the target * is for OPTIONS only, not {method}")));
         }
@@ -367,16 +367,19 @@ fn parse_request_as_is(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHea
             let host = Header::new("Host", authority.as_bytes());
             headers.retain(|h| !eq(&h.name, "host"));
             headers.insert(0, host);
-            target = rest;
+            target = rest.into();
         } else if !target.starts_with('/') && target != "*" {
             return Err(HeadError::Bad(format!("the target {target:?} is neither a path nor an absolute URI")));
         }
-        let host = headers.iter().find(|h| eq(&h.name, "host")).map(|h| String::from_utf8_lossy(&h.value).into_owned());
+        let host = headers
+            .iter()
+            .find(|h| eq(&h.name, "host"))
+            .map(|h| compact_str::CompactString::from(String::from_utf8_lossy(&h.value)));
         let expect_continue =
             headers.iter().any(|h| eq(&h.name, "expect") && h.value.eq_ignore_ascii_case(b"100-continue"));
         Ok(Some((
             RequestHead {
-                method: method.to_owned(),
+                method: method.into(),
                 target,
                 minor,
                 keep_alive: keep_alive(&headers, minor),
@@ -428,14 +431,7 @@ pub fn parse_response(buf: &[u8], limits: &Limits, method: &str) -> Result<Optio
         let body = if no_body { Body::None } else { framed.unwrap_or(Body::UntilClose) };
         let keep_alive = keep_alive(&headers, minor) && body != Body::UntilClose;
         Ok(Some((
-            ResponseHead {
-                status,
-                reason: res.reason.unwrap_or_default().to_owned(),
-                minor,
-                headers,
-                body,
-                keep_alive,
-            },
+            ResponseHead { status, reason: res.reason.unwrap_or_default().into(), minor, headers, body, keep_alive },
             n,
         )))
     })

@@ -184,7 +184,7 @@ impl TxnAccess for View<'_> {
                     None => headers.push(h),
                 }
                 if name.eq_ignore_ascii_case("host") && msg == MOLT_HTTP_MSG_REQUEST {
-                    t.req.host = Some(String::from_utf8_lossy(value).into_owned());
+                    t.req.host = Some(String::from_utf8_lossy(value).into());
                 }
             }
             MOLT_HDR_ADD => headers.push(Header::new(name, value)),
@@ -205,7 +205,7 @@ impl TxnAccess for View<'_> {
                 String::from_utf8_lossy(target)
             )));
         }
-        self.t.borrow_mut().req.target = String::from_utf8_lossy(target).into_owned();
+        self.t.borrow_mut().req.target = String::from_utf8_lossy(target).into();
         Ok(())
     }
 
