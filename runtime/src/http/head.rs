@@ -157,11 +157,12 @@ pub fn is_hop_by_hop(name: &str, headers: &[Header]) -> bool {
 /// The hop-by-hop names of one message: [`HOP_BY_HOP`] and those its
 /// `Connection` headers list, read once for all its fields.
 pub struct HopByHop<'a> {
-    listed: Vec<&'a str>,
+    /// Up to four options inline (a `Connection: keep-alive` costs nothing).
+    listed: smallvec::SmallVec<[&'a str; 4]>,
 }
 
 impl<'a> HopByHop<'a> {
-    /// Read the `Connection` headers of `headers` (allocates only when there are some).
+    /// Read the `Connection` headers of `headers` (allocates only past four options).
     pub fn of(headers: &'a [Header]) -> HopByHop<'a> {
         // A Connection option can make a field hop-by-hop, but never Host:
         // a request forwarded without it would be routed by guess upstream.
