@@ -431,7 +431,7 @@ fn remote_spawn_keeps_events_that_arrive_before_it() {
 #[test]
 fn local_slot_reuse_has_no_aba() {
     loom::model(|| {
-        let table = Arc::new(SlotTable::new(2));
+        let table = Arc::new(SlotTable::new(8));
         let mut cache = Vec::new();
         let (slot, old) = table.reserve_local(&mut cache).unwrap();
         let reused = Arc::new(AtomicBool::new(false));
@@ -440,6 +440,7 @@ fn local_slot_reuse_has_no_aba() {
         let owner = thread::spawn(move || {
             let mut cache = cache;
             t.retire_local(slot, &mut cache); // END ran
+            assert_eq!(cache, [slot], "kept in the worker's cache (8 slots: up to 2 cached)");
             let (s2, g2) = t.reserve_local(&mut cache).unwrap();
             assert_eq!(s2, slot, "the worker reuses its own freed slot");
             assert_ne!(g2, old, "with a new generation");

@@ -414,3 +414,33 @@ fn a_module_cannot_reach_another_modules_user_args() {
     rt.send(mine, 5, &theirs.to_le_bytes()).unwrap();
     assert_eq!(i32_at(&expect(&rt, 5).data, 0), MOLT_ERR_INVALID_ARG, "fixture_probe's continuation");
 }
+
+/// A worker keeps some of the slots it frees for its own next continuations
+/// (no lock), but never so many that a continuation created on it from
+/// another thread finds the table full while most of it is free.
+#[test]
+fn slots_a_worker_keeps_for_itself_leave_room_for_remote_spawns() {
+    let dir = RunDir::new("slot-cache");
+    let rt = Runtime::start(RuntimeConfig {
+        workers: 1,
+        run_dir: dir.path().to_owned(),
+        max_continuations_per_worker: 8,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let v = probe(&rt);
+    let v2 = v.clone();
+    // The worker makes and ends all 8 continuations itself.
+    rt.on_worker(0, move |w| {
+        let ids: Vec<u64> = (0..8).map(|_| w.spawn_local(&v2, None, core::ptr::null_mut(), 0, 0).unwrap()).collect();
+        for id in ids {
+            w.destroy(id).unwrap();
+        }
+        w.run_until_idle();
+    })
+    .unwrap();
+    // Another thread creates continuations there: 6 of the 8 free slots at least are its to take.
+    for i in 0..6 {
+        rt.spawn(&v, 0, 0).unwrap_or_else(|e| panic!("remote spawn {i} refused with 8 slots free: {e:?}"));
+    }
+}

@@ -156,10 +156,11 @@ impl SlotTable {
     }
 
     /// Retire a live slot of the home worker and keep it in the worker's
-    /// cache (no lock), up to [`LOCAL_CACHE`] slots; beyond, it goes back
-    /// to the shared list so that other threads can reserve it.
+    /// cache (no lock), up to [`LOCAL_CACHE`] slots and a quarter of the
+    /// table; beyond, it goes back to the shared list, so that other threads
+    /// creating continuations here always find most free slots there.
     pub fn retire_local(&self, slot: u32, cache: &mut Vec<u32>) {
-        if cache.len() >= LOCAL_CACHE {
+        if cache.len() >= LOCAL_CACHE.min(self.gens.len() / 4) {
             return self.retire_and_free(slot);
         }
         self.bump(slot);
