@@ -509,7 +509,23 @@ typedef struct molt_host_api {
     /** Close a poster, once, when no thread uses it any more (before fini
      *  returns at the latest: its threads must be joined by then). */
     void (*poster_close)(struct molt_poster *poster);
+
+    /** (1.2) From init only: the HTTP hook events this module handles, as
+     *  MOLT_HOOK_* bits. The host then calls it for those only (the others
+     *  cost it nothing per request). Not calling this means every hook
+     *  event. MOLT_ERR_PHASE outside init. */
+    molt_status (*http_hooks)(const molt_ctx *ctx, uint64_t hooks);
 } molt_host_api;
+
+/** (1.2) http_hooks bits. */
+/** The module handles MOLT_EV_HTTP_REQUEST. */
+#define MOLT_HOOK_REQUEST ((uint64_t)1 << 0)
+/** The module handles MOLT_EV_HTTP_UPSTREAM. */
+#define MOLT_HOOK_UPSTREAM ((uint64_t)1 << 1)
+/** The module handles MOLT_EV_HTTP_RESPONSE. */
+#define MOLT_HOOK_RESPONSE ((uint64_t)1 << 2)
+/** The module handles MOLT_EV_HTTP_TXN_END. */
+#define MOLT_HOOK_TXN_END ((uint64_t)1 << 3)
 
 /** (1.1) Items for http_get. */
 /** The request method. */

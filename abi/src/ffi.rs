@@ -148,6 +148,15 @@ abi_consts! {
     /// Event flag (1.2): a message posted from a module-owned thread.
     pub const MOLT_EVF_POSTED: u32 = 1 << 2;
 
+    /// http_hooks bit (1.2): the module handles MOLT_EV_HTTP_REQUEST.
+    pub const MOLT_HOOK_REQUEST: u64 = 1 << 0;
+    /// http_hooks bit (1.2): the module handles MOLT_EV_HTTP_UPSTREAM.
+    pub const MOLT_HOOK_UPSTREAM: u64 = 1 << 1;
+    /// http_hooks bit (1.2): the module handles MOLT_EV_HTTP_RESPONSE.
+    pub const MOLT_HOOK_RESPONSE: u64 = 1 << 2;
+    /// http_hooks bit (1.2): the module handles MOLT_EV_HTTP_TXN_END.
+    pub const MOLT_HOOK_TXN_END: u64 = 1 << 3;
+
     /// Log level: error.
     pub const MOLT_LOG_ERROR: u32 = 1;
     /// Log level: warning.
@@ -414,6 +423,8 @@ abi_struct! {
         >,
         /// (1.2) Close a poster (once, when no thread uses it any more).
         pub poster_close: Option<unsafe extern "C" fn(poster: *mut molt_poster)>,
+        /// (1.2) From init: the HTTP hook events this module handles.
+        pub http_hooks: Option<unsafe extern "C" fn(ctx: *const molt_ctx, hooks: u64) -> molt_status>,
     }
 }
 
@@ -569,7 +580,7 @@ pub const STRUCTS: &[StructLayout] = &[
 /// The `size` a v1.2 writer puts in the structs 1.2 grew.
 pub mod v1_2 {
     use super::*;
-    /// `sizeof(molt_host_api)` in ABI 1.2 (24 entries).
+    /// `sizeof(molt_host_api)` in ABI 1.2 (25 entries).
     pub const HOST_API_SIZE: usize = core::mem::size_of::<molt_host_api>();
 }
 
@@ -615,7 +626,7 @@ const _: () = {
     assert!(offset_of!(molt_ctx, self_) == 24);
     assert!(offset_of!(molt_ctx, host) == 40);
     assert!(size_of::<molt_state_block>() == 32);
-    assert!(size_of::<molt_host_api>() == 8 + 24 * 8);
+    assert!(size_of::<molt_host_api>() == 8 + 25 * 8);
     assert!(v1_1::HOST_API_SIZE == 176);
     assert!(offset_of!(molt_host_api, poster_open) == 176);
     assert!(offset_of!(molt_host_api, log) == 8);

@@ -79,6 +79,13 @@ static molt_status rw_init(const molt_ctx *ctx, const molt_init_args *args, void
     if (!MOLT_API_HAS(ctx->api, http_header_set)) {
         return ctx->api->set_error(ctx, MOLT_ERR_VERSION, "header_rewrite needs a host with ABI 1.1 HTTP hooks", 52);
     }
+    /* Rules run at REQUEST and RESPONSE only: the other hooks need not call us. */
+    if (MOLT_API_HAS(ctx->api, http_hooks)) {
+        molt_status rc = ctx->api->http_hooks(ctx, MOLT_HOOK_REQUEST | MOLT_HOOK_RESPONSE);
+        if (rc != MOLT_OK) {
+            return rc;
+        }
+    }
     inst = (rw_instance *)calloc(1, sizeof *inst);
     if (inst == NULL) {
         return fail(ctx, NULL, MOLT_ERR_NO_MEMORY, "header_rewrite: out of memory");

@@ -576,3 +576,20 @@ fn a_module_that_panics_under_restart_policy_is_restarted() {
     drop(now);
     rt.shutdown();
 }
+
+/// A module that declared in init the hooks it handles (`http_hooks`, ABI
+/// 1.2) is called for those only; declaring again outside init is refused.
+#[test]
+fn a_module_is_called_only_for_the_hooks_it_declared() {
+    let dir = RunDir::new("http-hooks-declared");
+    let (backend, _) = common::http::backend("b");
+    let lib = common::module_lib("fixture_hooks");
+    let s = site(vec![("b", vec![backend])], vec![route("/", Some(0), &["fixture_hooks"])], HttpLimits::default());
+    let (rt, addr) = start(&dir, s, &[common::module_cfg("fixture_hooks", &lib, &[])]);
+    let r = Client::connect(addr).get("/echo").expect("a response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("X-Seen-X-Test").as_deref(), Some("seen"), "the REQUEST hook ran");
+    assert_eq!(r.header("X-Rw"), None, "the RESPONSE hook, not declared, was not called");
+    assert_eq!(r.header("X-Seen-X-Router-Mark").as_deref(), Some("-13"), "http_hooks outside init: MOLT_ERR_PHASE");
+    rt.shutdown();
+}

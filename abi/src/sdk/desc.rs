@@ -176,6 +176,13 @@ unsafe extern "C" fn init<M: Module>(
         let c = ctx_of::<M>(ctx)?;
         // SAFETY: `args` is the host's init args for this call (header, init).
         let config = unsafe { Config::from_raw(args) };
+        if M::HTTP_HOOKS != 0 {
+            // A 1.1 host lacks the entry: it calls every hook, which is correct too.
+            if let Some(declare) = crate::api_get!(c.api(), http_hooks) {
+                // SAFETY: host function called with the current (init) ctx.
+                super::ctx::check(unsafe { declare(c.ptr(), M::HTTP_HOOKS) }, "http_hooks")?;
+            }
+        }
         let module = M::init(&c, &config)?;
         let inst = Box::new(Instance { module, failed: AtomicBool::new(false) });
         // SAFETY: `out` is non-null (checked) and writable for this call.

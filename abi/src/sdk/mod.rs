@@ -132,6 +132,10 @@ pub trait Module: Sized + Send + Sync + 'static {
     const REQUIRED_HOST_CAPS: u64 = 0;
     /// `MOLT_MOD_CAP_*` bits the module offers.
     const MODULE_CAPS: u64 = 0;
+    /// The HTTP hook events the module handles (`MOLT_HOOK_*` bits, ABI
+    /// 1.2): the host calls it for those only, so the others cost nothing
+    /// per request. 0 (the default): every hook event.
+    const HTTP_HOOKS: u64 = 0;
     /// Whether [`Module::migrate`] is implemented (puts it in the descriptor).
     const HAS_MIGRATE: bool = false;
     /// Whether [`Module::adopt`] is implemented (puts it in the descriptor;

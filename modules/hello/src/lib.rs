@@ -23,6 +23,7 @@ impl Module for Hello {
     const NAME: &'static CStr = c"hello";
     const VERSION: &'static CStr = c"1.0.0";
     const VERSION_NUMBER: u32 = 1;
+    const HTTP_HOOKS: u64 = molt_abi::ffi::MOLT_HOOK_REQUEST;
     type Cont = ();
 
     fn init(ctx: &Ctx<'_, Self>, config: &Config<'_>) -> Result<Self> {

@@ -99,6 +99,7 @@ impl Module for RateLimit {
     const VERSION_NUMBER: u32 = 1;
     const STATE_SCHEMA: u32 = 1;
     const REQUIRED_HOST_CAPS: u64 = molt_abi::ffi::MOLT_HOST_CAP_STATE;
+    const HTTP_HOOKS: u64 = molt_abi::ffi::MOLT_HOOK_REQUEST;
     type Cont = ();
 
     fn init(ctx: &Ctx<'_, Self>, config: &Config<'_>) -> Result<Self> {

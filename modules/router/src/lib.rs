@@ -52,6 +52,8 @@ impl Module for Router {
     const VERSION: &'static CStr = c"1.0.0";
     const VERSION_NUMBER: u32 = 1;
     const REQUIRED_HOST_CAPS: u64 = molt_abi::ffi::MOLT_HOST_CAP_HTTP;
+    const HTTP_HOOKS: u64 =
+        molt_abi::ffi::MOLT_HOOK_REQUEST | molt_abi::ffi::MOLT_HOOK_UPSTREAM | molt_abi::ffi::MOLT_HOOK_RESPONSE;
     type Cont = ();
 
     fn init(ctx: &Ctx<'_, Self>, config: &Config<'_>) -> Result<Self> {

@@ -37,6 +37,7 @@ pub static HOST_API: molt_host_api = molt_host_api {
     poster_open: Some(host_poster_open),
     post: Some(host_post),
     poster_close: Some(host_poster_close),
+    http_hooks: Some(host_http_hooks),
 };
 
 /// Why a host function refused: the status the module gets, and the reason
@@ -713,4 +714,18 @@ unsafe extern "C" fn host_poster_close(poster: *mut molt_poster) {
     // SAFETY: a poster from poster_open (a Box it leaked), closed once
     // (header contract); dropping it cannot unwind (a Weak and an id).
     drop(unsafe { Box::from_raw(poster.cast::<Poster>()) });
+}
+
+unsafe extern "C" fn host_http_hooks(ctx: *const molt_ctx, hooks: u64) -> molt_status {
+    host_entry!("http_hooks", ctx, |f| {
+        let known = MOLT_HOOK_REQUEST | MOLT_HOOK_UPSTREAM | MOLT_HOOK_RESPONSE | MOLT_HOOK_TXN_END;
+        if hooks & !known != 0 {
+            return Err((MOLT_ERR_INVALID_ARG, format!("http_hooks: unknown bits {:#x}", hooks & !known)).into());
+        }
+        if !super::declare_http_hooks(hooks) {
+            let why = format!("http_hooks is for init only ({} declares its hooks once, as it starts)", f.meta.name);
+            return Err((MOLT_ERR_PHASE, why).into());
+        }
+        Ok(())
+    })
 }

@@ -61,4 +61,6 @@ pub struct ModuleMeta {
     pub sha256: String,
     /// Its callbacks (valid while its library is loaded).
     pub callbacks: Callbacks,
+    /// The HTTP hook events it declared in init (`MOLT_HOOK_*`); 0: every one.
+    pub http_hooks: u64,
 }

@@ -138,6 +138,34 @@ impl PostSink for NoSink {
     }
 }
 
+thread_local! {
+    /// What the module being initialised on this thread declared with
+    /// `http_hooks`: `None` outside an init.
+    static DECLARED_HOOKS: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// An init starts on this thread: `http_hooks` may be called until
+/// [`declared_http_hooks`].
+pub(crate) fn begin_init() {
+    DECLARED_HOOKS.with(|d| d.set(Some(0)));
+}
+
+/// The init ended: what it declared (0: every hook), and no more declaring.
+pub(crate) fn declared_http_hooks() -> u64 {
+    DECLARED_HOOKS.with(|d| d.take()).unwrap_or(0)
+}
+
+/// Record a declaration; false outside an init.
+pub(crate) fn declare_http_hooks(hooks: u64) -> bool {
+    DECLARED_HOOKS.with(|d| match d.get() {
+        Some(_) => {
+            d.set(Some(hooks));
+            true
+        }
+        None => false,
+    })
+}
+
 /// An address unique to the calling thread among live threads (its
 /// thread-local's): how a host function tells the callback's own thread
 /// from one a module started, for the price of a TLS read.

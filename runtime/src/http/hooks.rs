@@ -17,8 +17,20 @@ pub(super) struct Hooked {
     /// The module's index in its route's module list (its name, for logs).
     pub module: usize,
     pub policy: FailurePolicy,
+    /// The hook events its module handles (`MOLT_HOOK_*`; 0: every one).
+    pub hooks: u64,
     /// Skipped for the rest of the transaction (failed under fail_open).
     pub skip: bool,
+}
+
+/// The `MOLT_HOOK_*` bit of a hook event.
+fn hook_bit(kind: u32) -> u64 {
+    match kind {
+        MOLT_EV_HTTP_REQUEST => MOLT_HOOK_REQUEST,
+        MOLT_EV_HTTP_UPSTREAM => MOLT_HOOK_UPSTREAM,
+        MOLT_EV_HTTP_RESPONSE => MOLT_HOOK_RESPONSE,
+        _ => MOLT_HOOK_TXN_END,
+    }
 }
 
 /// The chain of a transaction and where the current hook has got to.
@@ -67,12 +79,14 @@ impl Chain {
     /// and `restart` also asks for a fresh version after a panic.
     pub fn call(&mut self, by: &Caller<'_>, data: &mut TxnData, kind: u32, args: (u64, u64)) -> Ran {
         let early = kind == MOLT_EV_HTTP_REQUEST || kind == MOLT_EV_HTTP_UPSTREAM;
+        let bit = hook_bit(kind);
         while self.pos < self.conts.len() {
             if data.answer.is_some() && early {
                 break;
             }
             let h = &mut self.conts[self.pos];
-            if !h.skip {
+            // A module that declared its hooks is called for those only.
+            if !h.skip && (h.hooks == 0 || h.hooks & bit != 0) {
                 let r = {
                     let view = View { t: RefCell::new(&mut *data), site: by.site, peer: by.peer, kind };
                     by.core.call_now(h.cont, kind, data_id(&view), args, &[], Some(&view))
@@ -178,7 +192,8 @@ pub fn hook_path_bench(core: &WorkerCore, modules: &[crate::module::VersionRef],
         let mut chain = Chain::recycled(spare);
         for (i, v) in modules.iter().enumerate() {
             let Ok(cont) = core.spawn_host(v) else { return t.elapsed() };
-            chain.conts.push(Hooked { cont, module: i, policy: FailurePolicy::Restart, skip: false });
+            let hooks = v.meta().http_hooks;
+            chain.conts.push(Hooked { cont, module: i, policy: FailurePolicy::Restart, hooks, skip: false });
         }
         chain.call(&by, &mut data, MOLT_EV_HTTP_REQUEST, (0, 0));
         chain.call(&by, &mut data, MOLT_EV_HTTP_UPSTREAM, (0, 0));

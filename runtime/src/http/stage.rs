@@ -228,7 +228,13 @@ impl HttpLayer {
                 break;
             };
             match core.spawn_host(&entry.version) {
-                Ok(cont) => t.chain.conts.push(Hooked { cont, module, policy: entry.cfg.failure_policy, skip: false }),
+                Ok(cont) => t.chain.conts.push(Hooked {
+                    cont,
+                    module,
+                    policy: entry.cfg.failure_policy,
+                    hooks: entry.version.meta().http_hooks,
+                    skip: false,
+                }),
                 Err((_, e)) => {
                     answer(&mut t, Answer::host(503, &format!("cannot start module {name} for this request: {e}")));
                     break;

@@ -152,14 +152,17 @@ impl Loader {
         };
         let mut instance = core::ptr::null_mut();
         let init = meta.callbacks.init;
+        crate::host::begin_init();
         let (status, err) = with_call(&meta, &self.host, core::ptr::null_mut(), CallEnv::detached(None), 0, |ctx| {
             // SAFETY: `init` is the module's init from a validated descriptor,
             // its library loaded; ctx, args (and the strings they point to)
             // and the out-parameter outlive the call.
             unsafe { init(ctx, &args, &mut instance) }
         });
+        let http_hooks = crate::host::declared_http_hooks();
         if status == MOLT_OK {
             tracing::info!(module = %meta.name, version = %meta.version, copy = %meta.copy.display(), "module loaded");
+            let meta = ModuleMeta { http_hooks, ..meta };
             return Ok(ModuleVersion::new(meta, self.host.clone(), instance, lib));
         }
         let text = err.map(|(_, t)| t).unwrap_or_else(|| "(the module gave no error text)".to_owned());
@@ -270,6 +273,7 @@ fn handshake(
         copy: copy.to_owned(),
         sha256,
         callbacks: Callbacks { init, handle_event, migrate: d.migrate, adopt: d.adopt, drain: d.drain, fini: d.fini },
+        http_hooks: 0,
     })
 }
 
