@@ -111,7 +111,9 @@ unsafe fn host_call<R: IntoStatus>(
         // SAFETY: per this function's contract.
         let Some(f) = (unsafe { frame(ctx) }) else { return MOLT_ERR_INVALID_ARG };
         if !f.on_its_thread() {
-            // The frame's error cell is the callback thread's: not touched here.
+            // Another thread: only the frame's immutable parts (its thread
+            // mark, the version's meta) are read here; the error cell, which
+            // the callback's thread writes, is not touched.
             super::quiet::failure(&f.meta.name, || {
                 tracing::warn!(module = %f.meta.name, version = %f.meta.version, function = what, "a host function was called from a thread the module started, with a callback's ctx: refused with MOLT_ERR_THREAD (use a poster)");
             });
