@@ -95,6 +95,9 @@ pub struct RuntimeShared {
     http_sites: Mutex<Vec<(std::net::SocketAddr, std::sync::Arc<crate::http::HttpSite>)>>,
     /// Whether the workers have an HTTP layer (the start config had sites).
     http_layer: bool,
+    /// One config reload at a time, its site work included (the registry's
+    /// own lock covers only the modules).
+    config_reload: Mutex<()>,
     /// The TCP routes as configured at start (they do not reload).
     tcp_routes: Vec<crate::net::TcpRoute>,
     /// Each worker's TCP proxy counters.
@@ -187,6 +190,11 @@ impl RuntimeShared {
         http: &[crate::http::HttpSite],
         tcp: &[crate::net::TcpRoute],
     ) -> Result<ReloadRecord, ReloadError> {
+        // Like the registry: a reload asked for while another runs waits its
+        // turn, up to 30 s; the sites are planned against what that one left.
+        let Some(_one_at_a_time) = self.config_reload.try_lock_for(Duration::from_secs(30)) else {
+            return Err(ReloadError::Busy);
+        };
         if tcp != self.tcp_routes.as_slice() {
             return Err(ReloadError::Layer(
                 "the config changes [[tcp]] routes, which a reload does not apply: restart molt for them (modules and HTTP sites reload)".into(),
@@ -457,6 +465,7 @@ impl Runtime {
             run_dir: config.run_dir.clone(),
             http_sites: Mutex::new(Vec::new()),
             http_layer: !config.http.is_empty(),
+            config_reload: Mutex::new(()),
             tcp_routes: config.tcp.clone(),
             tcp_stats: (0..n).map(|_| std::sync::Arc::default()).collect(),
             http_stats: (0..n).map(|_| std::sync::Arc::default()).collect(),

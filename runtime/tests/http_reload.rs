@@ -144,3 +144,32 @@ fn a_reload_changing_tcp_routes_is_refused() {
     assert!(e.to_string().contains("[[tcp]]") && e.to_string().contains("restart"), "{e}");
     rt.shutdown();
 }
+
+/// Reloads asked for at once (SIGHUP and `molt ctl reload` together) run
+/// one after the other, the site work included: the second finds the
+/// listener the first bound, instead of refusing because "another process"
+/// serves its address.
+#[test]
+fn concurrent_reloads_adding_the_same_listener_both_succeed() {
+    let dir = RunDir::new("http-reload-concurrent");
+    let (s1, _) = backend("s1");
+    let hello = common::module_cfg("hello", &common::module_lib("hello"), &[]);
+    let a0 = site("a", "127.0.0.1:0", vec![route("a", "/", 0)], vec![("g1", vec![s1])]);
+    let rt = common::proxy_runtime(dir.path(), vec![a0.clone()], vec![], std::slice::from_ref(&hello));
+    for round in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let x =
+            site(&format!("x{round}"), &format!("127.0.0.1:{port}"), vec![route("all", "/", 0)], vec![("g", vec![s1])]);
+        let sites = [a0.clone(), x];
+        let results: Vec<_> = std::thread::scope(|s| {
+            let t: Vec<_> = (0..2)
+                .map(|_| s.spawn(|| rt.reload_config(std::slice::from_ref(&hello), &sites, &[]).map(|_| ())))
+                .collect();
+            t.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in results {
+            r.unwrap_or_else(|e| panic!("round {round}: a concurrent reload was refused: {e}"));
+        }
+    }
+    rt.shutdown();
+}
