@@ -122,6 +122,13 @@ struct SiteSlot {
     next: Option<usize>,
 }
 
+/// This worker's own copy of a site's config: a client's step takes a
+/// reference to it, and a count shared with the other workers would bounce
+/// its cache line between them on every step.
+fn own_copy(site: &Arc<HttpSite>) -> Arc<HttpSite> {
+    Arc::new(HttpSite::clone(site))
+}
+
 /// What a reload asks of one worker's HTTP layer: the sites it should have,
 /// in order, each with the listener this worker takes for it when the site
 /// is new (bound before the reload was published).
@@ -148,7 +155,7 @@ impl HttpLayer {
             let mut l = TcpListener::from_std(l);
             registry.register(&mut l, io::token(layer, i), Interest::READABLE)?;
             groups.push(site.groups.iter().map(|(_, s)| s.len()).collect());
-            slots.push(SiteSlot { site, listener: Some(l), next: None });
+            slots.push(SiteSlot { site: own_copy(&site), listener: Some(l), next: None });
         }
         Ok(HttpLayer {
             layer,
@@ -237,7 +244,7 @@ impl HttpLayer {
                 continue;
             }
             self.ups.add_site(&p.site.groups.iter().map(|(_, s)| s.len()).collect::<Vec<_>>());
-            sites.push(SiteSlot { site: p.site, listener: Some(l), next: None });
+            sites.push(SiteSlot { site: own_copy(&p.site), listener: Some(l), next: None });
         }
         drop(sites);
         // Connections may have queued on a listener before it moved.
