@@ -591,5 +591,6 @@ fn a_module_is_called_only_for_the_hooks_it_declared() {
     assert_eq!(r.header("X-Seen-X-Test").as_deref(), Some("seen"), "the REQUEST hook ran");
     assert_eq!(r.header("X-Rw"), None, "the RESPONSE hook, not declared, was not called");
     assert_eq!(r.header("X-Seen-X-Router-Mark").as_deref(), Some("-13"), "http_hooks outside init: MOLT_ERR_PHASE");
+    assert_eq!(r.header("X-Seen-X-Rw").as_deref(), Some("-2"), "a bit no host knows: MOLT_ERR_INVALID_ARG");
     rt.shutdown();
 }
