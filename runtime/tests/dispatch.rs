@@ -382,6 +382,9 @@ fn host_calls_from_a_module_thread_are_refused_and_posters_carry_its_messages() 
     }
     rt.send(c, 4, &gone.to_le_bytes()).unwrap();
     assert_eq!(i32_at(&expect(&rt, 4).data, 0), MOLT_ERR_STALE, "post to an ended continuation");
+    // A message over 64 KiB is refused, not queued.
+    rt.send(c, 6, &[]).unwrap();
+    assert_eq!(i32_at(&expect(&rt, 6).data, 0), molt_abi::ffi::MOLT_ERR_LIMIT, "a post over 64 KiB");
     no_violations(&rt);
 }
 
