@@ -163,16 +163,30 @@ fn inbox_concurrent_producers() {
 /// the old id live after the slot's reuse.
 #[test]
 fn continuation_id_reuse_has_no_aba() {
-    loom::model(|| {
-        let table = Arc::new(SlotTable::new(2));
-        let (slot, old) = table.reserve().unwrap();
+    id_reuse_model(2, false);
+}
+
+/// One slot reused by its owner (`local`: through the worker's own cache,
+/// else through the locked free list) while an observer checks the old id.
+fn id_reuse_model(capacity: u32, local: bool) {
+    loom::model(move || {
+        let table = Arc::new(SlotTable::new(capacity));
+        let mut cache = Vec::new();
+        let (slot, old) = if local { table.reserve_local(&mut cache) } else { table.reserve() }.unwrap();
         let reused = Arc::new(AtomicBool::new(false));
 
         let (t, r) = (table.clone(), reused.clone());
         let owner = thread::spawn(move || {
-            t.retire(slot); // destroy accepted
-            t.free(slot); // END ran
-            let (s2, g2) = t.reserve().unwrap();
+            let mut cache = cache;
+            let (s2, g2) = if local {
+                t.retire_local(slot, &mut cache); // END ran
+                assert_eq!(cache, [slot], "kept in the worker's cache");
+                t.reserve_local(&mut cache).unwrap()
+            } else {
+                t.retire(slot); // destroy accepted
+                t.free(slot); // END ran
+                t.reserve().unwrap()
+            };
             assert_eq!(s2, slot, "the freed slot is reused");
             assert_ne!(g2, old, "with a new generation");
             r.store(true, Ordering::SeqCst);
@@ -430,33 +444,6 @@ fn remote_spawn_keeps_events_that_arrive_before_it() {
 /// path; mutant `slot_no_generation` removes it.
 #[test]
 fn local_slot_reuse_has_no_aba() {
-    loom::model(|| {
-        let table = Arc::new(SlotTable::new(8));
-        let mut cache = Vec::new();
-        let (slot, old) = table.reserve_local(&mut cache).unwrap();
-        let reused = Arc::new(AtomicBool::new(false));
-
-        let (t, r) = (table.clone(), reused.clone());
-        let owner = thread::spawn(move || {
-            let mut cache = cache;
-            t.retire_local(slot, &mut cache); // END ran
-            assert_eq!(cache, [slot], "kept in the worker's cache (8 slots: up to 2 cached)");
-            let (s2, g2) = t.reserve_local(&mut cache).unwrap();
-            assert_eq!(s2, slot, "the worker reuses its own freed slot");
-            assert_ne!(g2, old, "with a new generation");
-            r.store(true, Ordering::SeqCst);
-        });
-        let (t, r) = (table.clone(), reused.clone());
-        let observer = thread::spawn(move || {
-            for _ in 0..2 {
-                if r.load(Ordering::SeqCst) {
-                    assert!(!t.is_live(slot, old), "a stale id looks live after its slot was reused (ABA)");
-                }
-                thread::yield_now();
-            }
-        });
-        owner.join().unwrap();
-        observer.join().unwrap();
-        assert!(!table.is_live(slot, old));
-    });
+    // 8 slots: up to 2 are kept in the worker's cache.
+    id_reuse_model(8, true);
 }
