@@ -184,7 +184,7 @@ fn id_reuse_model(capacity: u32, local: bool) {
                 t.reserve_local(&mut cache).unwrap()
             } else {
                 t.retire(slot); // destroy accepted
-                t.free(slot); // END ran
+                t.retire_and_free(slot); // END ran; the worker's cache was full
                 t.reserve().unwrap()
             };
             assert_eq!(s2, slot, "the freed slot is reused");
@@ -277,7 +277,7 @@ fn dispatch_and_end_versus_unload_of_the_version() {
             }
             call(&cont); // END
             t.retire(slot);
-            t.free(slot);
+            t.retire_local(slot, &mut Vec::new()); // free_slot, into the worker's cache
             drop(cont);
         });
         let t = table.clone();

@@ -9,7 +9,7 @@
 //!    destroy is accepted) bumps the generation and clears the bit, so every
 //!    id of the old generation is stale from then on (no ABA within 2^24
 //!    reuses); the slot returns to the free list only when its END has run
-//!    ([`SlotTable::free`]), so it is not reused while its data is alive.
+//!    ([`SlotTable::retire_and_free`] or the worker's cache, [`SlotTable::retire_local`]), so it is not reused while its data is alive.
 //! 3. Slots live in fixed chunks that never move, so a reference to a
 //!    continuation stays valid while the slab grows during a module call.
 
@@ -165,13 +165,6 @@ impl SlotTable {
         }
         self.bump(slot);
         cache.push(slot);
-    }
-
-    /// Return a retired slot to the free list.
-    pub fn free(&self, slot: u32) {
-        let mut f = self.free.lock();
-        debug_assert_eq!(self.gens[slot as usize].load(Ordering::Relaxed) & 1, 0, "free of a live slot");
-        f.free.push(slot);
     }
 
     /// Whether `(slot, generation)` is live now.

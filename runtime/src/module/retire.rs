@@ -19,7 +19,7 @@
 //!
 //! `loom-tests/` models this with a counted value and a concurrent call.
 
-use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
+use crate::sync::{Arc, Mutex};
 
 /// A value whose last reference hands it to a reaper instead of dropping it.
 pub struct Retiring<T: Send + 'static> {
@@ -65,14 +65,13 @@ impl<T: Send + 'static> Drop for Retiring<T> {
 /// The queue of values whose last reference went, awaiting teardown.
 pub struct Reaper<T> {
     queue: Mutex<Vec<T>>,
-    pending: AtomicUsize,
     /// The thread that collects, woken when something is queued.
     collector: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl<T> Default for Reaper<T> {
     fn default() -> Self {
-        Reaper { queue: Mutex::new(Vec::new()), pending: AtomicUsize::new(0), collector: std::sync::OnceLock::new() }
+        Reaper { queue: Mutex::new(Vec::new()), collector: std::sync::OnceLock::new() }
     }
 }
 
@@ -80,7 +79,6 @@ impl<T> Reaper<T> {
     /// Enqueue `value` for teardown (rule 2).
     pub fn retire(&self, value: T) {
         self.queue.lock().push(value);
-        self.pending.fetch_add(1, Ordering::Release);
         if let Some(t) = self.collector.get() {
             t.unpark();
         }
@@ -93,8 +91,6 @@ impl<T> Reaper<T> {
 
     /// Take everything queued; the caller tears each down (rule 3).
     pub fn collect(&self) -> Vec<T> {
-        let taken = std::mem::take(&mut *self.queue.lock());
-        self.pending.fetch_sub(taken.len(), Ordering::AcqRel);
-        taken
+        std::mem::take(&mut *self.queue.lock())
     }
 }
