@@ -77,7 +77,7 @@ impl Fleet {
     /// Run `f` on every worker's thread, between events, and collect the
     /// results in worker order. For the control side only: a worker that
     /// called this would wait for itself.
-    pub fn broadcast<R: Send + 'static>(&self, f: impl Fn(&WorkerCore) -> R + Send + Sync + 'static) -> Vec<R> {
+    pub(crate) fn broadcast<R: Send + 'static>(&self, f: impl Fn(&WorkerCore) -> R + Send + Sync + 'static) -> Vec<R> {
         let f = std::sync::Arc::new(f);
         let (tx, rx) = crossbeam_channel::unbounded();
         for w in &self.workers {

@@ -39,6 +39,14 @@
 //! }
 //! ```
 //!
+//! a worker cannot broadcast to every worker (it would wait for itself):
+//!
+//! ```compile_fail,E0624
+//! fn wait_for_myself(w: &molt_runtime::worker::WorkerCore) {
+//!     w.fleet().broadcast(|_| ());
+//! }
+//! ```
+//!
 //! and a module's migrate runs only inside a reload, quiesced:
 //!
 //! ```compile_fail,E0624
