@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use crate::sys;
 use crate::sys::mapfile::MmapRaw;
 use format::{DATA, DIR_BYTES, DIR0, DIR1, Directory, Entry, F_LIVE, F_MIGRATING, F_RETIRED, PAGE, Superblock};
-use molt_abi::ffi::{MOLT_ERR_FAILED, MOLT_ERR_INVALID_ARG, MOLT_ERR_NO_MEMORY, molt_status};
+use molt_abi::ffi::{MOLT_ERR_FAILED, MOLT_ERR_INVALID_ARG, MOLT_ERR_NO_MEMORY, MOLT_ERR_PHASE, molt_status};
 
 use crate::sync::Mutex;
 
@@ -121,6 +121,11 @@ pub struct Region {
     active: Mutex<Active>,
     /// What opening had to warn about (an older directory copy was used).
     warning: Option<String>,
+    /// Whether this process may commit the directory. During a binary
+    /// upgrade two processes map the file; only one of them is the writer
+    /// (directory commits never come from two processes), and block
+    /// contents, which the modules write with atomics, are shared.
+    writer: std::sync::atomic::AtomicBool,
     /// Every range flushed, in order (the unit tests check the order).
     #[cfg(test)]
     flushed: Mutex<Vec<(u64, u64)>>,
@@ -172,8 +177,37 @@ impl Region {
             }
             Err(e) => return Err(err(path, format!("cannot lock it: {e}"), "Check the file system supports flock.")),
         }
+        Self::from_locked(file, path, reset.then_some(size), true)
+    }
+
+    /// The state file another molt process handed over (a binary upgrade):
+    /// the very open file, whose lock it shares, at `path`. It is validated
+    /// as at any open; this process is not the writer until
+    /// [`Region::take_writer`].
+    pub fn open_handed_over(file: File, path: &Path) -> Result<Region, StateError> {
+        let same = std::fs::metadata(path).ok().zip(file.metadata().ok()).is_some_and(|(a, b)| {
+            use std::os::unix::fs::MetadataExt;
+            a.dev() == b.dev() && a.ino() == b.ino()
+        });
+        if !same {
+            return Err(err(
+                path,
+                "the state file handed over by the running molt is not the file at this path",
+                "Give the new process the same state_file as the running one.",
+            ));
+        }
+        match sys::mapfile::try_lock_exclusive(&file) {
+            Ok(true) => {}
+            _ => return Err(err(path, "the handed-over state file is not locked by its descriptor", "")),
+        }
+        Self::from_locked(file, path, None, false)
+    }
+
+    /// Open a file this process holds the lock of; `reset`: discard its
+    /// contents for an empty region of that size.
+    fn from_locked(file: File, path: &Path, reset: Option<u64>, writer: bool) -> Result<Region, StateError> {
         let len = file.metadata().map_err(|e| err(path, format!("cannot stat it: {e}"), ""))?.len();
-        if reset && len > 0 {
+        if reset.is_some() && len > 0 {
             // --reset-state rewrites molt state files only, never a file the
             // path names by mistake.
             let mut magic = [0u8; 8];
@@ -186,17 +220,17 @@ impl Region {
                 ));
             }
         }
-        if len == 0 && !reset {
+        if len == 0 && reset.is_none() {
             // Made whole before it is renamed into place, a molt state file
             // is never empty: this one was truncated, or is not ours.
             return Err(err(path, "it is empty, which a molt state file never is (was it truncated?)", FIX_CORRUPT));
         }
-        if reset {
+        if let Some(size) = reset {
             file.set_len(0)
                 .and_then(|()| file.set_len(size))
                 .map_err(|e| err(path, format!("cannot size it: {e}"), ""))?;
             Self::format_into(&file, size).map_err(|e| err(path, format!("cannot write it: {e}"), ""))?;
-            tracing::info!(path = %path.display(), size, reset, "state file created");
+            tracing::info!(path = %path.display(), size, reset = true, "state file created");
         }
         let len = file.metadata().map_err(|e| err(path, format!("cannot stat it: {e}"), ""))?.len();
         // Rule 2: validate with pread before mapping.
@@ -217,6 +251,7 @@ impl Region {
             size: sb.file_size,
             active: Mutex::new(active),
             warning,
+            writer: std::sync::atomic::AtomicBool::new(writer),
             #[cfg(test)]
             flushed: Mutex::new(Vec::new()),
         })
@@ -260,6 +295,7 @@ impl Region {
             size,
             active: Mutex::new(Active { dir: Directory { seq: 1, entries: vec![] }, copy: 0 }),
             warning: None,
+            writer: std::sync::atomic::AtomicBool::new(true),
             #[cfg(test)]
             flushed: Mutex::new(Vec::new()),
         };
@@ -328,8 +364,78 @@ impl Region {
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.map.as_mut_ptr().add(at as usize), bytes.len()) };
     }
 
+    /// Refused unless this process is the directory's writer.
+    fn writable(&self) -> Result<(), (molt_status, String)> {
+        if self.writer.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        Err((
+            MOLT_ERR_PHASE,
+            "the state directory is not this process's to change now: a binary upgrade hands it from one molt process to the other (blocks are neither created nor migrated meanwhile; a config that needs that is refused for an upgrade: reload it before or after)".into(),
+        ))
+    }
+
+    /// Whether this process commits the directory.
+    pub fn is_writer(&self) -> bool {
+        self.writer.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Stop committing the directory: another process is about to take the
+    /// writer role (a binary upgrade). Block contents stay shared.
+    pub fn give_up_writer(&self) {
+        let _a = self.active.lock();
+        self.writer.store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Become the writer again after [`Region::give_up_writer`] (the upgrade
+    /// failed: the other process never was the writer).
+    pub fn resume_writer(&self) {
+        let _a = self.active.lock();
+        self.writer.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Take the writer role the other process gave up: the directory is
+    /// read again from the file (rule 2's checks), then this process commits.
+    pub fn take_writer(&self) -> Result<(), StateError> {
+        let path = self.path.clone().unwrap_or_else(|| PathBuf::from("anonymous memory"));
+        let mut a = self.active.lock();
+        if let Some(file) = &self.file {
+            let mut head = vec![0u8; DATA.min(self.size) as usize];
+            file.read_exact_at(&mut head, 0).map_err(|e| err(&path, format!("cannot read it: {e}"), ""))?;
+            let (_, dir, copy) = Self::validate(&head, self.size).map_err(|what| err(&path, what, FIX_CORRUPT))?;
+            *a = Active { dir, copy };
+        }
+        self.writer.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the directory is settled: no block being migrated and none
+    /// retired by a migration whose old code may still run. Another process
+    /// opening the file would see retired blocks as free space, so a binary
+    /// upgrade waits for this.
+    pub fn settled(&self) -> Result<(), String> {
+        let a = self.active.lock();
+        match a.dir.entries.iter().find(|e| e.flags & (F_MIGRATING | F_RETIRED) != 0) {
+            None => Ok(()),
+            Some(e) => Err(format!(
+                "state block {}/{} (schema {}) is {} by a schema migration whose old version may still run: wait until that version unloads",
+                e.owner,
+                e.name,
+                e.schema,
+                if e.flags & F_MIGRATING != 0 { "being filled" } else { "retired" }
+            )),
+        }
+    }
+
+    /// The open state file (file-backed regions), for a binary upgrade to
+    /// hand over.
+    pub fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
     /// Rule 1: write the new directory to the inactive copy, flush, switch.
     fn commit(&self, a: &mut Active, entries: Vec<Entry>) -> Result<(), (molt_status, String)> {
+        self.writable()?;
         // Never wraps: a wrapped number would make the older copy the newer.
         let Some(seq) = a.dir.seq.checked_add(1) else {
             return Err((
@@ -366,6 +472,9 @@ impl Region {
         }
         let mut a = self.active.lock();
         let live = a.dir.entries.iter().find(|e| e.owner == owner && e.name == name && e.flags == F_LIVE).cloned();
+        if live.as_ref().is_none_or(|b| b.schema != schema) {
+            self.writable()?;
+        }
         let Some(b) = live else {
             let (offset, len) = self.alloc(&a, owner, name, min_len)?;
             let mut entries = a.dir.entries.clone();
@@ -595,6 +704,70 @@ mod tests {
         r.flushed.lock().clear();
         let Opened::Created { handle, len } = r.open_block("m", "fresh", 1, 4096).unwrap() else { panic!("new block") };
         assert!(flushed_before_commit(&r, handle, len), "flushes: {:?}", r.flushed.lock());
+        drop(r);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A binary upgrade's handover: the new process maps the very file the
+    /// old one has (sharing its lock), sees and makes block writes at once,
+    /// commits nothing until it takes the writer role, and then commits on
+    /// the directory as the file holds it.
+    #[test]
+    fn a_handed_over_region_shares_blocks_and_commits_only_as_the_writer() {
+        let (old, dir) = file_region("handover");
+        let path = dir.join("state.molt");
+        let Opened::Created { handle, .. } = old.open_block("counter", "count", 1, 64).unwrap() else { panic!() };
+        // Another open of the path is refused: the lock holds.
+        assert!(Region::open_file(&path, 1 << 20, false).is_err());
+        let fd = old.file().unwrap().try_clone().unwrap();
+        let new = Region::open_handed_over(fd, &path).unwrap();
+        assert!(!new.is_writer());
+        // The block exists for the new process, at the same offset.
+        assert_eq!(new.open_block("counter", "count", 1, 64).unwrap(), Opened::Existing { handle, len: 64 });
+        let (a, _) = old.ptr("counter", handle).unwrap();
+        let (b, _) = new.ptr("counter", handle).unwrap();
+        // SAFETY: both point at the 64-byte block just opened, aligned.
+        let (a, b) =
+            unsafe { (&*(a as *const std::sync::atomic::AtomicU64), &*(b as *const std::sync::atomic::AtomicU64)) };
+        a.fetch_add(5, std::sync::atomic::Ordering::AcqRel);
+        b.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        assert_eq!(a.load(std::sync::atomic::Ordering::Acquire), 6, "the two mappings are one");
+        // Not the writer: no new block, no migration.
+        let e = new.open_block("counter", "other", 1, 64).unwrap_err();
+        assert_eq!(e.0, MOLT_ERR_PHASE, "{}", e.1);
+        assert_eq!(new.open_block("counter", "count", 2, 64).unwrap_err().0, MOLT_ERR_PHASE);
+        // The old one gives the role up; the new one takes it and commits.
+        old.give_up_writer();
+        assert_eq!(old.open_block("counter", "third", 1, 64).unwrap_err().0, MOLT_ERR_PHASE);
+        new.take_writer().unwrap();
+        assert!(matches!(new.open_block("counter", "other", 1, 64).unwrap(), Opened::Created { .. }));
+        drop(old);
+        // Closing the old descriptor keeps the lock: the new one holds it.
+        assert!(Region::open_file(&path, 1 << 20, false).is_err());
+        drop(new);
+        let again = Region::open_file(&path, 1 << 20, false).unwrap();
+        assert_eq!(again.blocks().len(), 2, "the new writer's commit is on disk");
+        drop(again);
+        // A descriptor of another file is refused for the path.
+        let (other, other_dir) = file_region("handover-other");
+        let e = Region::open_handed_over(other.file().unwrap().try_clone().unwrap(), &path).unwrap_err();
+        assert!(e.to_string().contains("not the file at this path"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(other_dir);
+    }
+
+    /// A region in the middle of a migration is not settled.
+    #[test]
+    fn a_migration_unsettles_the_directory() {
+        let (r, dir) = file_region("settled");
+        r.open_block("m", "b", 1, 64).unwrap();
+        assert!(r.settled().is_ok());
+        let Opened::NeedsMigration { src, dst, .. } = r.open_block("m", "b", 2, 64).unwrap() else { panic!() };
+        assert!(r.settled().unwrap_err().contains("being filled"));
+        r.commit_migration(src, dst).unwrap();
+        assert!(r.settled().unwrap_err().contains("retired"));
+        r.release_retired("m", 1);
+        assert!(r.settled().is_ok());
         drop(r);
         let _ = std::fs::remove_dir_all(dir);
     }

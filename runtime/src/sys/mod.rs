@@ -16,6 +16,8 @@
 //! * [`listen`]: listening sockets each worker binds (`SO_REUSEPORT`), and
 //!   the check that no other process serves an address;
 //! * [`creds`]: the uid and pid at the other end of a Unix socket;
+//! * [`fdpass`]: frames with descriptors over a Unix socket (`SCM_RIGHTS`),
+//!   for the binary upgrade's handover;
 //! * [`mapfile`]: opening a file without following links, its exclusive
 //!   advisory lock, and shared or anonymous mappings.
 //!
@@ -26,6 +28,7 @@ pub mod cpu;
 pub mod creds;
 pub mod dl;
 pub mod elf;
+pub mod fdpass;
 pub mod files;
 pub mod listen;
 pub mod mapfile;
