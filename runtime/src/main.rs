@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use molt_runtime::config::Config;
-use molt_runtime::ctl::{ConfigSource, ControlServer, client};
+use molt_runtime::ctl::{ConfigSource, ControlServer, Joiner, Upgrader, client};
 use molt_runtime::host::Host;
 use molt_runtime::module::registry::RegistrySettings;
 use molt_runtime::module::{Loader, ModuleSpec};
+use molt_runtime::runtime::Inherited;
 use molt_runtime::{Runtime, RuntimeConfig};
 
 #[derive(Parser)]
@@ -59,9 +60,13 @@ enum Command {
     BenchOnce { module: PathBuf, config: Vec<String> },
     /// Talk to a running molt through its control socket.
     Ctl {
-        /// status, reload, rollback or metrics.
-        #[arg(value_parser = ["status", "reload", "rollback", "metrics"])]
+        /// status, reload, rollback, upgrade or metrics.
+        #[arg(value_parser = ["status", "reload", "rollback", "upgrade", "metrics"])]
         cmd: String,
+        /// upgrade: the new binary (default: the file now at the path the
+        /// running molt was started from).
+        #[arg(long)]
+        binary: Option<PathBuf>,
         /// Print the JSON reply instead of a table.
         #[arg(long)]
         json: bool,
@@ -219,7 +224,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { module, config, message, tag } => check(module, config, message, tag),
         Command::Run { config, run_for, reset_state, http } => run(config, run_for, reset_state, http),
-        Command::Ctl { cmd, json, socket, config } => ctl(&cmd, json, socket, config),
+        Command::Ctl { cmd, json, socket, config, binary } => ctl(&cmd, json, socket, config, binary),
         Command::Bench { what } => bench(what),
         Command::BenchServe { module, socket, config } => {
             match pairs(&config).and_then(|c| molt_runtime::bench::serve(&module, &socket, c)) {
@@ -253,17 +258,49 @@ fn source_of(config: Option<PathBuf>) -> ConfigSource {
     }
 }
 
+/// The arguments a new binary gets on upgrade: this process's own, without
+/// `--reset-state` (the new process takes the state over, never resets it).
+fn upgrade_args() -> Vec<std::ffi::OsString> {
+    std::env::args_os().skip(1).filter(|a| a != "--reset-state").collect()
+}
+
 fn run(
     config: Option<PathBuf>,
     run_for: Option<u64>,
     reset_state: bool,
     http: Option<std::net::SocketAddr>,
 ) -> ExitCode {
+    // Where this binary is now: the default new binary of an upgrade (the
+    // file at this path then, which a deploy may have replaced).
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("molt"));
+    // Started by a running molt to take over from it?
+    let joiner = match Joiner::from_env() {
+        None => None,
+        Some(Ok(j)) => Some(j),
+        Some(Err(e)) => {
+            eprintln!("molt: binary upgrade: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let fail = |step: &str, msg: String| -> ExitCode {
+        eprintln!("molt: {msg}");
+        if let Some(j) = &joiner {
+            j.failed(step, &msg);
+        }
+        ExitCode::FAILURE
+    };
+    if joiner.is_some() && reset_state {
+        return fail("start", "--reset-state is refused for a binary upgrade: the new process takes the state over".into());
+    }
     let source = source_of(config);
+    let digest = source.digest();
     let mut cfg = match source.read() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("molt: {e}");
+            if let Some(j) = &joiner {
+                j.failed("config", &e.to_string());
+            }
             return ExitCode::from(2);
         }
     };
@@ -296,50 +333,86 @@ fn run(
         http: cfg.http.clone(),
         pin_workers: r.pin_workers,
     };
-    let rt = match Runtime::start(rc.clone()) {
+    let digest = match digest {
+        Ok(d) => d,
+        Err(e) => return fail("config", e),
+    };
+    let (inherited, ctl_inherited, admin_inherited, history) = match &joiner {
+        None => (Inherited::default(), None, None, Vec::new()),
+        Some(j) => match j.hello(digest.clone(), rc.workers.clamp(1, molt_runtime::cont::id::MAX_WORKERS as usize)) {
+            Ok(h) => {
+                tracing::info!(upgrade_id = %h.id, "binary upgrade: descriptors received; starting paused");
+                (h.inherited, h.ctl, h.admin, h.history)
+            }
+            Err(e) => {
+                eprintln!("molt: binary upgrade: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let rt = match Runtime::start_with(rc.clone(), inherited) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("molt: cannot start (run directory {}): {e}", rc.run_dir.display());
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail("start", format!("cannot start (run directory {}): {e}", rc.run_dir.display())),
     };
     if let Err(e) = rt.reload(&cfg.modules) {
-        eprintln!("molt: loading the modules of {} failed: {e}", source.describe());
-        if matches!(source, ConfigSource::Builtin(_)) {
+        if matches!(source, ConfigSource::Builtin(_)) && joiner.is_none() {
             eprintln!(
                 "molt: the built-in default loads the example modules next to the binary: build them with `cargo build --release --workspace`"
             );
         }
-        return ExitCode::FAILURE;
+        return fail("modules", format!("loading the modules of {} failed: {e}", source.describe()));
     }
-    let ctl = match ControlServer::start(rt.shared().clone(), source.clone()) {
+    rt.shared().set_config_digest(digest);
+    let upgrader = Arc::new(Upgrader::new(
+        rt.shared().clone(),
+        source.clone(),
+        exe,
+        upgrade_args(),
+        molt_runtime::ctl::upgrade::Timeouts::default(),
+        history,
+    ));
+    let ctl = match ControlServer::start_with(rt.shared().clone(), source.clone(), ctl_inherited, Some(upgrader.clone())) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("molt: cannot open the control socket in {}: {e}", rc.run_dir.display());
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail("start", format!("cannot open the control socket in {}: {e}", rc.run_dir.display())),
     };
-    let admin = match cfg.admin.map(|a| molt_runtime::ctl::AdminServer::start(rt.shared().clone(), a)) {
+    upgrader.set_ctl(ctl.handoff());
+    let admin = match cfg.admin.map(|a| molt_runtime::ctl::AdminServer::start_with(rt.shared().clone(), a, admin_inherited)) {
         None => None,
-        Some(Ok(a)) => Some(a),
-        Some(Err(e)) => {
-            eprintln!("molt: cannot start the admin listener: {e}");
-            return ExitCode::FAILURE;
+        Some(Ok(a)) => {
+            upgrader.set_admin(a.handoff());
+            Some(a)
         }
+        Some(Err(e)) => return fail("start", format!("cannot start the admin listener: {e}")),
     };
     // Before the banner: a supervisor may signal as soon as it reads it.
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGHUP,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGUSR2,
     ]);
     let mut signals = match signals {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("molt: cannot install signal handlers: {e}");
+        Err(e) => return fail("start", format!("cannot install signal handlers: {e}")),
+    };
+    if let Some(j) = &joiner {
+        // Ready: the old process gives up the writer role and says go.
+        if let Err(e) = j.ready(Duration::from_secs(60)) {
+            eprintln!("molt: binary upgrade: {e}");
             return ExitCode::FAILURE;
         }
-    };
+        if let Err(e) = rt.loader().host().state.take_writer() {
+            return fail("takeover", e.to_string());
+        }
+        rt.shared().set_accepting(true);
+        if let Err(e) = molt_runtime::sys::files::record_pid(rt.shared().run_dir_lock()) {
+            tracing::warn!("cannot write this pid into the run dir's lock file: {e}");
+        }
+        if let Err(e) = j.took() {
+            tracing::warn!(upgrade_id = %j.id(), "binary upgrade: {e}");
+        }
+        tracing::info!(upgrade_id = %j.id(), pid = std::process::id(), "binary upgrade: this process took over");
+    }
     let names: Vec<String> = rt
         .shared()
         .registry()
@@ -370,6 +443,7 @@ fn run(
     println!("control socket: {}", ctl.path().display());
     println!("status:  molt ctl status --socket {}", ctl.path().display());
     println!("reload:  molt ctl reload --socket {}   (or kill -HUP {})", ctl.path().display(), std::process::id());
+    println!("upgrade: molt ctl upgrade --socket {}   (or kill -USR2 {})", ctl.path().display(), std::process::id());
     println!("stop:    Ctrl-C (or kill {})", std::process::id());
 
     let deadline = run_for.map(|s| Instant::now() + Duration::from_secs(s));
@@ -380,13 +454,36 @@ fn run(
                     Ok(_) => tracing::info!("SIGHUP reload published"),
                     Err(e) => tracing::warn!("SIGHUP reload refused: {e}"),
                 },
+                signal_hook::consts::SIGUSR2 => {
+                    let u = upgrader.clone();
+                    // On a thread of its own: a stop signal is still heard meanwhile.
+                    let _ = std::thread::Builder::new().name("molt-upgrade".into()).spawn(move || {
+                        // Its outcome is logged (and in status) either way.
+                        let _ = u.upgrade(None);
+                    });
+                }
                 _ => break 'serve,
             }
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        if upgrader.handed_over() || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if upgrader.handed_over() {
+        // The new process accepts; this one finishes what it has.
+        rt.shared().wind_down();
+        let until = Instant::now() + cfg.drain_deadline();
+        let mut open = rt.shared().open_connections();
+        while open > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+            open = rt.shared().open_connections();
+        }
+        if open > 0 {
+            tracing::warn!(open, "binary upgrade: the drain deadline passed; the connections left are closed");
+        } else {
+            tracing::info!("binary upgrade: every connection finished");
+        }
     }
     drop(admin);
     drop(ctl);
@@ -396,7 +493,7 @@ fn run(
     ExitCode::SUCCESS
 }
 
-fn ctl(cmd: &str, json: bool, socket: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
+fn ctl(cmd: &str, json: bool, socket: Option<PathBuf>, config: Option<PathBuf>, binary: Option<PathBuf>) -> ExitCode {
     let socket = match socket {
         Some(s) => s,
         None => {
@@ -410,7 +507,14 @@ fn ctl(cmd: &str, json: bool, socket: Option<PathBuf>, config: Option<PathBuf>) 
             cfg.run_dir().join("ctl.sock")
         }
     };
-    match client::request(&socket, cmd) {
+    let mut req = serde_json::json!({ "cmd": cmd });
+    if let Some(b) = binary {
+        // The running process resolves a relative path against its own
+        // directory: make it this shell's.
+        let b = std::path::absolute(&b).unwrap_or(b);
+        req["binary"] = serde_json::Value::String(b.display().to_string());
+    }
+    match client::request_value(&socket, &req) {
         Err(e) => {
             eprintln!("molt ctl {cmd}: {e}");
             ExitCode::FAILURE

@@ -79,6 +79,21 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// What a process starts with from the one it replaces (a binary upgrade):
+/// the very descriptors, so nothing queued on them is lost.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    /// The run dir's instance lock (`<run_dir>/molt.lock`, locked).
+    pub run_dir_lock: Option<std::fs::File>,
+    /// The state file, open and locked.
+    pub state_file: Option<std::fs::File>,
+    /// Listening sockets by listener key (`http:<site>`, `tcp:<route
+    /// index>`), one per worker of the old process.
+    pub listeners: BTreeMap<String, Vec<std::net::TcpListener>>,
+    /// Start without accepting: [`RuntimeShared::set_accepting`] begins.
+    pub paused: bool,
+}
+
 /// What every worker and the control plane share.
 pub struct RuntimeShared {
     /// The workers and what they share (the registry among it).
@@ -104,6 +119,12 @@ pub struct RuntimeShared {
     tcp_stats: Vec<std::sync::Arc<crate::net::TcpStats>>,
     /// Each worker's HTTP proxy counters.
     http_stats: Vec<std::sync::Arc<crate::http::HttpStats>>,
+    /// The run dir's instance lock, held for the runtime's life (a binary
+    /// upgrade hands this very descriptor over).
+    run_dir_lock: std::fs::File,
+    /// The digest of the config last loaded whole (see
+    /// [`crate::ctl::ConfigSource::digest`]), for a binary upgrade's check.
+    config_digest: Mutex<Option<String>>,
 }
 
 /// The control side reaches the workers' shared parts (the registry, the
@@ -333,6 +354,65 @@ impl RuntimeShared {
     pub fn loader(&self) -> &Loader {
         &self.loader
     }
+
+    /// Record the digest of the config just loaded whole.
+    pub fn set_config_digest(&self, digest: String) {
+        *self.config_digest.lock() = Some(digest);
+    }
+
+    /// The digest of the config last loaded whole.
+    pub fn config_digest(&self) -> Option<String> {
+        self.config_digest.lock().clone()
+    }
+
+    /// Run `f` with config reloads held off (they wait for it, up to their
+    /// 30 s): a binary upgrade runs so.
+    pub fn without_reloads<R>(&self, f: impl FnOnce() -> R) -> Result<R, ReloadError> {
+        let Some(_held) = self.config_reload.try_lock_for(Duration::from_secs(30)) else {
+            return Err(ReloadError::Busy);
+        };
+        Ok(f())
+    }
+
+    /// The run dir's instance lock.
+    pub fn run_dir_lock(&self) -> &std::fs::File {
+        &self.run_dir_lock
+    }
+
+    /// Every worker accepts on its listeners (`on`), or stops: `false`
+    /// closes this process's listening sockets (a binary upgrade's old
+    /// process, after the new one took them); connections go on.
+    pub fn set_accepting(&self, on: bool) {
+        self.broadcast(move |w| {
+            for l in w.layers() {
+                l.accepting(w, on);
+            }
+        });
+    }
+
+    /// Duplicates of every listening socket, by listener key, in worker order.
+    pub fn listener_fds(&self) -> BTreeMap<String, Vec<std::os::fd::OwnedFd>> {
+        let per_worker = self.broadcast(|w| w.layers().iter().flat_map(|l| l.listener_fds()).collect::<Vec<_>>());
+        let mut out: BTreeMap<String, Vec<std::os::fd::OwnedFd>> = BTreeMap::new();
+        for (key, fd) in per_worker.into_iter().flatten() {
+            out.entry(key).or_default().push(fd);
+        }
+        out
+    }
+
+    /// Ask every layer's clients to go (the process is about to exit).
+    pub fn wind_down(&self) {
+        self.broadcast(|w| {
+            for l in w.layers() {
+                l.wind_down(w);
+            }
+        });
+    }
+
+    /// Connections served now, over every worker and layer.
+    pub fn open_connections(&self) -> usize {
+        self.broadcast(|w| w.layers().iter().map(|l| l.open_connections()).sum::<usize>()).into_iter().sum()
+    }
 }
 
 /// A running molt runtime.
@@ -342,8 +422,6 @@ pub struct Runtime {
     replies: Receiver<Reply>,
     tcp_addrs: Vec<std::net::SocketAddr>,
     http_addrs: Vec<std::net::SocketAddr>,
-    /// The run dir's instance lock, held for the runtime's life.
-    _run_dir_lock: std::fs::File,
 }
 
 /// Remove runtime copies an earlier process left behind.
@@ -360,9 +438,55 @@ fn sweep_stale_copies(run_dir: &Path) -> std::io::Result<usize> {
     Ok(n)
 }
 
-fn open_state(config: &RuntimeConfig) -> std::io::Result<Region> {
+fn open_state(config: &RuntimeConfig, inherited: Option<std::fs::File>) -> std::io::Result<Region> {
     let path = config.state.path.clone().unwrap_or_else(|| config.run_dir.join("state.molt"));
-    Region::open_file(&path, config.state.size, config.state.reset).map_err(std::io::Error::other)
+    match inherited {
+        Some(file) => Region::open_handed_over(file, &path).map_err(std::io::Error::other),
+        None => Region::open_file(&path, config.state.size, config.state.reset).map_err(std::io::Error::other),
+    }
+}
+
+/// The instance lock handed over with `file`, checked to be `run_dir`'s.
+fn inherited_lock(run_dir: &Path, file: std::fs::File) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let path = run_dir.join("molt.lock");
+    let on_disk = std::fs::symlink_metadata(&path)?;
+    let held = file.metadata()?;
+    if (on_disk.dev(), on_disk.ino()) != (held.dev(), held.ino()) {
+        return Err(std::io::Error::other(format!(
+            "the instance lock handed over is not {}: the new process must use the run dir of the running one",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// The listeners for `key`: inherited ones (exactly one per worker), else
+/// bound here.
+fn listeners_for(
+    inherited: &mut Inherited,
+    key: &str,
+    addr: std::net::SocketAddr,
+    workers: usize,
+    what: &str,
+) -> std::io::Result<(Vec<std::net::TcpListener>, std::net::SocketAddr)> {
+    let Some(ls) = inherited.listeners.remove(key) else { return bind_workers(addr, workers, what) };
+    if ls.len() != workers {
+        return Err(std::io::Error::other(format!(
+            "{what}: {} listening sockets handed over for {workers} workers: run the new process with the old one's worker count",
+            ls.len()
+        )));
+    }
+    let got = ls[0].local_addr()?;
+    if addr.port() != 0 && got != addr {
+        return Err(std::io::Error::other(format!(
+            "{what}: the socket handed over listens on {got}, the config says {addr}"
+        )));
+    }
+    for l in &ls {
+        l.set_nonblocking(true)?;
+    }
+    Ok((ls, got))
 }
 
 impl ReloadHost for RuntimeShared {
@@ -438,14 +562,31 @@ fn bind_workers(
 impl Runtime {
     /// Start `config.workers` worker threads and the control-plane ticker.
     pub fn start(config: RuntimeConfig) -> std::io::Result<Runtime> {
+        Self::start_with(config, Inherited::default())
+    }
+
+    /// Start with what the process this one replaces handed over (a binary
+    /// upgrade): its run dir lock, state file and listening sockets; with
+    /// `paused`, the workers accept only from
+    /// [`RuntimeShared::set_accepting`]. What `inherited` lacks is made
+    /// here, as [`Runtime::start`] does.
+    pub fn start_with(config: RuntimeConfig, mut inherited: Inherited) -> std::io::Result<Runtime> {
         let n = config.workers.clamp(1, id::MAX_WORKERS as usize);
         // Trust the run dir, then hold it, before anything in it is touched.
         crate::sys::files::ensure_private_dir(&config.run_dir).map_err(std::io::Error::other)?;
-        let run_dir_lock = crate::sys::files::lock_run_dir(&config.run_dir).map_err(std::io::Error::other)?;
-        let swept = sweep_stale_copies(&config.run_dir)?;
-        if swept > 0 {
-            tracing::info!(run_dir = %config.run_dir.display(), swept, "removed stale runtime copies of an earlier process");
-        }
+        let run_dir_lock = match inherited.run_dir_lock.take() {
+            Some(f) => inherited_lock(&config.run_dir, f)?,
+            None => {
+                let lock = crate::sys::files::lock_run_dir(&config.run_dir).map_err(std::io::Error::other)?;
+                // Copies of an earlier process are stale only when no process
+                // runs here (an upgrade's old process still uses its own).
+                let swept = sweep_stale_copies(&config.run_dir)?;
+                if swept > 0 {
+                    tracing::info!(run_dir = %config.run_dir.display(), swept, "removed stale runtime copies of an earlier process");
+                }
+                lock
+            }
+        };
         let mut polls = Vec::with_capacity(n);
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
@@ -460,7 +601,7 @@ impl Runtime {
             fleet,
             reaper: Arc::new(Reaper::default()),
             unloads: Mutex::new(std::collections::VecDeque::new()),
-            loader: Loader::new(Arc::new(Host::new(open_state(&config)?)), &config.run_dir)?,
+            loader: Loader::new(Arc::new(Host::new(open_state(&config, inherited.state_file.take())?)), &config.run_dir)?,
             versions: Mutex::new(BTreeMap::new()),
             run_dir: config.run_dir.clone(),
             http_sites: Mutex::new(Vec::new()),
@@ -469,6 +610,8 @@ impl Runtime {
             tcp_routes: config.tcp.clone(),
             tcp_stats: (0..n).map(|_| std::sync::Arc::default()).collect(),
             http_stats: (0..n).map(|_| std::sync::Arc::default()).collect(),
+            run_dir_lock,
+            config_digest: Mutex::new(None),
         });
         #[cfg(not(molt_loom))]
         {
@@ -481,8 +624,8 @@ impl Runtime {
         let mut tcp_addrs = Vec::with_capacity(config.tcp.len());
         let mut per_worker: Vec<Vec<(crate::net::TcpRoute, std::net::TcpListener)>> =
             (0..n).map(|_| Vec::new()).collect();
-        for route in &config.tcp {
-            let (listeners, addr) = bind_workers(route.listen, n, "TCP route")?;
+        for (i, route) in config.tcp.iter().enumerate() {
+            let (listeners, addr) = listeners_for(&mut inherited, &format!("tcp:{i}"), route.listen, n, "TCP route")?;
             for (list, l) in per_worker.iter_mut().zip(listeners) {
                 list.push((route.clone(), l));
             }
@@ -492,7 +635,9 @@ impl Runtime {
         let mut http_per_worker: Vec<Vec<(std::sync::Arc<crate::http::HttpSite>, std::net::TcpListener)>> =
             (0..n).map(|_| Vec::new()).collect();
         for site in &config.http {
-            let (listeners, addr) = bind_workers(site.listen, n, &format!("HTTP listener {}", site.name))?;
+            let key = format!("http:{}", site.name);
+            let (listeners, addr) =
+                listeners_for(&mut inherited, &key, site.listen, n, &format!("HTTP listener {}", site.name))?;
             let configured = site.listen;
             let site = std::sync::Arc::new(crate::http::HttpSite { listen: addr, ..site.clone() });
             shared.http_sites.lock().push((configured, site.clone()));
@@ -501,6 +646,14 @@ impl Runtime {
             }
             http_addrs.push(addr);
         }
+        if let Some(key) = inherited.listeners.keys().next() {
+            // A listener the old process had and this config lacks would
+            // have its queued connections lost with it.
+            return Err(std::io::Error::other(format!(
+                "a listening socket was handed over for {key}, which this config does not have: the new process must run the running one's config"
+            )));
+        }
+        let paused = inherited.paused;
         let mut threads = Vec::with_capacity(n + 1);
         for (i, ((poll, tcp), http)) in polls.into_iter().zip(per_worker).zip(http_per_worker).enumerate() {
             let tcp_stats = shared.tcp_stats[i].clone();
@@ -511,13 +664,13 @@ impl Runtime {
                 Some(Box::new(move |registry: &mio::Registry, worker: u32| {
                     let mut layers: Vec<Box<dyn crate::worker::io::Io>> = Vec::new();
                     if !tcp.is_empty() {
-                        match crate::net::TcpLayer::new(layers.len(), registry, tcp, tcp_stats) {
+                        match crate::net::TcpLayer::new(layers.len(), registry, tcp, tcp_stats, paused) {
                             Ok(l) => layers.push(Box::new(l)),
                             Err(e) => tracing::error!(worker, "cannot register the TCP listeners: {e}"),
                         }
                     }
                     if !http.is_empty() {
-                        match crate::http::HttpLayer::new(layers.len(), worker, registry, http, http_stats) {
+                        match crate::http::HttpLayer::new(layers.len(), worker, registry, http, http_stats, paused) {
                             Ok(l) => layers.push(Box::new(l)),
                             Err(e) => tracing::error!(worker, "cannot register the HTTP listeners: {e}"),
                         }
@@ -552,7 +705,7 @@ impl Runtime {
             }
         })?;
         threads.push(ticker);
-        Ok(Runtime { shared, threads, replies: rx, tcp_addrs, http_addrs, _run_dir_lock: run_dir_lock })
+        Ok(Runtime { shared, threads, replies: rx, tcp_addrs, http_addrs })
     }
 
     /// The addresses the TCP routes listen on, in config order (port 0 resolved).

@@ -31,29 +31,61 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct AdminServer {
     addr: SocketAddr,
     _clients: super::clients::Clients,
+    listener: Arc<TcpListener>,
+    accepting: Arc<crate::sync::AtomicBool>,
 }
 
 impl AdminServer {
     /// Listen on `addr` (refused when another socket serves it) and serve.
     pub fn start(rt: Arc<RuntimeShared>, addr: SocketAddr) -> std::io::Result<AdminServer> {
-        if addr.port() != 0 {
-            crate::net::ensure_unserved(addr)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("admin listener {addr}: {e}")))?;
-        }
-        let listener = TcpListener::bind(addr)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("admin listener {addr}: {e}")))?;
+        Self::start_with(rt, addr, None)
+    }
+
+    /// Serve on `inherited` (the listener a binary upgrade handed over),
+    /// else on a listener bound to `addr` here.
+    pub fn start_with(
+        rt: Arc<RuntimeShared>,
+        addr: SocketAddr,
+        inherited: Option<TcpListener>,
+    ) -> std::io::Result<AdminServer> {
+        let listener = match inherited {
+            Some(l) => l,
+            None => {
+                if addr.port() != 0 {
+                    crate::net::ensure_unserved(addr)
+                        .map_err(|e| std::io::Error::new(e.kind(), format!("admin listener {addr}: {e}")))?;
+                }
+                TcpListener::bind(addr)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("admin listener {addr}: {e}")))?
+            }
+        };
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
+        let listener = Arc::new(listener);
+        let accepting = Arc::new(crate::sync::AtomicBool::new(true));
+        let (l, on) = (listener.clone(), accepting.clone());
         let clients = super::clients::Clients::start(
             "molt-admin",
             MAX_CLIENTS,
-            move || listener.accept().map(|(s, _)| s),
+            move || {
+                if on.load(crate::sync::Ordering::Acquire) {
+                    l.accept().map(|(s, _)| s)
+                } else {
+                    Err(std::io::ErrorKind::WouldBlock.into())
+                }
+            },
             |stream: TcpStream| {
                 let _ = respond(&stream, 503, "text/plain", b"busy: too many admin clients\n", false);
             },
             move |stream, _stop| serve(&rt, stream),
         )?;
-        Ok(AdminServer { addr, _clients: clients })
+        Ok(AdminServer { addr, _clients: clients, listener, accepting })
+    }
+
+    /// What a binary upgrade hands over of it: the listener, and the flag
+    /// that stops this process accepting on it.
+    pub fn handoff(&self) -> (Arc<TcpListener>, Arc<crate::sync::AtomicBool>) {
+        (self.listener.clone(), self.accepting.clone())
     }
 
     /// The address it listens on (port 0 resolved).

@@ -9,14 +9,20 @@ use serde_json::{Value, json};
 
 /// Send one command and return the `result`, or the error text.
 pub fn request(socket: &Path, cmd: &str) -> Result<Value, String> {
+    request_value(socket, &json!({ "cmd": cmd }))
+}
+
+/// Send one request object and return the `result`, or the error text.
+pub fn request_value(socket: &Path, req: &Value) -> Result<Value, String> {
     let mut s = UnixStream::connect(socket).map_err(|e| {
         format!(
             "cannot connect to the control socket {}: {e} (is molt running with this run directory?)",
             socket.display()
         )
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
-    writeln!(s, "{}", json!({ "cmd": cmd })).map_err(|e| format!("writing to {}: {e}", socket.display()))?;
+    // An upgrade waits for a new process: up to 10 + 30 + 10 s.
+    s.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
+    writeln!(s, "{req}").map_err(|e| format!("writing to {}: {e}", socket.display()))?;
     let mut line = String::new();
     BufReader::new(&s).read_line(&mut line).map_err(|e| format!("reading from {}: {e}", socket.display()))?;
     let v: Value = serde_json::from_str(&line).map_err(|e| format!("bad reply from {}: {e}", socket.display()))?;

@@ -8,6 +8,8 @@ pub mod client;
 mod clients;
 pub mod server;
 pub mod status;
+pub mod upgrade;
 
 pub use admin::AdminServer;
 pub use server::{ConfigSource, ControlServer};
+pub use upgrade::{Joiner, Upgrader};

@@ -31,6 +31,26 @@ impl ConfigSource {
         }
     }
 
+    /// A digest of what the config is read from: the file's bytes, or the
+    /// built-in default's module directory. Two processes that read equal
+    /// digests run the same config (a binary upgrade checks this).
+    pub fn digest(&self) -> Result<String, String> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        match self {
+            ConfigSource::File(p) => {
+                let bytes = std::fs::read(p).map_err(|e| format!("{}: cannot read it: {e}", p.display()))?;
+                h.update(b"file\0");
+                h.update(&bytes);
+            }
+            ConfigSource::Builtin(d) => {
+                h.update(b"builtin\0");
+                h.update(d.as_os_str().as_encoded_bytes());
+            }
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// A description for status.
     pub fn describe(&self) -> String {
         match self {
@@ -42,8 +62,14 @@ impl ConfigSource {
 
 /// Reload from the config source: what SIGHUP and the socket's `reload` do.
 pub fn reload(rt: &RuntimeShared, source: &ConfigSource) -> Result<Value, String> {
+    // The digest first: a file changed after it was read is loaded by the
+    // next reload, and an upgrade meanwhile sees the digests differ.
+    let digest = source.digest();
     let cfg = source.read().map_err(|e| e.to_string())?;
     let r = rt.reload_config(&cfg.modules, &cfg.http, &cfg.tcp).map_err(|e| e.to_string())?;
+    if let Ok(d) = digest {
+        rt.set_config_digest(d);
+    }
     Ok(serde_json::to_value(r).unwrap_or(Value::Null))
 }
 
@@ -64,32 +90,72 @@ pub struct ControlServer {
     path: PathBuf,
     /// Dropped before the socket file is removed.
     clients: Option<super::clients::Clients>,
+    listener: Arc<UnixListener>,
+    accepting: Arc<AtomicBool>,
+    /// The socket went to a new process (a binary upgrade): its file stays.
+    handed_off: Arc<AtomicBool>,
 }
 
 impl ControlServer {
     /// Bind `<run_dir>/ctl.sock` (mode 0600) and serve it.
     pub fn start(rt: Arc<RuntimeShared>, source: ConfigSource) -> std::io::Result<ControlServer> {
+        Self::start_with(rt, source, None, None)
+    }
+
+    /// Serve `<run_dir>/ctl.sock`: on `inherited` (the listener a binary
+    /// upgrade handed over, already bound there), else bound here; with an
+    /// upgrader, the socket also takes `upgrade`.
+    pub fn start_with(
+        rt: Arc<RuntimeShared>,
+        source: ConfigSource,
+        inherited: Option<UnixListener>,
+        upgrader: Option<Arc<super::Upgrader>>,
+    ) -> std::io::Result<ControlServer> {
         let path = rt.run_dir().join("ctl.sock");
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let listener = match inherited {
+            Some(l) => l,
+            None => {
+                let _ = std::fs::remove_file(&path);
+                let listener = UnixListener::bind(&path)?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                listener
+            }
+        };
         listener.set_nonblocking(true)?;
+        let listener = Arc::new(listener);
+        let accepting = Arc::new(AtomicBool::new(true));
         let started = Instant::now();
+        let (l, on) = (listener.clone(), accepting.clone());
         let clients = super::clients::Clients::start(
             "molt-ctl",
             MAX_CLIENTS,
-            move || listener.accept().map(|(s, _)| s),
+            move || {
+                if on.load(Ordering::Acquire) {
+                    l.accept().map(|(s, _)| s)
+                } else {
+                    Err(std::io::ErrorKind::WouldBlock.into())
+                }
+            },
             |mut stream: UnixStream| {
                 let busy = json!({"ok": false, "error": format!("the control socket serves {MAX_CLIENTS} clients at once; try again")});
                 let _ = writeln!(stream, "{busy}");
             },
             move |stream, stop| {
-                if let Err(e) = serve(&rt, &source, started, stream, stop) {
+                if let Err(e) = serve(&rt, &source, upgrader.as_deref(), started, stream, stop) {
                     tracing::debug!("control connection ended: {e}");
                 }
             },
         )?;
-        Ok(ControlServer { path, clients: Some(clients) })
+        Ok(ControlServer { path, clients: Some(clients), listener, accepting, handed_off: Arc::new(AtomicBool::new(false)) })
+    }
+
+    /// What a binary upgrade hands over of this socket.
+    pub fn handoff(&self) -> super::upgrade::CtlHandoff {
+        super::upgrade::CtlHandoff {
+            listener: self.listener.clone(),
+            accepting: self.accepting.clone(),
+            handed_off: self.handed_off.clone(),
+        }
     }
 
     /// The socket's path.
@@ -101,7 +167,9 @@ impl ControlServer {
 impl Drop for ControlServer {
     fn drop(&mut self) {
         drop(self.clients.take());
-        let _ = std::fs::remove_file(&self.path);
+        if !self.handed_off.load(Ordering::Acquire) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -148,6 +216,7 @@ fn read_line(stream: &mut UnixStream, pending: &mut Vec<u8>, stop: &AtomicBool) 
 fn serve(
     rt: &RuntimeShared,
     source: &ConfigSource,
+    upgrader: Option<&super::Upgrader>,
     started: Instant,
     mut stream: UnixStream,
     stop: &AtomicBool,
@@ -182,16 +251,44 @@ fn serve(
             Ok(text) if text.trim().is_empty() => continue,
             Ok(text) => match serde_json::from_str::<Value>(text) {
                 Err(e) => json!({"ok": false, "error": format!("not JSON: {e}")}),
-                Ok(req) => handle(rt, source, started, &req),
+                Ok(req) => handle(rt, source, upgrader, started, &req),
             },
         };
         writeln!(out, "{reply}")?;
     }
 }
 
-fn handle(rt: &RuntimeShared, source: &ConfigSource, started: Instant, req: &Value) -> Value {
+fn handle(
+    rt: &RuntimeShared,
+    source: &ConfigSource,
+    upgrader: Option<&super::Upgrader>,
+    started: Instant,
+    req: &Value,
+) -> Value {
     let result = match req.get("cmd").and_then(Value::as_str) {
-        Some("status") => Ok(status::status(rt, started, &source.describe())),
+        Some("status") => {
+            let mut v = status::status(rt, started, &source.describe());
+            if let (Some(u), Some(o)) = (upgrader, v.as_object_mut()) {
+                o.insert("upgrades".into(), serde_json::to_value(u.history()).unwrap_or(Value::Null));
+            }
+            Ok(v)
+        }
+        Some("upgrade") => match upgrader {
+            None => Err("this process cannot upgrade (it was started without an upgrader)".to_owned()),
+            Some(u) => {
+                let binary = req.get("binary").and_then(Value::as_str).map(PathBuf::from);
+                match u.upgrade(binary) {
+                    Ok(r) => Ok(serde_json::to_value(r).unwrap_or(Value::Null)),
+                    Err(r) => Err(format!(
+                        "upgrade {} failed at step {}: {}; this process (pid {}) serves on",
+                        r.id,
+                        r.failed_step.as_deref().unwrap_or("?"),
+                        r.error.as_deref().unwrap_or("?"),
+                        r.old_pid
+                    )),
+                }
+            }
+        },
         Some("metrics") => Ok(Value::String(status::metrics(rt))),
         Some("reload") => reload(rt, source),
         Some("rollback") => rt
@@ -199,7 +296,7 @@ fn handle(rt: &RuntimeShared, source: &ConfigSource, started: Instant, req: &Val
             .rollback(rt)
             .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
             .map_err(|e| e.to_string()),
-        Some(other) => Err(format!("unknown cmd {other:?}: expected status, reload, rollback or metrics")),
+        Some(other) => Err(format!("unknown cmd {other:?}: expected status, reload, rollback, upgrade or metrics")),
         None => Err("request needs a \"cmd\" string".to_owned()),
     };
     match result {

@@ -32,6 +32,12 @@ use crate::worker::{WorkerCore, io};
 
 /// How long a lingering close waits for the client's EOF.
 const LINGER: Duration = Duration::from_secs(2);
+/// A keep-alive client of a site that stopped accepting (a reload removed
+/// it, or the process winds down for a binary upgrade) is closed once it
+/// has been idle this long: a client in a run of requests sends its next
+/// one well within it and gets `Connection: close` on the answer instead
+/// of a close racing its request.
+const IDLE_GRACE: Duration = Duration::from_millis(100);
 /// Bytes of body buffered per direction of a transaction.
 pub const BODY_BUF: usize = 64 * 1024;
 /// Tokens: listeners below `CLIENT_BASE`, clients below `UP_BASE`, upstreams above.
@@ -107,6 +113,11 @@ pub struct HttpLayer {
     last_sweep: Cell<Instant>,
     /// A listener left connections queued (modules not loaded yet).
     waiting_accept: Cell<bool>,
+    /// Built paused (a binary upgrade's new process): listeners are
+    /// registered at the first `accepting(true)`.
+    paused: Cell<bool>,
+    /// The process winds down: every response closes its connection.
+    winding_down: Cell<bool>,
     /// The read buffer every read goes through.
     pub(super) scratch: RefCell<Box<[u8]>>,
 }
@@ -148,12 +159,15 @@ impl HttpLayer {
         registry: &Registry,
         sites: Vec<(Arc<HttpSite>, std::net::TcpListener)>,
         stats: Arc<HttpStats>,
+        paused: bool,
     ) -> std::io::Result<HttpLayer> {
         let mut groups = Vec::new();
         let mut slots = Vec::new();
         for (i, (site, l)) in sites.into_iter().enumerate() {
             let mut l = TcpListener::from_std(l);
-            registry.register(&mut l, io::token(layer, i), Interest::READABLE)?;
+            if !paused {
+                registry.register(&mut l, io::token(layer, i), Interest::READABLE)?;
+            }
             groups.push(site.groups.iter().map(|(_, s)| s.len()).collect());
             slots.push(SiteSlot { site: own_copy(&site), listener: Some(l), next: None });
         }
@@ -170,8 +184,15 @@ impl HttpLayer {
             held: RefCell::new(Vec::new()),
             last_sweep: Cell::new(Instant::now()),
             waiting_accept: Cell::new(false),
+            paused: Cell::new(paused),
+            winding_down: Cell::new(false),
             scratch: RefCell::new(vec![0u8; 32 * 1024].into_boxed_slice()),
         })
+    }
+
+    /// Whether the process winds down (see [`io::Io::wind_down`]).
+    pub(super) fn winding_down(&self) -> bool {
+        self.winding_down.get()
     }
 
     /// Count a response by its status class.
@@ -466,9 +487,14 @@ impl HttpLayer {
                 Flow::Close => close = true,
             }
             c.txn = Some(t);
-        } else if c.inb.is_empty() && c.out_pos >= c.out.len() && !self.newest(c.site).1 {
-            // Idle on a site a reload removed: its connections finish, and
-            // an idle one is finished.
+        } else if c.inb.is_empty()
+            && c.out_pos >= c.out.len()
+            && (self.winding_down.get() || !self.newest(c.site).1)
+            && now.duration_since(c.idle_since) >= IDLE_GRACE
+        {
+            // Idle on a site that stopped accepting (a reload removed it,
+            // or the process winds down): its connections finish, and an
+            // idle one is finished.
             close = true;
         } else {
             match c.waiting(&site.limits, now) {
@@ -550,5 +576,54 @@ impl io::Io for HttpLayer {
 
     fn tick_every(&self) -> Duration {
         Duration::from_millis(20)
+    }
+
+    fn accepting(&self, _core: &WorkerCore, on: bool) {
+        let mut sites = self.sites.borrow_mut();
+        for (i, slot) in sites.iter_mut().enumerate().filter(|(_, s)| s.next.is_none()) {
+            let Some(l) = slot.listener.as_mut() else { continue };
+            if on && self.paused.get() {
+                if let Err(e) = self.registry.register(l, io::token(self.layer, i), Interest::READABLE) {
+                    tracing::error!(worker = self.worker, site = %slot.site.name, "cannot register the listener: {e}");
+                }
+            } else if !on {
+                let _ = self.registry.deregister(l);
+                slot.listener = None;
+                tracing::info!(worker = self.worker, site = %slot.site.name, "HTTP listener handed off: this process accepts no more connections on it");
+            }
+        }
+        drop(sites);
+        if on {
+            self.paused.set(false);
+            // Connections queued while nobody here accepted.
+            self.waiting_accept.set(true);
+        }
+    }
+
+    fn listener_fds(&self) -> Vec<(String, std::os::fd::OwnedFd)> {
+        use std::os::fd::AsFd;
+        let sites = self.sites.borrow();
+        sites
+            .iter()
+            .filter(|s| s.next.is_none())
+            .filter_map(|s| {
+                let l = s.listener.as_ref()?;
+                match l.as_fd().try_clone_to_owned() {
+                    Ok(fd) => Some((format!("http:{}", s.site.name), fd)),
+                    Err(e) => {
+                        tracing::error!(worker = self.worker, site = %s.site.name, "cannot duplicate the listener: {e}");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    fn wind_down(&self, _core: &WorkerCore) {
+        self.winding_down.set(true);
+    }
+
+    fn open_connections(&self) -> usize {
+        self.stats.open.load(Ordering::Relaxed) as usize
     }
 }

@@ -156,7 +156,8 @@ impl HttpLayer {
         add(&self.stats.requests, 1);
         c.head_since = None;
         c.minor = req.minor;
-        c.keep_alive = req.keep_alive;
+        // Winding down, every answer closes its connection.
+        c.keep_alive = req.keep_alive && !self.winding_down();
         let n = self.next_txn.get() + 1;
         self.next_txn.set(n);
         let id = (u64::from(self.worker) + 1) << 48 | n;

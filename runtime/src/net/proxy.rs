@@ -175,7 +175,10 @@ struct Pair {
 
 struct Route {
     cfg: TcpRoute,
-    listener: TcpListener,
+    /// `None` once this process stopped accepting (a binary upgrade).
+    listener: Option<TcpListener>,
+    /// Registered with the poller (not while the layer is paused).
+    registered: bool,
     balancer: Balancer,
 }
 
@@ -195,15 +198,50 @@ impl Net {
         registry: &Registry,
         routes: Vec<(TcpRoute, std::net::TcpListener)>,
         stats: std::sync::Arc<TcpStats>,
+        paused: bool,
     ) -> std::io::Result<Net> {
         let mut out = Vec::with_capacity(routes.len());
         for (i, (cfg, l)) in routes.into_iter().enumerate() {
             let mut listener = TcpListener::from_std(l);
-            registry.register(&mut listener, io::token(layer, i), Interest::READABLE)?;
+            if !paused {
+                registry.register(&mut listener, io::token(layer, i), Interest::READABLE)?;
+            }
             let n = cfg.upstreams.len();
-            out.push(Route { cfg, listener, balancer: Balancer::new(n) });
+            out.push(Route { cfg, listener: Some(listener), registered: !paused, balancer: Balancer::new(n) });
         }
         Ok(Net { layer, routes: out, pairs: Slots::default(), stats, last_sweep: Instant::now() })
+    }
+
+    /// Register the listeners (`on`, once), or deregister and close them.
+    fn set_accepting(&mut self, registry: &Registry, on: bool) {
+        for (i, r) in self.routes.iter_mut().enumerate() {
+            let Some(l) = r.listener.as_mut() else { continue };
+            if on && !r.registered {
+                match registry.register(l, io::token(self.layer, i), Interest::READABLE) {
+                    Ok(()) => r.registered = true,
+                    Err(e) => tracing::error!(route = i, "cannot register the TCP listener: {e}"),
+                }
+            } else if !on {
+                let _ = registry.deregister(l);
+                r.listener = None;
+                tracing::info!(route = i, listen = %r.cfg.listen, "TCP listener handed off: this process accepts no more connections on it");
+            }
+        }
+    }
+
+    /// Duplicates of the listeners, keyed `tcp:<route index>`.
+    fn listener_fds(&self) -> Vec<(String, std::os::fd::OwnedFd)> {
+        use std::os::fd::AsFd;
+        let mut out = Vec::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            if let Some(l) = &r.listener {
+                match l.as_fd().try_clone_to_owned() {
+                    Ok(fd) => out.push((format!("tcp:{i}"), fd)),
+                    Err(e) => tracing::error!(route = i, "cannot duplicate the TCP listener: {e}"),
+                }
+            }
+        }
+        out
     }
 
     /// Readiness of a pair's socket (listeners are the layer's: it runs
@@ -217,7 +255,7 @@ impl Net {
     /// One connection from `route`'s listener, counted and under the limit.
     pub(crate) fn accept_one(&mut self, route: usize) -> Option<(TcpStream, SocketAddr)> {
         loop {
-            let accepted = self.routes.get(route)?.listener.accept();
+            let accepted = self.routes.get(route)?.listener.as_ref()?.accept();
             let (client, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return None,
@@ -470,9 +508,10 @@ impl TcpLayer {
         registry: &Registry,
         routes: Vec<(TcpRoute, std::net::TcpListener)>,
         stats: std::sync::Arc<TcpStats>,
+        paused: bool,
     ) -> std::io::Result<TcpLayer> {
         let hooks = routes.iter().map(|(r, _)| (r.modules.clone(), r.handler.clone())).collect();
-        let net = Net::new(layer, registry, routes, stats)?;
+        let net = Net::new(layer, registry, routes, stats, paused)?;
         Ok(TcpLayer {
             layer,
             net: std::cell::RefCell::new(net),
@@ -848,6 +887,18 @@ impl io::Io for TcpLayer {
 
     fn unheld(&self, core: &WorkerCore) {
         self.retry_held(core);
+    }
+
+    fn accepting(&self, _core: &WorkerCore, on: bool) {
+        self.net.borrow_mut().set_accepting(&self.registry, on);
+    }
+
+    fn listener_fds(&self) -> Vec<(String, std::os::fd::OwnedFd)> {
+        self.net.borrow().listener_fds()
+    }
+
+    fn open_connections(&self) -> usize {
+        self.net.borrow().pairs.in_use() + self.conns.borrow().in_use() + self.waiting.borrow().len()
     }
 
     fn conn_write(&self, core: &WorkerCore, conn: u64, data: &[u8]) -> crate::host::ServiceResult<()> {

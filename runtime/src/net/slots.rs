@@ -67,6 +67,11 @@ impl<T> Slots<T> {
         Some(v)
     }
 
+    /// Indices in use (filled or reserved).
+    pub fn in_use(&self) -> usize {
+        self.items.len() - self.free.len()
+    }
+
     /// The value at `idx`.
     pub fn get(&self, idx: usize) -> Option<&T> {
         self.items.get(idx).and_then(Option::as_ref)

@@ -314,6 +314,15 @@ pub fn ensure_private_dir(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Write this process's pid into the instance lock `lock` (a binary
+/// upgrade's new process, which took the lock over with its descriptor).
+pub fn record_pid(lock: &File) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let pid = format!("{}\n", std::process::id());
+    lock.set_len(0)?;
+    lock.write_all_at(pid.as_bytes(), 0)
+}
+
 /// Take the run dir's instance lock, `<run_dir>/molt.lock` (opened without
 /// following links, mode 0600), and write our pid into it. Held while the
 /// returned file is open; a second instance is refused with the holder's pid.

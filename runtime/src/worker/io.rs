@@ -88,6 +88,24 @@ pub trait Io {
     /// The layer itself, for the control side to find its own kind among
     /// a worker's layers (a reload reconfiguring the HTTP layer).
     fn as_any(&self) -> &dyn std::any::Any;
+    /// Accept on its listeners (`on`), or stop: `false` deregisters and
+    /// closes this worker's listening sockets (its connections go on). A
+    /// layer built paused (a binary upgrade's new process) accepts from
+    /// the first `true`.
+    fn accepting(&self, _core: &WorkerCore, _on: bool) {}
+    /// Its listening sockets now, duplicated, each under its listener's key
+    /// (`http:<site>`, `tcp:<route index>`): what a binary upgrade hands over.
+    fn listener_fds(&self) -> Vec<(String, std::os::fd::OwnedFd)> {
+        Vec::new()
+    }
+    /// The process is about to exit: ask clients to go (a keep-alive HTTP
+    /// client gets `Connection: close` on its next response; an idle one
+    /// is closed); what is in flight finishes.
+    fn wind_down(&self, _core: &WorkerCore) {}
+    /// Connections it serves now (clients, proxied pairs, module connections).
+    fn open_connections(&self) -> usize {
+        0
+    }
     /// Connect to `addr` for continuation `cont` of `owner`; the layer's handle.
     fn conn_connect(&self, _core: &WorkerCore, _owner: &VersionRef, _cont: u64, _addr: &str) -> ServiceResult<u64> {
         Err((MOLT_ERR_UNSUPPORTED, "this layer makes no outgoing connections".into()))

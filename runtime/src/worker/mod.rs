@@ -372,7 +372,8 @@ impl WorkerCore {
         self.layers().iter().find_map(|l| l.as_any().downcast_ref::<T>())
     }
 
-    fn layers(&self) -> &[Box<dyn io::Io>] {
+    /// Every layer of this worker, in order.
+    pub fn layers(&self) -> &[Box<dyn io::Io>] {
         self.io.get().map_or(&[], |v| v.as_slice())
     }
 
