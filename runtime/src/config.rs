@@ -44,6 +44,14 @@ pub struct RuntimeSection {
     /// Pin worker `i` to CPU `i`.
     #[serde(default)]
     pub pin_workers: bool,
+    /// Milliseconds a binary upgrade's new process gets to load its
+    /// modules and say ready before it is killed.
+    #[serde(default = "default_upgrade_ready_ms")]
+    pub upgrade_ready_timeout_ms: u64,
+}
+
+fn default_upgrade_ready_ms() -> u64 {
+    30_000
 }
 
 fn default_state_mb() -> u64 {
@@ -78,6 +86,7 @@ impl Default for RuntimeSection {
             max_continuations_per_worker: default_max_conts(),
             state_file: None,
             state_size_mb: default_state_mb(),
+            upgrade_ready_timeout_ms: default_upgrade_ready_ms(),
             pin_workers: false,
         }
     }
@@ -464,6 +473,13 @@ impl Config {
                 "an idle worker spins at most a second before it parks",
             ),
             bounded("runtime.drain_deadline_ms", rt.drain_deadline_ms, 1, DAY_MS, "up to a day"),
+            bounded(
+                "runtime.upgrade_ready_timeout_ms",
+                rt.upgrade_ready_timeout_ms,
+                100,
+                3_600_000,
+                "from 100 ms to an hour",
+            ),
         ];
         for c in checks {
             if let Err((key, message)) = c {

@@ -258,6 +258,16 @@ fn source_of(config: Option<PathBuf>) -> ConfigSource {
     }
 }
 
+/// A start that failed: said, and told to the running molt when this
+/// process was started to take over from it.
+fn fail(joiner: Option<&Joiner>, step: &str, msg: String) -> ExitCode {
+    eprintln!("molt: {msg}");
+    if let Some(j) = joiner {
+        j.failed(step, &msg);
+    }
+    ExitCode::FAILURE
+}
+
 /// The arguments a new binary gets on upgrade: this process's own, without
 /// `--reset-state` (the new process takes the state over, never resets it).
 fn upgrade_args() -> Vec<std::ffi::OsString> {
@@ -282,15 +292,12 @@ fn run(
             return ExitCode::FAILURE;
         }
     };
-    let fail = |step: &str, msg: String| -> ExitCode {
-        eprintln!("molt: {msg}");
-        if let Some(j) = &joiner {
-            j.failed(step, &msg);
-        }
-        ExitCode::FAILURE
-    };
     if joiner.is_some() && reset_state {
-        return fail("start", "--reset-state is refused for a binary upgrade: the new process takes the state over".into());
+        return fail(
+            joiner.as_ref(),
+            "start",
+            "--reset-state is refused for a binary upgrade: the new process takes the state over".into(),
+        );
     }
     let source = source_of(config);
     let digest = source.digest();
@@ -335,7 +342,7 @@ fn run(
     };
     let digest = match digest {
         Ok(d) => d,
-        Err(e) => return fail("config", e),
+        Err(e) => return fail(joiner.as_ref(), "config", e),
     };
     let (inherited, ctl_inherited, admin_inherited, history) = match &joiner {
         None => (Inherited::default(), None, None, Vec::new()),
@@ -352,7 +359,13 @@ fn run(
     };
     let rt = match Runtime::start_with(rc.clone(), inherited) {
         Ok(rt) => rt,
-        Err(e) => return fail("start", format!("cannot start (run directory {}): {e}", rc.run_dir.display())),
+        Err(e) => {
+            return fail(
+                joiner.as_ref(),
+                "start",
+                format!("cannot start (run directory {}): {e}", rc.run_dir.display()),
+            );
+        }
     };
     if let Err(e) = rt.reload(&cfg.modules) {
         if matches!(source, ConfigSource::Builtin(_)) && joiner.is_none() {
@@ -360,7 +373,7 @@ fn run(
                 "molt: the built-in default loads the example modules next to the binary: build them with `cargo build --release --workspace`"
             );
         }
-        return fail("modules", format!("loading the modules of {} failed: {e}", source.describe()));
+        return fail(joiner.as_ref(), "modules", format!("loading the modules of {} failed: {e}", source.describe()));
     }
     rt.shared().set_config_digest(digest);
     let upgrader = Arc::new(Upgrader::new(
@@ -368,22 +381,33 @@ fn run(
         source.clone(),
         exe,
         upgrade_args(),
-        molt_runtime::ctl::upgrade::Timeouts::default(),
+        molt_runtime::ctl::upgrade::Timeouts {
+            ready: Duration::from_millis(cfg.runtime.upgrade_ready_timeout_ms),
+            ..Default::default()
+        },
         history,
     ));
-    let ctl = match ControlServer::start_with(rt.shared().clone(), source.clone(), ctl_inherited, Some(upgrader.clone())) {
-        Ok(c) => c,
-        Err(e) => return fail("start", format!("cannot open the control socket in {}: {e}", rc.run_dir.display())),
-    };
+    let ctl =
+        match ControlServer::start_with(rt.shared().clone(), source.clone(), ctl_inherited, Some(upgrader.clone())) {
+            Ok(c) => c,
+            Err(e) => {
+                return fail(
+                    joiner.as_ref(),
+                    "start",
+                    format!("cannot open the control socket in {}: {e}", rc.run_dir.display()),
+                );
+            }
+        };
     upgrader.set_ctl(ctl.handoff());
-    let admin = match cfg.admin.map(|a| molt_runtime::ctl::AdminServer::start_with(rt.shared().clone(), a, admin_inherited)) {
-        None => None,
-        Some(Ok(a)) => {
-            upgrader.set_admin(a.handoff());
-            Some(a)
-        }
-        Some(Err(e)) => return fail("start", format!("cannot start the admin listener: {e}")),
-    };
+    let admin =
+        match cfg.admin.map(|a| molt_runtime::ctl::AdminServer::start_with(rt.shared().clone(), a, admin_inherited)) {
+            None => None,
+            Some(Ok(a)) => {
+                upgrader.set_admin(a.handoff());
+                Some(a)
+            }
+            Some(Err(e)) => return fail(joiner.as_ref(), "start", format!("cannot start the admin listener: {e}")),
+        };
     // Before the banner: a supervisor may signal as soon as it reads it.
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGHUP,
@@ -393,16 +417,16 @@ fn run(
     ]);
     let mut signals = match signals {
         Ok(s) => s,
-        Err(e) => return fail("start", format!("cannot install signal handlers: {e}")),
+        Err(e) => return fail(joiner.as_ref(), "start", format!("cannot install signal handlers: {e}")),
     };
-    if let Some(j) = &joiner {
+    if let Some(j) = joiner {
         // Ready: the old process gives up the writer role and says go.
         if let Err(e) = j.ready(Duration::from_secs(60)) {
             eprintln!("molt: binary upgrade: {e}");
             return ExitCode::FAILURE;
         }
         if let Err(e) = rt.loader().host().state.take_writer() {
-            return fail("takeover", e.to_string());
+            return fail(Some(&j), "takeover", e.to_string());
         }
         rt.shared().set_accepting(true);
         if let Err(e) = molt_runtime::sys::files::record_pid(rt.shared().run_dir_lock()) {
@@ -412,6 +436,13 @@ fn run(
             tracing::warn!(upgrade_id = %j.id(), "binary upgrade: {e}");
         }
         tracing::info!(upgrade_id = %j.id(), pid = std::process::id(), "binary upgrade: this process took over");
+        let u = upgrader.clone();
+        let _ = std::thread::Builder::new().name("molt-upgrade".into()).spawn(move || {
+            match j.record(Duration::from_secs(30)) {
+                Ok(r) => u.remember(&r),
+                Err(e) => tracing::warn!("binary upgrade: {e}"),
+            }
+        });
     }
     let names: Vec<String> = rt
         .shared()

@@ -601,7 +601,10 @@ impl Runtime {
             fleet,
             reaper: Arc::new(Reaper::default()),
             unloads: Mutex::new(std::collections::VecDeque::new()),
-            loader: Loader::new(Arc::new(Host::new(open_state(&config, inherited.state_file.take())?)), &config.run_dir)?,
+            loader: Loader::new(
+                Arc::new(Host::new(open_state(&config, inherited.state_file.take())?)),
+                &config.run_dir,
+            )?,
             versions: Mutex::new(BTreeMap::new()),
             run_dir: config.run_dir.clone(),
             http_sites: Mutex::new(Vec::new()),

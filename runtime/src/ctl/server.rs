@@ -146,7 +146,13 @@ impl ControlServer {
                 }
             },
         )?;
-        Ok(ControlServer { path, clients: Some(clients), listener, accepting, handed_off: Arc::new(AtomicBool::new(false)) })
+        Ok(ControlServer {
+            path,
+            clients: Some(clients),
+            listener,
+            accepting,
+            handed_off: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// What a binary upgrade hands over of this socket.

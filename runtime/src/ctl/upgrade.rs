@@ -97,6 +97,11 @@ enum Msg {
     },
     Go,
     Took,
+    /// old → new after the switch: the upgrade's record, for the new
+    /// process's history.
+    Done {
+        record: UpgradeRecord,
+    },
 }
 
 fn send(conn: &UnixStream, m: &Msg, fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
@@ -268,7 +273,8 @@ impl Upgrader {
         self.history.lock().clone()
     }
 
-    fn remember(&self, r: &UpgradeRecord) {
+    /// Add `r` to the history (the new process adds the upgrade that made it).
+    pub fn remember(&self, r: &UpgradeRecord) {
         let mut h = self.history.lock();
         if h.len() == HISTORY_KEPT {
             h.remove(0);
@@ -280,7 +286,7 @@ impl Upgrader {
     /// was started from). `Ok` once the new process took over (this one
     /// then drains: see [`Upgrader::handed_over`]); `Err` with the step that
     /// failed, this process serving as before.
-    pub fn upgrade(&self, binary: Option<PathBuf>) -> Result<UpgradeRecord, UpgradeRecord> {
+    pub fn upgrade(&self, binary: Option<PathBuf>) -> Result<UpgradeRecord, Box<UpgradeRecord>> {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let binary = binary.unwrap_or_else(|| self.exe.clone());
         let mut rec = UpgradeRecord {
@@ -300,9 +306,10 @@ impl Upgrader {
         let t0 = Instant::now();
         let result = match self.running.try_lock() {
             None => Err(("start", "another upgrade is running; one at a time".to_owned())),
-            Some(_one) if self.handed_over() => {
-                Err(("start", "this process already handed over to a new one; ask that one (same control socket)".into()))
-            }
+            Some(_one) if self.handed_over() => Err((
+                "start",
+                "this process already handed over to a new one; ask that one (same control socket)".into(),
+            )),
             Some(_one) => {
                 tracing::info!(upgrade_id = %id, binary = %binary.display(), "binary upgrade started");
                 match self.rt.without_reloads(|| self.steps(&id, &binary, &mut rec)) {
@@ -324,12 +331,25 @@ impl Upgrader {
                 rec.failed_step = Some(step.into());
                 rec.error = Some(why);
                 self.remember(&rec);
-                Err(rec)
+                Err(Box::new(rec))
             }
         }
     }
 
     fn steps(&self, id: &str, binary: &Path, rec: &mut UpgradeRecord) -> Result<(), StepError> {
+        let t0 = Instant::now();
+        let conn = self.steps_to_switch(id, binary, rec)?;
+        // The new process keeps the record of the upgrade that made it.
+        let mut done = rec.clone();
+        done.outcome = "ok".into();
+        done.duration_ms = t0.elapsed().as_secs_f64() * 1e3;
+        if let Err(e) = send(&conn, &Msg::Done { record: done }, &[]) {
+            tracing::warn!(upgrade_id = %id, "the new process did not take the upgrade's record: {e}");
+        }
+        Ok(())
+    }
+
+    fn steps_to_switch(&self, id: &str, binary: &Path, rec: &mut UpgradeRecord) -> Result<UnixStream, StepError> {
         let mut t = Instant::now();
         let region = &self.rt.loader().host().state;
         // check: what the new process would run is what this one runs.
@@ -399,7 +419,10 @@ impl Upgrader {
         } else if config_digest != digest {
             Some("it read another config than this process runs (the config file, or the built-in default's module directory, differs)".into())
         } else if workers != self.rt.workers().len() {
-            Some(format!("it would run {workers} workers, this process runs {}: each worker's listening sockets are handed over", self.rt.workers().len()))
+            Some(format!(
+                "it would run {workers} workers, this process runs {}: each worker's listening sockets are handed over",
+                self.rt.workers().len()
+            ))
         } else if pid != rec.new_pid {
             Some(format!("its hello says pid {pid}, the process started is {}", rec.new_pid))
         } else {
@@ -480,7 +503,7 @@ impl Upgrader {
         // The new process runs on (it is not this one's to reap any more).
         child.child = None;
         rec.step("switch", &mut t);
-        Ok(())
+        Ok(conn)
     }
 
     /// Wait for the new process to connect; it is the child started, of
@@ -633,5 +656,15 @@ impl Joiner {
     /// Say this process took over (accepting, the writer).
     pub fn took(&self) -> Result<(), String> {
         send(&self.conn, &Msg::Took, &[]).map_err(|e| format!("cannot say took: {e}"))
+    }
+
+    /// The upgrade's record, which the old process sends once it switched
+    /// (it stopped accepting): for this process's history.
+    pub fn record(self, within: Duration) -> Result<UpgradeRecord, String> {
+        match recv(&self.conn, within) {
+            Ok((Msg::Done { record }, _)) => Ok(record),
+            Ok((other, _)) => Err(format!("the old process sent {other:?} instead of the upgrade's record")),
+            Err(e) => Err(format!("no record of the upgrade from the old process: {e}")),
+        }
     }
 }

@@ -223,6 +223,11 @@ impl Client {
         Client { s, buf: Vec::new() }
     }
 
+    /// A client on a connection made by the caller.
+    pub fn from_stream(s: TcpStream) -> Client {
+        Client { s, buf: Vec::new() }
+    }
+
     /// Send raw bytes.
     pub fn send(&mut self, bytes: &[u8]) {
         self.s.write_all(bytes).unwrap();
