@@ -258,6 +258,48 @@ fn source_of(config: Option<PathBuf>) -> ConfigSource {
     }
 }
 
+/// The listening sockets systemd passed (socket activation), by listener
+/// key: each matched to the `[[http]]` or `[[tcp]]` listener of its
+/// address, and shared by every worker (one descriptor per worker).
+fn systemd_listeners(
+    cfg: &Config,
+    workers: usize,
+) -> Result<std::collections::BTreeMap<String, Vec<std::net::TcpListener>>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for fd in molt_runtime::sys::sd::listen_fds()? {
+        let l = std::net::TcpListener::from(fd);
+        let addr = l.local_addr().map_err(|e| {
+            format!("a LISTEN_FDS descriptor is not a TCP listening socket ({e}): molt takes TCP listeners only")
+        })?;
+        let key = cfg
+            .http
+            .iter()
+            .find(|s| s.listen == addr)
+            .map(|s| format!("http:{}", s.name))
+            .or_else(|| cfg.tcp.iter().position(|r| r.listen == addr).map(|i| format!("tcp:{i}")))
+            .ok_or_else(|| {
+                format!("systemd passed a socket on {addr}, which no [[http]] or [[tcp]] listener of the config has: make ListenStream= and listen agree")
+            })?;
+        let mut per_worker = Vec::with_capacity(workers);
+        for _ in 1..workers {
+            per_worker.push(l.try_clone().map_err(|e| format!("{addr}: {e}"))?);
+        }
+        per_worker.push(l);
+        tracing::info!(%addr, listener = %key, "listening socket from systemd");
+        if out.insert(key.clone(), per_worker).is_some() {
+            return Err(format!("systemd passed two sockets for {key}"));
+        }
+    }
+    Ok(out)
+}
+
+/// Tell the service manager (`NOTIFY_SOCKET`, a `Type=notify` unit) `state`.
+fn notify(state: &str) {
+    if let Err(e) = molt_runtime::sys::sd::notify(state) {
+        tracing::warn!("cannot notify the service manager ({state:?}): {e}");
+    }
+}
+
 /// A start that failed: said, and told to the running molt when this
 /// process was started to take over from it.
 fn fail(joiner: Option<&Joiner>, step: &str, msg: String) -> ExitCode {
@@ -292,6 +334,10 @@ fn run(
             return ExitCode::FAILURE;
         }
     };
+    // Every line this process logs while it takes over carries the id.
+    let upgrade_span = joiner
+        .as_ref()
+        .map(|j| tracing::info_span!("upgrade", upgrade_id = %j.id(), new_pid = std::process::id()).entered());
     if joiner.is_some() && reset_state {
         return fail(
             joiner.as_ref(),
@@ -345,7 +391,13 @@ fn run(
         Err(e) => return fail(joiner.as_ref(), "config", e),
     };
     let (inherited, ctl_inherited, admin_inherited, history) = match &joiner {
-        None => (Inherited::default(), None, None, Vec::new()),
+        None => match systemd_listeners(&cfg, rc.workers.clamp(1, molt_runtime::cont::id::MAX_WORKERS as usize)) {
+            Ok(listeners) => (Inherited { listeners, ..Inherited::default() }, None, None, Vec::new()),
+            Err(e) => {
+                eprintln!("molt: socket activation: {e}");
+                return ExitCode::from(2);
+            }
+        },
         Some(j) => match j.hello(digest.clone(), rc.workers.clamp(1, molt_runtime::cont::id::MAX_WORKERS as usize)) {
             Ok(h) => {
                 tracing::info!(upgrade_id = %h.id, "binary upgrade: descriptors received; starting paused");
@@ -399,15 +451,16 @@ fn run(
             }
         };
     upgrader.set_ctl(ctl.handoff());
-    let admin =
-        match cfg.admin.map(|a| molt_runtime::ctl::AdminServer::start_with(rt.shared().clone(), a, admin_inherited)) {
-            None => None,
-            Some(Ok(a)) => {
-                upgrader.set_admin(a.handoff());
-                Some(a)
-            }
-            Some(Err(e)) => return fail(joiner.as_ref(), "start", format!("cannot start the admin listener: {e}")),
-        };
+    let admin = match cfg.admin.map(|a| {
+        molt_runtime::ctl::AdminServer::start_with(rt.shared().clone(), a, admin_inherited, Some(upgrader.clone()))
+    }) {
+        None => None,
+        Some(Ok(a)) => {
+            upgrader.set_admin(a.handoff());
+            Some(a)
+        }
+        Some(Err(e)) => return fail(joiner.as_ref(), "start", format!("cannot start the admin listener: {e}")),
+    };
     // Before the banner: a supervisor may signal as soon as it reads it.
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGHUP,
@@ -435,7 +488,7 @@ fn run(
         if let Err(e) = j.took() {
             tracing::warn!(upgrade_id = %j.id(), "binary upgrade: {e}");
         }
-        tracing::info!(upgrade_id = %j.id(), pid = std::process::id(), "binary upgrade: this process took over");
+        tracing::info!("binary upgrade: this process took over");
         let u = upgrader.clone();
         let _ = std::thread::Builder::new().name("molt-upgrade".into()).spawn(move || {
             match j.record(Duration::from_secs(30)) {
@@ -444,6 +497,7 @@ fn run(
             }
         });
     }
+    drop(upgrade_span);
     let names: Vec<String> = rt
         .shared()
         .registry()
@@ -476,6 +530,8 @@ fn run(
     println!("reload:  molt ctl reload --socket {}   (or kill -HUP {})", ctl.path().display(), std::process::id());
     println!("upgrade: molt ctl upgrade --socket {}   (or kill -USR2 {})", ctl.path().display(), std::process::id());
     println!("stop:    Ctrl-C (or kill {})", std::process::id());
+    // A supervisor's unit may now count this process as its main one.
+    notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
 
     let deadline = run_for.map(|s| Instant::now() + Duration::from_secs(s));
     'serve: loop {
@@ -500,6 +556,9 @@ fn run(
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+    if !upgrader.handed_over() {
+        notify("STOPPING=1");
     }
     if upgrader.handed_over() {
         // The new process accepts; this one finishes what it has.

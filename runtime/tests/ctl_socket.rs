@@ -101,7 +101,7 @@ fn the_reload_counter_never_goes_down() {
     let rt = common::proxy_runtime(dir.path(), vec![], vec![], &[]);
     let cfg = [common::module_cfg("hello", &common::module_lib("hello"), &[])];
     let count = |rt: &Runtime| -> u64 {
-        let text = molt_runtime::ctl::status::metrics(rt.shared());
+        let text = molt_runtime::ctl::status::metrics(rt.shared(), None);
         text.lines()
             .find(|l| l.starts_with("molt_reloads_total{kind=\"reload\",result=\"ok\"}"))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())

@@ -491,6 +491,9 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
         let p = u["new_pid"].as_u64().unwrap() as u32;
         assert!(p == 0 || !pid_alive(p), "the failed new process {p} is gone");
     }
+    let metrics = m.ctl(&["metrics"]).unwrap();
+    let text = metrics.as_str().unwrap();
+    assert!(text.contains(r#"molt_upgrades_total{result="failed"} 6"#), "{text}");
     // And the old process can still upgrade.
     let pid = m.upgrade();
     assert_eq!(m.lock_pid(), pid);
@@ -503,4 +506,91 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
     assert_eq!(seen.failed.load(Ordering::Relaxed), 0, "failed requests: {why:?}");
     assert!(seen.ok.load(Ordering::Relaxed) > 100);
     assert!(wait_gone(first, Duration::from_secs(10)), "the old process exits after the good upgrade");
+}
+
+/// Under a `Type=notify` unit: the listening socket comes from systemd
+/// (`LISTEN_FDS`, descriptor 3, with a connection already queued on it) and
+/// readiness goes to `NOTIFY_SOCKET`, from the new process after an upgrade.
+#[test]
+fn systemd_socket_activation_and_readiness_across_an_upgrade() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = RunDir::new("upgrade-systemd");
+    let run_dir = dir.path().join("run");
+    let (backend, _) = common::http::backend("b");
+    let cfg = write_config(dir.path(), &run_dir, backend, echo_server());
+    // The socket systemd would have bound, and a client already waiting on it.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text =
+        text.replacen("name = \"web\"\nlisten = \"127.0.0.1:0\"", &format!("name = \"web\"\nlisten = \"{addr}\""), 1);
+    std::fs::write(&cfg, text).unwrap();
+    let mut early = Client::from_stream(TcpStream::connect(addr).unwrap());
+    early.send(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"", MOLT, "run", "--config"])
+        .arg(&cfg)
+        .args(["--for", "120"])
+        .env("LISTEN_FDS", "1")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: between fork and exec only dup2 runs (async-signal-safe); it
+    // puts the listener at descriptor 3, without close-on-exec, as systemd does.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = libc_dup2(fd, 3);
+            if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(listener);
+    let mut m = Molt {
+        first: child,
+        socket: run_dir.join("ctl.sock"),
+        run_dir: run_dir.clone(),
+        http: addr,
+        counter: addr,
+        echo: addr,
+        pids: vec![],
+    };
+    m.pids.push(m.first.id());
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 from molt");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert_eq!(msg, format!("MAINPID={}\nREADY=1", m.pids[0]));
+    // The connection queued before molt started is served.
+    let r = early.read("GET").expect("the early client's answer");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("hello"));
+    // After an upgrade, the new process is the main one and says so.
+    let new = m.upgrade();
+    let n = notify.recv(&mut buf).expect("the new process's READY=1");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]), format!("MAINPID={new}\nREADY=1"));
+    let mut c = Client::connect(addr);
+    assert_eq!(c.get("/").unwrap().status, 200);
+    assert!(wait_gone(m.pids[0], Duration::from_secs(10)));
+}
+
+/// `dup2` through rustix, for the pre-exec hook above.
+fn libc_dup2(from: i32, to: i32) -> i32 {
+    use std::os::fd::BorrowedFd;
+    // SAFETY: `from` is the listener, open in this (forked) process; `to`
+    // becomes a new descriptor owned by the program about to be exec'd.
+    let from_fd = unsafe { BorrowedFd::borrow_raw(from) };
+    if from == to {
+        // dup2 onto itself keeps close-on-exec: clear it instead.
+        return if rustix::io::fcntl_setfd(from_fd, rustix::io::FdFlags::empty()).is_ok() { to } else { -1 };
+    }
+    // SAFETY: descriptor 3 is free for the taking in the child (it is
+    // replaced, as dup2 does); the OwnedFd is forgotten so it stays open.
+    let mut to_fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(to) };
+    let r = rustix::io::dup2(from_fd, &mut to_fd);
+    std::mem::forget(to_fd);
+    if r.is_ok() { to } else { -1 }
 }

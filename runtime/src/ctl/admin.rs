@@ -38,15 +38,17 @@ pub struct AdminServer {
 impl AdminServer {
     /// Listen on `addr` (refused when another socket serves it) and serve.
     pub fn start(rt: Arc<RuntimeShared>, addr: SocketAddr) -> std::io::Result<AdminServer> {
-        Self::start_with(rt, addr, None)
+        Self::start_with(rt, addr, None, None)
     }
 
     /// Serve on `inherited` (the listener a binary upgrade handed over),
-    /// else on a listener bound to `addr` here.
+    /// else on a listener bound to `addr` here; the upgrader's counters go
+    /// into `/metrics`.
     pub fn start_with(
         rt: Arc<RuntimeShared>,
         addr: SocketAddr,
         inherited: Option<TcpListener>,
+        upgrader: Option<Arc<super::Upgrader>>,
     ) -> std::io::Result<AdminServer> {
         let listener = match inherited {
             Some(l) => l,
@@ -77,7 +79,7 @@ impl AdminServer {
             |stream: TcpStream| {
                 let _ = respond(&stream, 503, "text/plain", b"busy: too many admin clients\n", false);
             },
-            move |stream, _stop| serve(&rt, stream),
+            move |stream, _stop| serve(&rt, upgrader.as_deref(), stream),
         )?;
         Ok(AdminServer { addr, _clients: clients, listener, accepting })
     }
@@ -107,7 +109,7 @@ fn respond(mut s: &TcpStream, status: u16, ctype: &str, body: &[u8], head_only: 
     s.write_all(&out)
 }
 
-fn serve(rt: &RuntimeShared, mut s: TcpStream) {
+fn serve(rt: &RuntimeShared, upgrader: Option<&super::Upgrader>, mut s: TcpStream) {
     let _ = s.set_nonblocking(false);
     let _ = s.set_write_timeout(Some(HEAD_TIMEOUT));
     let started = Instant::now();
@@ -144,7 +146,7 @@ fn serve(rt: &RuntimeShared, mut s: TcpStream) {
     let _ = match path {
         "/metrics" => {
             // OpenMetrics (prometheus-client's encoding); Prometheus scrapes it.
-            let text = status::metrics(rt);
+            let text = status::metrics(rt, upgrader);
             respond(&s, 200, "application/openmetrics-text; version=1.0.0; charset=utf-8", text.as_bytes(), head_only)
         }
         "/healthz" => respond(&s, 200, "text/plain", b"ok\n", head_only),

@@ -295,7 +295,7 @@ fn handle(
                 }
             }
         },
-        Some("metrics") => Ok(Value::String(status::metrics(rt))),
+        Some("metrics") => Ok(Value::String(status::metrics(rt, upgrader))),
         Some("reload") => reload(rt, source),
         Some("rollback") => rt
             .registry()

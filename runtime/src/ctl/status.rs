@@ -129,7 +129,7 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 /// by `prometheus-client` from the runtime's counters at this moment. Every
 /// counter is cumulative since start (never reset, never recomputed from a
 /// window), so it cannot go down.
-pub fn metrics(rt: &RuntimeShared) -> String {
+pub fn metrics(rt: &RuntimeShared, upgrader: Option<&super::Upgrader>) -> String {
     let mut reg = Registry::default();
     let counters: [Counter; 5] = [
         ("molt_dispatch", "Events handed to modules.", |s| s.dispatched.load(Ordering::Relaxed)),
@@ -249,6 +249,13 @@ pub fn metrics(rt: &RuntimeShared) -> String {
     );
     let sum: u64 = totals.iter().map(|t| t.3).sum();
     seconds.get_or_create(&Vec::new()).inc_by(sum as f64 / 1e6);
+    if let Some(u) = upgrader {
+        let (ok, failed) = u.totals();
+        let upgrades =
+            counter(&mut reg, "molt_upgrades", "Binary upgrades this process ran (as the old process), by result.");
+        upgrades.get_or_create(&labels(&[("result", "ok")])).inc_by(ok);
+        upgrades.get_or_create(&labels(&[("result", "failed")])).inc_by(failed);
+    }
     let mut out = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
     out

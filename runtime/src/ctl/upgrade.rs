@@ -221,6 +221,8 @@ pub struct Upgrader {
     admin: Mutex<Option<(Arc<std::net::TcpListener>, Arc<AtomicBool>)>>,
     running: Mutex<()>,
     history: Mutex<Vec<UpgradeRecord>>,
+    /// Upgrades this process ran: (took over, failed).
+    totals: Mutex<(u64, u64)>,
     handed_over: AtomicBool,
 }
 
@@ -248,6 +250,7 @@ impl Upgrader {
             admin: Mutex::new(None),
             running: Mutex::new(()),
             history: Mutex::new(history),
+            totals: Mutex::new((0, 0)),
             handed_over: AtomicBool::new(false),
         }
     }
@@ -266,6 +269,11 @@ impl Upgrader {
     /// Whether this process handed over to a new one (it should drain and exit).
     pub fn handed_over(&self) -> bool {
         self.handed_over.load(Ordering::Acquire)
+    }
+
+    /// Upgrades this process ran: (the new process took over, failed).
+    pub fn totals(&self) -> (u64, u64) {
+        *self.totals.lock()
     }
 
     /// The upgrades this process and its predecessors ran, oldest first.
@@ -311,7 +319,9 @@ impl Upgrader {
                 "this process already handed over to a new one; ask that one (same control socket)".into(),
             )),
             Some(_one) => {
-                tracing::info!(upgrade_id = %id, binary = %binary.display(), "binary upgrade started");
+                // Every line logged on this thread meanwhile carries the id.
+                let _span = tracing::info_span!("upgrade", upgrade_id = %id).entered();
+                tracing::info!(binary = %binary.display(), "binary upgrade started");
                 match self.rt.without_reloads(|| self.steps(&id, &binary, &mut rec)) {
                     Ok(r) => r,
                     Err(_) => Err(("start", "a config reload is running; try again when it is done".into())),
@@ -322,12 +332,14 @@ impl Upgrader {
         match result {
             Ok(()) => {
                 rec.outcome = "ok".into();
+                self.totals.lock().0 += 1;
                 tracing::info!(upgrade_id = %id, new_pid = rec.new_pid, ms = rec.duration_ms, "binary upgrade: the new process took over; this one drains and exits");
                 self.remember(&rec);
                 Ok(rec)
             }
             Err((step, why)) => {
                 tracing::warn!(upgrade_id = %id, step, "binary upgrade failed, this process serves on: {why}");
+                self.totals.lock().1 += 1;
                 rec.failed_step = Some(step.into());
                 rec.error = Some(why);
                 self.remember(&rec);

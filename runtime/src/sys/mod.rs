@@ -18,6 +18,8 @@
 //! * [`creds`]: the uid and pid at the other end of a Unix socket;
 //! * [`fdpass`]: frames with descriptors over a Unix socket (`SCM_RIGHTS`),
 //!   for the binary upgrade's handover;
+//! * [`sd`]: systemd socket activation (`LISTEN_FDS`) and readiness
+//!   (`NOTIFY_SOCKET`);
 //! * [`mapfile`]: opening a file without following links, its exclusive
 //!   advisory lock, and shared or anonymous mappings.
 //!
@@ -33,3 +35,4 @@ pub mod files;
 pub mod listen;
 pub mod mapfile;
 pub mod maps;
+pub mod sd;
