@@ -25,6 +25,9 @@ const MOLT: &str = env!("CARGO_BIN_EXE_molt");
 /// server, and `fixture_gate`, whose init a test can make hang or fail.
 fn write_config(dir: &Path, run_dir: &Path, backend: SocketAddr, echo: SocketAddr) -> PathBuf {
     let cfg = dir.join("molt.toml");
+    // The counter from a file of this test's own, which a test may replace.
+    let counter = dir.join("libcounter.so");
+    std::fs::copy(module_lib("counter"), &counter).unwrap();
     std::fs::write(
         &cfg,
         format!(
@@ -72,7 +75,7 @@ upstreams = ["{echo}"]
 "#,
             run = run_dir.display(),
             hello = module_lib("hello").display(),
-            counter = module_lib("counter").display(),
+            counter = counter.display(),
             gate = module_lib("fixture_gate").display(),
             dir = dir.display(),
         ),
@@ -469,6 +472,25 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
     std::fs::write(dir.path().join("fail"), b"").unwrap();
     expect_failure(&m, &["upgrade"], "ready", "failed at modules");
     std::fs::remove_file(dir.path().join("fail")).unwrap();
+    // One upgrade at a time: a second request while one waits is refused.
+    std::fs::write(dir.path().join("hang"), b"").unwrap();
+    let (socket, molt) = (m.socket.clone(), MOLT);
+    let waiting = std::thread::spawn(move || {
+        Command::new(molt).args(["ctl", "upgrade", "--socket"]).arg(&socket).output().unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    expect_failure(&m, &["upgrade"], "start", "another upgrade is running; one at a time");
+    let first_one = waiting.join().unwrap();
+    assert!(String::from_utf8_lossy(&first_one.stderr).contains("not ready within"));
+    std::fs::remove_file(dir.path().join("hang")).unwrap();
+    // A module file replaced by one at another state schema would need a
+    // migration, which no process may commit while the writer role moves.
+    let counter = dir.path().join("libcounter.so");
+    let saved = dir.path().join("libcounter.so.saved");
+    std::fs::rename(&counter, &saved).unwrap();
+    std::fs::copy(module_lib("counter_v2"), &counter).unwrap();
+    expect_failure(&m, &["upgrade"], "ready", "not this process's to change now");
+    std::fs::rename(&saved, &counter).unwrap();
     // A config changed since it was loaded is refused before anything starts.
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, format!("{text}\n# edited\n")).unwrap();
@@ -485,7 +507,7 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
     // The processes started were killed and reaped.
     let status = m.ctl(&["status"]).unwrap();
     let history = status["upgrades"].as_array().unwrap().clone();
-    assert_eq!(history.len(), 6);
+    assert_eq!(history.len(), 9);
     for u in &history {
         assert_eq!(u["outcome"], "failed");
         let p = u["new_pid"].as_u64().unwrap() as u32;
@@ -493,7 +515,7 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
     }
     let metrics = m.ctl(&["metrics"]).unwrap();
     let text = metrics.as_str().unwrap();
-    assert!(text.contains(r#"molt_upgrades_total{result="failed"} 6"#), "{text}");
+    assert!(text.contains(r#"molt_upgrades_total{result="failed"} 9"#), "{text}");
     // And the old process can still upgrade.
     let pid = m.upgrade();
     assert_eq!(m.lock_pid(), pid);
