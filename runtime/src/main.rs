@@ -482,6 +482,10 @@ fn run(
             return fail(Some(&j), "takeover", e.to_string());
         }
         rt.shared().set_accepting(true);
+        ctl.resume();
+        if let Some(a) = &admin {
+            a.resume();
+        }
         if let Err(e) = molt_runtime::sys::files::record_pid(rt.shared().run_dir_lock()) {
             tracing::warn!("cannot write this pid into the run dir's lock file: {e}");
         }

@@ -53,6 +53,9 @@ path = "{gate}"
 hang_if = "{dir}/hang"
 fail_if = "{dir}/fail"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [[http]]
 name = "web"
 listen = "127.0.0.1:0"
@@ -124,6 +127,7 @@ struct Molt {
     http: SocketAddr,
     counter: SocketAddr,
     echo: SocketAddr,
+    admin: Option<SocketAddr>,
     pids: Vec<u32>,
 }
 
@@ -140,10 +144,15 @@ impl Molt {
         // The banner names the addresses (port 0 resolved); every later
         // process writes to the same pipe, which a thread keeps draining.
         let mut lines = BufReader::new(first.stdout.take().unwrap()).lines();
-        let (mut http, mut tcp) = (None, Vec::new());
-        while http.is_none() || tcp.len() < 2 {
+        let (mut http, mut tcp, mut admin) = (None, Vec::new(), None);
+        loop {
             let line = lines.next().expect("the banner").unwrap();
-            if let Some(rest) = line.strip_prefix("http: http://") {
+            if line.starts_with("control socket:") {
+                break;
+            }
+            if let Some(rest) = line.strip_prefix("admin: http://") {
+                admin = Some(rest.split('/').next().unwrap().parse().unwrap());
+            } else if let Some(rest) = line.strip_prefix("http: http://") {
                 http = Some(rest.split('/').next().unwrap().parse().unwrap());
             } else if let Some(rest) = line.strip_prefix("tcp proxy: ") {
                 tcp.push(rest.split(' ').next().unwrap().parse::<SocketAddr>().unwrap());
@@ -158,6 +167,7 @@ impl Molt {
             http: http.unwrap(),
             counter: tcp[0],
             echo: tcp[1],
+            admin,
             pids: vec![pid],
         }
     }
@@ -422,6 +432,11 @@ fn twenty_upgrades_under_load_lose_nothing() {
     let history = status["upgrades"].as_array().unwrap();
     assert_eq!(history.len(), 20);
     assert!(history.iter().all(|u| u["outcome"] == "ok"));
+    // The admin listener went along: the last process serves it.
+    let mut admin = Client::connect(m.admin.expect("the admin listener"));
+    let r = admin.get("/metrics").expect("metrics from the admin listener");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("molt_upgrades_total"), "{}", r.text());
     // Every old process drained and exited.
     for &p in &m.pids[..m.pids.len() - 1] {
         assert!(wait_gone(p, Duration::from_secs(10)), "old process {p} is still running");
@@ -579,6 +594,7 @@ fn systemd_socket_activation_and_readiness_across_an_upgrade() {
         http: addr,
         counter: addr,
         echo: addr,
+        admin: None,
         pids: vec![],
     };
     m.pids.push(m.first.id());

@@ -41,15 +41,16 @@ impl AdminServer {
         Self::start_with(rt, addr, None, None)
     }
 
-    /// Serve on `inherited` (the listener a binary upgrade handed over),
-    /// else on a listener bound to `addr` here; the upgrader's counters go
-    /// into `/metrics`.
+    /// Serve on `inherited` (the listener a binary upgrade handed over;
+    /// accepted on only from [`AdminServer::resume`]), else on a listener
+    /// bound to `addr` here; the upgrader's counters go into `/metrics`.
     pub fn start_with(
         rt: Arc<RuntimeShared>,
         addr: SocketAddr,
         inherited: Option<TcpListener>,
         upgrader: Option<Arc<super::Upgrader>>,
     ) -> std::io::Result<AdminServer> {
+        let paused = inherited.is_some();
         let listener = match inherited {
             Some(l) => l,
             None => {
@@ -64,7 +65,7 @@ impl AdminServer {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let listener = Arc::new(listener);
-        let accepting = Arc::new(crate::sync::AtomicBool::new(true));
+        let accepting = Arc::new(crate::sync::AtomicBool::new(!paused));
         let (l, on) = (listener.clone(), accepting.clone());
         let clients = super::clients::Clients::start(
             "molt-admin",
@@ -82,6 +83,11 @@ impl AdminServer {
             move |stream, _stop| serve(&rt, upgrader.as_deref(), stream),
         )?;
         Ok(AdminServer { addr, _clients: clients, listener, accepting })
+    }
+
+    /// Accept (a process that took over, on the listener it inherited).
+    pub fn resume(&self) {
+        self.accepting.store(true, crate::sync::Ordering::Release);
     }
 
     /// What a binary upgrade hands over of it: the listener, and the flag

@@ -104,7 +104,9 @@ impl ControlServer {
 
     /// Serve `<run_dir>/ctl.sock`: on `inherited` (the listener a binary
     /// upgrade handed over, already bound there), else bound here; with an
-    /// upgrader, the socket also takes `upgrade`.
+    /// upgrader, the socket also takes `upgrade`. An inherited socket is
+    /// accepted on only from [`ControlServer::resume`]: until this process
+    /// took over, the old one answers.
     pub fn start_with(
         rt: Arc<RuntimeShared>,
         source: ConfigSource,
@@ -112,6 +114,7 @@ impl ControlServer {
         upgrader: Option<Arc<super::Upgrader>>,
     ) -> std::io::Result<ControlServer> {
         let path = rt.run_dir().join("ctl.sock");
+        let paused = inherited.is_some();
         let listener = match inherited {
             Some(l) => l,
             None => {
@@ -123,7 +126,7 @@ impl ControlServer {
         };
         listener.set_nonblocking(true)?;
         let listener = Arc::new(listener);
-        let accepting = Arc::new(AtomicBool::new(true));
+        let accepting = Arc::new(AtomicBool::new(!paused));
         let started = Instant::now();
         let (l, on) = (listener.clone(), accepting.clone());
         let clients = super::clients::Clients::start(
@@ -153,6 +156,11 @@ impl ControlServer {
             accepting,
             handed_off: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Accept (a process that took over, on the socket it inherited).
+    pub fn resume(&self) {
+        self.accepting.store(true, Ordering::Release);
     }
 
     /// What a binary upgrade hands over of this socket.
