@@ -566,6 +566,8 @@ fn run(
     }
     if upgrader.handed_over() {
         // The new process accepts; this one finishes what it has.
+        let id = upgrader.history().last().map(|r| r.id.clone()).unwrap_or_default();
+        let _span = tracing::info_span!("upgrade", upgrade_id = %id).entered();
         rt.shared().wind_down();
         let until = Instant::now() + cfg.drain_deadline();
         let mut open = rt.shared().open_connections();

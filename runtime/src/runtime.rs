@@ -383,7 +383,10 @@ impl RuntimeShared {
     /// closes this process's listening sockets (a binary upgrade's old
     /// process, after the new one took them); connections go on.
     pub fn set_accepting(&self, on: bool) {
+        // The caller's span (a binary upgrade's, with its id) goes along.
+        let span = tracing::Span::current();
         self.broadcast(move |w| {
+            let _in = span.enter();
             for l in w.layers() {
                 l.accepting(w, on);
             }
