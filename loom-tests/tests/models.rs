@@ -9,6 +9,7 @@ use loom::sync::Arc;
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use loom::thread;
 use molt_runtime::cont::SlotTable;
+use molt_runtime::isolate::ring::{Consumer, Producer, RingMem};
 use molt_runtime::module::retire::{Reaper, Retiring};
 use molt_runtime::worker::{Inbox, Pop, Sleeper};
 
@@ -446,4 +447,136 @@ fn remote_spawn_keeps_events_that_arrive_before_it() {
 fn local_slot_reuse_has_no_aba() {
     // 8 slots: up to 2 are kept in the worker's cache.
     id_reuse_model(8, true);
+}
+
+/// A ring's memory for the models: loom's atomics, and each data byte in a
+/// loom cell, so a read of a byte the producer has not published (or a
+/// write the consumer has not freed) is a race loom reports.
+struct LoomRing {
+    head: loom::sync::atomic::AtomicU64,
+    tail: loom::sync::atomic::AtomicU64,
+    sleeping: loom::sync::atomic::AtomicU32,
+    data: Vec<loom::cell::UnsafeCell<u8>>,
+}
+
+impl LoomRing {
+    fn new(cap: usize) -> LoomRing {
+        LoomRing {
+            head: loom::sync::atomic::AtomicU64::new(0),
+            tail: loom::sync::atomic::AtomicU64::new(0),
+            sleeping: loom::sync::atomic::AtomicU32::new(0),
+            data: (0..cap).map(|_| loom::cell::UnsafeCell::new(0)).collect(),
+        }
+    }
+}
+
+/// A handle on a model ring (both ends hold one).
+#[derive(Clone)]
+struct Mem(Arc<LoomRing>);
+
+impl RingMem for Mem {
+    fn head(&self) -> &loom::sync::atomic::AtomicU64 {
+        &self.0.head
+    }
+    fn tail(&self) -> &loom::sync::atomic::AtomicU64 {
+        &self.0.tail
+    }
+    fn sleeping(&self) -> &loom::sync::atomic::AtomicU32 {
+        &self.0.sleeping
+    }
+    fn cap(&self) -> usize {
+        self.0.data.len()
+    }
+    fn write(&self, at: usize, bytes: &[u8]) {
+        for (i, b) in bytes.iter().enumerate() {
+            // SAFETY: loom checks the access against the ring's protocol.
+            self.0.data[at + i].with_mut(|p| unsafe { *p = *b });
+        }
+    }
+    fn read(&self, at: usize, out: &mut [u8]) {
+        for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: as above.
+            *b = self.0.data[at + i].with(|p| unsafe { *p });
+        }
+    }
+}
+
+/// (i) The isolated module's shared-memory ring: a producer pushes three
+/// records (the third wraps around the end of a 64-byte ring, behind a pad)
+/// while the consumer pops: every record arrives once, whole, in order, and
+/// no byte is read before it is published or written before it is freed.
+///
+/// Protection: the release store of `head` after the record's bytes (and
+/// the acquire load the consumer pairs with it). Mutant `ring_head_relaxed`
+/// publishes with a relaxed store; loom finds the consumer reading bytes
+/// the producer is still writing.
+#[test]
+fn ring_records_arrive_whole_and_in_order() {
+    loom::model(|| {
+        let mem = Mem(Arc::new(LoomRing::new(64)));
+        let mut p = Producer::new(mem.clone());
+        let mut c = Consumer::new(mem.clone());
+        let producer = thread::spawn(move || {
+            // 16 + 16 + 24 = 56 bytes: the third record does not fit before
+            // the end once the first two are freed, so it wraps.
+            for (kind, len) in [(1u32, 8usize), (2, 8), (3, 8)] {
+                let payload = vec![kind as u8; len];
+                while !p.push(kind, &payload).unwrap() {
+                    thread::yield_now();
+                }
+            }
+        });
+        let mut out = Vec::new();
+        let mut next = 1u32;
+        while next <= 3 {
+            match c.pop(&mut out).unwrap() {
+                Some(kind) => {
+                    assert_eq!(kind, next, "records out of order");
+                    assert_eq!(out, vec![kind as u8; 8], "a record arrived torn");
+                    next += 1;
+                }
+                None => thread::yield_now(),
+            }
+        }
+        producer.join().unwrap();
+        assert_eq!(c.pop(&mut out).unwrap(), None);
+    });
+}
+
+/// (j) The ring's sleep and wake-up: the consumer finds the ring empty,
+/// says it sleeps, looks once more and sleeps; the producer pushes and
+/// wakes it if it sleeps. The record is never left unseen with the
+/// consumer asleep (a futex wait on the flag, modelled by park).
+///
+/// Protection: the SeqCst fences of `prepare_sleep` and `consumer_sleeps`.
+/// Mutant `ring_sleep_no_fence` drops the consumer's; loom finds the lost
+/// wake-up.
+#[test]
+fn ring_sleep_never_loses_a_wakeup() {
+    loom::model(|| {
+        let mem = Mem(Arc::new(LoomRing::new(64)));
+        let mut p = Producer::new(mem.clone());
+        let mut c = Consumer::new(mem.clone());
+        let consumer = thread::spawn(move || {
+            let mut out = Vec::new();
+            loop {
+                if c.pop(&mut out).unwrap() == Some(7) {
+                    return;
+                }
+                c.prepare_sleep();
+                if c.ready() {
+                    c.awake();
+                    continue;
+                }
+                thread::park();
+                c.awake();
+            }
+        });
+        let t = consumer.thread().clone();
+        assert!(p.push(7, b"x").unwrap());
+        if p.consumer_sleeps() {
+            t.unpark();
+        }
+        consumer.join().unwrap();
+    });
 }

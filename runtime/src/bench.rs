@@ -8,6 +8,8 @@
 //! * `in_process`: an event through a worker's run queue to `handle_event`;
 //! * `cross_worker`: a message from another thread through the worker's
 //!   inbox, answered back (a round trip);
+//! * `isolated`: the same handler in a child process (`molt module-host`,
+//!   an isolated module), a round trip over two shared-memory rings;
 //! * `socket_rpc`: the same handler in a child process (`molt bench-serve`),
 //!   a round trip over a Unix socket;
 //! * `process_per_call` (opt-in): a child process started per call.
@@ -225,6 +227,7 @@ pub fn dispatch(opts: &DispatchOptions) -> BenchResult<Vec<Row>> {
     drop(v);
     rt.shutdown();
 
+    rows.push(isolated(opts, &payload, warm)?);
     rows.push(socket_rpc(opts, &payload, warm)?);
     if opts.process_per_call {
         rows.push(process_per_call(opts, &payload)?);
@@ -234,6 +237,22 @@ pub fn dispatch(opts: &DispatchOptions) -> BenchResult<Vec<Row>> {
 
 fn config_args(opts: &DispatchOptions) -> Vec<String> {
     opts.config.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// The module in a child process (`molt module-host`), a round trip over
+/// the shared-memory rings of an isolated module.
+fn isolated(opts: &DispatchOptions, payload: &[u8], warm: u64) -> BenchResult<Row> {
+    let mut iso = crate::isolate::Isolated::spawn(&opts.molt, &opts.module, &opts.config, Duration::from_secs(10))
+        .map_err(|e| format!("the isolated child: {e}"))?;
+    let mut pacer = Pacer { start: Instant::now(), rate: opts.rate, i: 0 };
+    measure(opts, "isolated", warm, || {
+        let due = pacer.next();
+        let replies = iso.call(7, payload, Duration::from_secs(5)).map_err(|e| format!("isolated call: {e}"))?;
+        if replies.is_empty() {
+            return Err("the isolated module did not answer".into());
+        }
+        Ok(due)
+    })
 }
 
 fn socket_rpc(opts: &DispatchOptions, payload: &[u8], warm: u64) -> BenchResult<Row> {

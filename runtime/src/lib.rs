@@ -11,6 +11,7 @@ pub mod cont;
 pub mod ctl;
 pub mod host;
 pub mod http;
+pub mod isolate;
 pub mod module;
 pub mod net;
 pub mod runtime;

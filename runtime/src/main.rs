@@ -55,6 +55,18 @@ enum Command {
     /// (internal) The RPC child of `molt bench dispatch`.
     #[command(hide = true)]
     BenchServe { module: PathBuf, socket: PathBuf, config: Vec<String> },
+    /// (internal) The child process of an isolated module.
+    #[command(hide = true)]
+    ModuleHost {
+        #[arg(long)]
+        segment: String,
+        #[arg(long)]
+        module: PathBuf,
+        #[arg(long = "run-dir")]
+        run_dir: PathBuf,
+        #[arg(long = "config")]
+        config: Vec<String>,
+    },
     /// (internal) The per-call child of `molt bench dispatch --process-per-call`.
     #[command(hide = true)]
     BenchOnce { module: PathBuf, config: Vec<String> },
@@ -231,6 +243,15 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("molt bench-serve: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::ModuleHost { segment, module, run_dir, config } => {
+            match pairs(&config).and_then(|c| molt_runtime::isolate::host_main(&segment, &module, &run_dir, c)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("molt module-host: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -37,7 +37,7 @@ fn dispatch_json_has_every_mechanism_with_ordered_percentiles() {
     assert_eq!(v["payload_bytes"], 16);
     let names: Vec<&str> =
         v["mechanisms"].as_array().unwrap().iter().map(|m| m["mechanism"].as_str().unwrap()).collect();
-    assert_eq!(names, ["direct", "in_process", "cross_worker", "socket_rpc"]);
+    assert_eq!(names, ["direct", "in_process", "cross_worker", "isolated", "socket_rpc"]);
     for m in v["mechanisms"].as_array().unwrap() {
         let q: Vec<u64> =
             ["p50_ns", "p90_ns", "p99_ns", "p999_ns", "max_ns"].iter().map(|k| m[*k].as_u64().unwrap()).collect();
@@ -59,7 +59,7 @@ fn pinned_runs_say_so() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["pinned"], true);
-    assert_eq!(v["mechanisms"].as_array().unwrap().len(), 4);
+    assert_eq!(v["mechanisms"].as_array().unwrap().len(), 5);
 }
 
 #[test]

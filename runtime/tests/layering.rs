@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const CORE: &[&str] = &["worker", "cont", "module", "host", "state", "sys", "sync"];
-const LAYERS: &[&str] = &["http", "net", "ctl", "config", "runtime", "bench"];
+const LAYERS: &[&str] = &["http", "net", "ctl", "config", "runtime", "bench", "isolate"];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {

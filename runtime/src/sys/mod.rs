@@ -20,6 +20,8 @@
 //!   for the binary upgrade's handover;
 //! * [`sd`]: systemd socket activation (`LISTEN_FDS`) and readiness
 //!   (`NOTIFY_SOCKET`);
+//! * [`shm`]: shared-memory segments (the `shared_memory` crate) and the
+//!   futex a side of an isolated module's rings sleeps on;
 //! * [`mapfile`]: opening a file without following links, its exclusive
 //!   advisory lock, and shared or anonymous mappings.
 //!
@@ -36,3 +38,4 @@ pub mod listen;
 pub mod mapfile;
 pub mod maps;
 pub mod sd;
+pub mod shm;

@@ -1,0 +1,20 @@
+//! Isolated modules: a module's library loaded in a child process (`molt
+//! module-host`), reached over a pair of shared-memory rings, so that its
+//! crash is the child's, not molt's (`docs/isolation.md`).
+//!
+//! This part is the transport and the child: a segment of two rings (to
+//! the child, from the child), each side spinning briefly and then sleeping
+//! on the ring's futex; the child loads the module the way the runtime does
+//! and answers messages. [`Isolated`] is the parent's handle: it starts the
+//! child, waits for it to be ready, and makes calls, noticing a child that
+//! died or corrupted a ring.
+
+pub mod ring;
+
+#[cfg(not(molt_loom))]
+mod shm;
+#[cfg(not(molt_loom))]
+pub use shm::{RING_CAP, ShmRing};
+
+#[cfg(not(molt_loom))]
+pub use shm::{IsolateError, Isolated, Reply, host_main};

@@ -1,0 +1,338 @@
+//! The rings in a shared-memory segment, the parent's [`Isolated`] and the
+//! child's [`host_main`].
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::time::{Duration, Instant};
+
+use super::ring::{Consumer, HEADER, Producer, RingError, RingMem};
+use crate::sys::shm::{Segment, futex_wait, futex_wake};
+
+/// Data bytes of each ring.
+pub const RING_CAP: usize = 1 << 20;
+/// How long a side spins on an empty ring before it sleeps.
+const SPIN: Duration = Duration::from_micros(50);
+/// The longest single sleep (a waiting side looks at its peer's health this often).
+const NAP: Duration = Duration::from_millis(10);
+
+/// Record kinds.
+mod kind {
+    /// child → parent: the module loaded; payload: its name and version.
+    pub const READY: u32 = 1;
+    /// child → parent: the module failed to load; payload: why.
+    pub const LOAD_FAILED: u32 = 2;
+    /// parent → child: a message; payload: tag (u64 LE) and data.
+    pub const MESSAGE: u32 = 3;
+    /// child → parent: a message the module sent to the host; payload: tag and data.
+    pub const REPLY: u32 = 4;
+    /// child → parent: the call finished; payload: empty, or the error text.
+    pub const DONE: u32 = 5;
+    /// child → parent: the call failed; payload: the error text.
+    pub const FAILED: u32 = 6;
+}
+
+/// One ring inside a segment.
+#[derive(Clone, Copy)]
+pub struct ShmRing {
+    base: *mut u8,
+    cap: usize,
+}
+
+// SAFETY: the pointer is into a Segment the owner of this ShmRing keeps
+// mapped; the ring's protocol decides who touches which bytes.
+unsafe impl Send for ShmRing {}
+
+impl ShmRing {
+    /// Ring `index` of `seg` (laid out back to back, `HEADER + cap` each).
+    fn of(seg: &Segment, index: usize, cap: usize) -> ShmRing {
+        assert!(seg.len() >= 2 * (HEADER + cap), "segment too small for two rings");
+        // SAFETY: within the segment (checked just above).
+        ShmRing { base: unsafe { seg.as_ptr().add(index * (HEADER + cap)) }, cap }
+    }
+
+    fn word<T>(&self, offset: usize) -> &T {
+        // SAFETY: `offset` is one of the header's word offsets (0, 64, 128),
+        // aligned (a segment is page-aligned and HEADER + cap is a multiple
+        // of 64), inside the mapping, which outlives `self`'s user.
+        unsafe { &*self.base.add(offset).cast::<T>() }
+    }
+}
+
+impl RingMem for ShmRing {
+    fn head(&self) -> &AtomicU64 {
+        self.word(0)
+    }
+    fn tail(&self) -> &AtomicU64 {
+        self.word(64)
+    }
+    fn sleeping(&self) -> &AtomicU32 {
+        self.word(128)
+    }
+    fn cap(&self) -> usize {
+        self.cap
+    }
+    fn write(&self, at: usize, bytes: &[u8]) {
+        debug_assert!(at + bytes.len() <= self.cap);
+        // SAFETY: `at + len <= cap` (the ring checks positions), so the
+        // range is inside this ring's data; the protocol gives it to us.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(HEADER + at), bytes.len()) };
+    }
+    fn read(&self, at: usize, out: &mut [u8]) {
+        debug_assert!(at + out.len() <= self.cap);
+        // SAFETY: as in `write`; the bytes are copied out before anyone
+        // looks at them (the other side may be hostile).
+        unsafe { std::ptr::copy_nonoverlapping(self.base.add(HEADER + at), out.as_mut_ptr(), out.len()) };
+    }
+}
+
+/// Push, waking the consumer if it sleeps; waits (up to `within`) while
+/// the ring is full.
+fn send(p: &mut Producer<ShmRing>, kind: u32, payload: &[u8], within: Duration) -> Result<(), IsolateError> {
+    let until = Instant::now() + within;
+    loop {
+        if p.push(kind, payload).map_err(IsolateError::Ring)? {
+            if p.consumer_sleeps() {
+                futex_wake(p.mem().sleeping());
+            }
+            return Ok(());
+        }
+        if Instant::now() > until {
+            return Err(IsolateError::Timeout("the ring stayed full"));
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Wait for a record: spin for [`SPIN`], then sleep on the ring's futex in
+/// naps of [`NAP`], calling `alive` between naps; `Ok(None)` after `within`.
+fn recv(
+    c: &mut Consumer<ShmRing>,
+    out: &mut Vec<u8>,
+    within: Duration,
+    mut alive: impl FnMut() -> Result<(), IsolateError>,
+) -> Result<Option<u32>, IsolateError> {
+    let start = Instant::now();
+    loop {
+        if let Some(k) = c.pop(out).map_err(IsolateError::Ring)? {
+            return Ok(Some(k));
+        }
+        let waited = start.elapsed();
+        if waited >= within {
+            return Ok(None);
+        }
+        if waited < SPIN {
+            std::hint::spin_loop();
+            continue;
+        }
+        c.prepare_sleep();
+        if !c.ready() {
+            futex_wait(c.mem().sleeping(), 1, NAP.min(within - waited));
+        }
+        c.awake();
+        alive()?;
+    }
+}
+
+/// Why an isolated call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IsolateError {
+    /// The child died (its exit status).
+    #[error("the module's child process died ({0})")]
+    Died(String),
+    /// A ring was corrupted (the child is killed).
+    #[error("{0}")]
+    Ring(RingError),
+    /// Nothing came in time.
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    /// The module failed the call (or to load).
+    #[error("{0}")]
+    Module(String),
+    /// Starting the child failed.
+    #[error("{0}")]
+    Start(String),
+}
+
+/// A message the module sent to the host during a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Its tag.
+    pub tag: u64,
+    /// Its bytes.
+    pub data: Vec<u8>,
+}
+
+/// A module in a child process, from the parent's side.
+pub struct Isolated {
+    child: Child,
+    /// The child's private directory (its runtime copy), removed on drop.
+    dir: PathBuf,
+    _seg: Segment,
+    to: Producer<ShmRing>,
+    from: Consumer<ShmRing>,
+    buf: Vec<u8>,
+    /// The module's name and version, as the child reported.
+    pub loaded: String,
+}
+
+impl Isolated {
+    /// Start `molt` (the binary at `molt`) as the host of module `module`
+    /// with `config`, and wait until it loaded the module (at most `within`).
+    pub fn spawn(
+        molt: &Path,
+        module: &Path,
+        config: &[(String, String)],
+        within: Duration,
+    ) -> Result<Isolated, IsolateError> {
+        let seg = Segment::create(2 * (HEADER + RING_CAP)).map_err(|e| IsolateError::Start(e.to_string()))?;
+        let dir = std::env::temp_dir().join(format!("molt-isolated-{}", uuid::Uuid::new_v4().simple()));
+        crate::sys::files::ensure_private_dir(&dir).map_err(IsolateError::Start)?;
+        let mut cmd = Command::new(molt);
+        cmd.arg("module-host").arg("--segment").arg(seg.os_id()).arg("--module").arg(module);
+        cmd.arg("--run-dir").arg(&dir);
+        for (k, v) in config {
+            cmd.arg("--config").arg(format!("{k}={v}"));
+        }
+        let child = match cmd.stdin(Stdio::null()).spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(IsolateError::Start(format!("cannot start {}: {e}", molt.display())));
+            }
+        };
+        let mut me = Isolated {
+            child,
+            dir,
+            to: Producer::new(ShmRing::of(&seg, 0, RING_CAP)),
+            from: Consumer::new(ShmRing::of(&seg, 1, RING_CAP)),
+            _seg: seg,
+            buf: Vec::new(),
+            loaded: String::new(),
+        };
+        let mut buf = std::mem::take(&mut me.buf);
+        let got = me.recv(&mut buf, within)?;
+        match got {
+            Some(kind::READY) => me.loaded = String::from_utf8_lossy(&buf).into_owned(),
+            Some(kind::LOAD_FAILED) => return Err(IsolateError::Module(String::from_utf8_lossy(&buf).into_owned())),
+            Some(_) => return Err(IsolateError::Ring(RingError::Corrupt("a first record that is not ready"))),
+            None => return Err(IsolateError::Timeout("the child did not load the module in time")),
+        }
+        me.buf = buf;
+        Ok(me)
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The child's private directory (removed when this drops).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn recv(&mut self, out: &mut Vec<u8>, within: Duration) -> Result<Option<u32>, IsolateError> {
+        let child = &mut self.child;
+        recv(&mut self.from, out, within, || match child.try_wait() {
+            Ok(Some(status)) => Err(IsolateError::Died(status.to_string())),
+            _ => Ok(()),
+        })
+    }
+
+    /// Send the module a message (`tag`, `data`) and collect what it sends
+    /// to the host, until the call is done (at most `within`).
+    pub fn call(&mut self, tag: u64, data: &[u8], within: Duration) -> Result<Vec<Reply>, IsolateError> {
+        let mut msg = Vec::with_capacity(8 + data.len());
+        msg.extend_from_slice(&tag.to_le_bytes());
+        msg.extend_from_slice(data);
+        send(&mut self.to, kind::MESSAGE, &msg, within)?;
+        let mut replies = Vec::new();
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = loop {
+            match self.recv(&mut buf, within) {
+                Err(e) => break Err(e),
+                Ok(None) => break Err(IsolateError::Timeout("the module did not finish the call in time")),
+                Ok(Some(kind::REPLY)) if buf.len() >= 8 => {
+                    let tag = u64::from_le_bytes(buf[..8].try_into().unwrap_or_default());
+                    replies.push(Reply { tag, data: buf[8..].to_vec() });
+                }
+                Ok(Some(kind::DONE)) => break Ok(replies),
+                Ok(Some(kind::FAILED)) => break Err(IsolateError::Module(String::from_utf8_lossy(&buf).into_owned())),
+                Ok(Some(_)) => {
+                    break Err(IsolateError::Ring(RingError::Corrupt("a record the protocol does not have")));
+                }
+            }
+        };
+        self.buf = buf;
+        if matches!(result, Err(IsolateError::Ring(_) | IsolateError::Timeout(_))) {
+            // A child that broke the protocol or hangs is not used again.
+            let _ = self.child.kill();
+        }
+        result
+    }
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Whatever the child left (it may have died mid-call).
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `molt module-host`: load `module` with `config` (its runtime copy under
+/// `run_dir`, which the parent made and removes), attach to segment
+/// `os_id`, report ready (or why not), and answer messages until the
+/// parent goes away (the child dies with its parent).
+pub fn host_main(os_id: &str, module: &Path, run_dir: &Path, config: Vec<(String, String)>) -> Result<(), String> {
+    crate::sys::shm::die_with_parent().map_err(|e| format!("cannot arrange to die with the parent: {e}"))?;
+    let seg = Segment::open(os_id).map_err(|e| e.to_string())?;
+    if seg.len() < 2 * (HEADER + RING_CAP) {
+        return Err(format!("segment {os_id} is {} bytes, smaller than two rings", seg.len()));
+    }
+    let mut from = Consumer::new(ShmRing::of(&seg, 0, RING_CAP));
+    let mut to = Producer::new(ShmRing::of(&seg, 1, RING_CAP));
+    crate::sys::files::ensure_private_dir(run_dir)?;
+    let loader = crate::module::Loader::new(crate::sync::Arc::new(crate::host::Host::default()), run_dir)
+        .map_err(|e| e.to_string())?;
+    let forever = Duration::from_secs(3600);
+    let v = match loader.load(&crate::module::ModuleSpec { config, ..crate::module::ModuleSpec::new(module) }) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = send(&mut to, kind::LOAD_FAILED, e.to_string().as_bytes(), forever);
+            return Err(e.to_string());
+        }
+    };
+    let meta = v.meta();
+    send(&mut to, kind::READY, format!("{} {}", meta.name, meta.version).as_bytes(), forever)
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let result = loop {
+        let got = match recv(&mut from, &mut buf, forever, || Ok(())) {
+            Ok(Some(k)) => k,
+            Ok(None) => continue,
+            Err(e) => break Err(e.to_string()),
+        };
+        if got != kind::MESSAGE || buf.len() < 8 {
+            break Err("the parent sent a record the protocol does not have".to_owned());
+        }
+        let tag = u64::from_le_bytes(buf[..8].try_into().unwrap_or_default());
+        let sent = match v.call_direct(tag, &buf[8..]) {
+            Ok(replies) => replies.iter().try_for_each(|r| {
+                let mut m = Vec::with_capacity(8 + r.data.len());
+                m.extend_from_slice(&r.tag.to_le_bytes());
+                m.extend_from_slice(&r.data);
+                send(&mut to, kind::REPLY, &m, forever)
+            }),
+            Err(e) => send(&mut to, kind::FAILED, e.to_string().as_bytes(), forever),
+        }
+        .and_then(|()| send(&mut to, kind::DONE, &[], forever));
+        if let Err(e) = sent {
+            break Err(e.to_string());
+        }
+    };
+    drop(v);
+    result
+}
