@@ -248,7 +248,15 @@ fn main() -> ExitCode {
             }
         }
         Command::ModuleHost { segment, module, run_dir, config } => {
-            match pairs(&config).and_then(|c| molt_runtime::isolate::host_main(&segment, &module, &run_dir, c)) {
+            match pairs(&config).and_then(|c| {
+                molt_runtime::isolate::host_main(
+                    &segment,
+                    &module,
+                    &run_dir,
+                    c,
+                    &molt_runtime::http::isolated::serve_hook,
+                )
+            }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("molt module-host: {e}");

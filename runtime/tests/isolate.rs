@@ -121,3 +121,100 @@ fn the_child_does_not_outlive_its_parent() {
     // A killed parent cannot clean up after its child: we do.
     let _ = std::fs::remove_dir_all(dir);
 }
+
+mod hooks {
+    use std::cell::RefCell;
+    use std::time::Duration;
+
+    use molt_abi::ffi::*;
+    use molt_runtime::http::head::{Limits, parse_request};
+    use molt_runtime::http::isolated::{apply, decode_reply, snapshot};
+    use molt_runtime::http::site::{HttpLimits, HttpRoute, HttpSite};
+    use molt_runtime::http::txn::{TxnData, View};
+    use molt_runtime::isolate::{IsolateError, Isolated};
+
+    use super::{MOLT, module_lib};
+
+    fn site() -> HttpSite {
+        HttpSite {
+            name: "web".into(),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+            routes: vec![HttpRoute {
+                name: "all".into(),
+                host: None,
+                path: "/".into(),
+                upstream: Some(0),
+                modules: vec![],
+                retry_non_idempotent: false,
+            }],
+            groups: vec![("back".into(), vec![])],
+            limits: HttpLimits::default(),
+        }
+    }
+
+    fn txn(extra: &str) -> TxnData {
+        let raw = format!("GET /path HTTP/1.1\r\nHost: example\r\n{extra}\r\n");
+        let Ok(Some((req, _))) = parse_request(raw.as_bytes(), &Limits::default()) else { panic!("parse") };
+        TxnData { id: 5, req, route: 0, group: Some(0), answer: None, resp: None, upstream_addr: None }
+    }
+
+    /// Run the REQUEST hook of `iso` on a request with `extra` header
+    /// lines, apply its edits here; the transaction after.
+    fn request_hook(iso: &mut Isolated, extra: &str) -> Result<TxnData, IsolateError> {
+        let site = site();
+        let mut data = txn(extra);
+        {
+            let view = View { t: RefCell::new(&mut data), site: &site, peer: "10.1.2.3:4", kind: MOLT_EV_HTTP_REQUEST };
+            let snap = snapshot(&view, 5, (0, 0));
+            let reply = decode_reply(&iso.hook(&snap, Duration::from_secs(2))?).unwrap();
+            assert_eq!(reply.failed, None);
+            apply(&reply, &view).unwrap();
+        }
+        Ok(data)
+    }
+
+    fn spawn(module: &str, config: &[(&str, &str)]) -> Isolated {
+        let config: Vec<(String, String)> = config.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        Isolated::spawn(std::path::Path::new(MOLT), &module_lib(module), &config, Duration::from_secs(10)).unwrap()
+    }
+
+    /// A hook in the child reads the transaction from its snapshot, and
+    /// what it changed comes back and is applied here: one round trip.
+    #[test]
+    fn hooks_run_in_the_child_and_their_edits_apply_here() {
+        let mut rw = spawn("header_rewrite", &[("request.set.X-Rw", "on"), ("request.remove.X-Drop", "")]);
+        let t = request_hook(&mut rw, "X-Drop: 1\r\n").unwrap();
+        let names: Vec<&str> = t.req.headers.iter().map(|h| h.name.as_str()).collect();
+        assert!(names.contains(&"X-Rw") && !names.contains(&"X-Drop"), "{names:?}");
+        let mut hello = spawn("hello", &[]);
+        let t = request_hook(&mut hello, "").unwrap();
+        let a = t.answer.expect("hello answers");
+        assert_eq!(a.status, 200);
+        assert!(String::from_utf8_lossy(&a.body).contains("hello"));
+        let mut c = spawn("fixture_crash", &[]);
+        let t = request_hook(&mut c, "").unwrap();
+        assert!(t.req.headers.iter().any(|h| h.name == "X-Isolated" && &h.value[..] == b"yes"));
+        let t = request_hook(&mut c, "X-Answer: 1\r\n").unwrap();
+        assert_eq!(t.answer.map(|a| a.body), Some(b"isolated answer".to_vec()));
+    }
+
+    /// `X-Crash` segfaults the module in its REQUEST hook: the child dies,
+    /// this process does not, and a new child serves. `X-Loop` never
+    /// returns: the hook times out and the child is killed.
+    #[test]
+    fn a_hook_that_crashes_or_hangs_is_the_childs() {
+        let mut c = spawn("fixture_crash", &[]);
+        let e = request_hook(&mut c, "X-Crash: 1\r\n").expect_err("the child died");
+        assert!(matches!(e, IsolateError::Died(_)) && e.to_string().contains("SIGSEGV"), "{e}");
+        let mut again = spawn("fixture_crash", &[]);
+        assert!(request_hook(&mut again, "").is_ok());
+        let pid = again.pid();
+        let e = request_hook(&mut again, "X-Loop: 1\r\n").expect_err("timed out");
+        assert!(matches!(e, IsolateError::Timeout(_)), "{e}");
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while super::alive(pid) && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!super::alive(pid));
+    }
+}

@@ -9,6 +9,7 @@ pub mod chunked;
 mod client;
 pub mod head;
 mod hooks;
+pub mod isolated;
 mod layer;
 pub mod site;
 mod sock;

@@ -30,7 +30,15 @@ mod kind {
     pub const DONE: u32 = 5;
     /// child → parent: the call failed; payload: the error text.
     pub const FAILED: u32 = 6;
+    /// parent → child: an HTTP hook; payload: the transaction's snapshot.
+    pub const HOOK: u32 = 7;
+    /// child → parent: the hook ran; payload: its edits and failure.
+    pub const HOOK_DONE: u32 = 8;
 }
+
+/// What runs an HTTP hook in the child: the module version and the
+/// snapshot in, the encoded reply out (`http::isolated::serve_hook`).
+pub type HookServer<'a> = &'a dyn Fn(&crate::module::ModuleVersion, &[u8]) -> Vec<u8>;
 
 /// One ring inside a segment.
 #[derive(Clone, Copy)]
@@ -240,6 +248,25 @@ impl Isolated {
         })
     }
 
+    /// Run an HTTP hook in the child: `snapshot` out, the encoded reply
+    /// back (at most `within`). The worker's path to an isolated module's
+    /// hooks; see `http::isolated`.
+    pub fn hook(&mut self, snapshot: &[u8], within: Duration) -> Result<Vec<u8>, IsolateError> {
+        send(&mut self.to, kind::HOOK, snapshot, within)?;
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = match self.recv(&mut buf, within) {
+            Err(e) => Err(e),
+            Ok(None) => Err(IsolateError::Timeout("the module did not finish the hook in time")),
+            Ok(Some(kind::HOOK_DONE)) => Ok(buf.clone()),
+            Ok(Some(_)) => Err(IsolateError::Ring(RingError::Corrupt("a record the protocol does not have"))),
+        };
+        self.buf = buf;
+        if matches!(result, Err(IsolateError::Ring(_) | IsolateError::Timeout(_))) {
+            let _ = self.child.kill();
+        }
+        result
+    }
+
     /// Send the module a message (`tag`, `data`) and collect what it sends
     /// to the host, until the call is done (at most `within`).
     pub fn call(&mut self, tag: u64, data: &[u8], within: Duration) -> Result<Vec<Reply>, IsolateError> {
@@ -286,7 +313,13 @@ impl Drop for Isolated {
 /// `run_dir`, which the parent made and removes), attach to segment
 /// `os_id`, report ready (or why not), and answer messages until the
 /// parent goes away (the child dies with its parent).
-pub fn host_main(os_id: &str, module: &Path, run_dir: &Path, config: Vec<(String, String)>) -> Result<(), String> {
+pub fn host_main(
+    os_id: &str,
+    module: &Path,
+    run_dir: &Path,
+    config: Vec<(String, String)>,
+    hook: HookServer<'_>,
+) -> Result<(), String> {
     crate::sys::shm::die_with_parent().map_err(|e| format!("cannot arrange to die with the parent: {e}"))?;
     let seg = Segment::open(os_id).map_err(|e| e.to_string())?;
     if seg.len() < 2 * (HEADER + RING_CAP) {
@@ -315,6 +348,13 @@ pub fn host_main(os_id: &str, module: &Path, run_dir: &Path, config: Vec<(String
             Ok(None) => continue,
             Err(e) => break Err(e.to_string()),
         };
+        if got == kind::HOOK {
+            let reply = hook(&v, &buf);
+            if let Err(e) = send(&mut to, kind::HOOK_DONE, &reply, forever) {
+                break Err(e.to_string());
+            }
+            continue;
+        }
         if got != kind::MESSAGE || buf.len() < 8 {
             break Err("the parent sent a record the protocol does not have".to_owned());
         }
