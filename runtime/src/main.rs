@@ -66,6 +66,10 @@ enum Command {
         run_dir: PathBuf,
         #[arg(long = "config")]
         config: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        #[arg(long = "wake")]
+        wake: Vec<PathBuf>,
     },
     /// (internal) The per-call child of `molt bench dispatch --process-per-call`.
     #[command(hide = true)]
@@ -247,16 +251,19 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::ModuleHost { segment, module, run_dir, config } => {
-            match pairs(&config).and_then(|c| {
-                molt_runtime::isolate::host_main(
-                    &segment,
-                    &module,
-                    &run_dir,
-                    c,
-                    &molt_runtime::http::isolated::serve_hook,
-                )
-            }) {
+        Command::ModuleHost { segment, module, run_dir, config, workers, wake } => {
+            let run = |config| {
+                let args = molt_runtime::isolate::HostArgs {
+                    os_id: &segment,
+                    module: &module,
+                    run_dir: &run_dir,
+                    config,
+                    workers,
+                    wake,
+                };
+                molt_runtime::isolate::host_main(args, &molt_runtime::http::isolated::serve_hook)
+            };
+            match pairs(&config).and_then(run) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("molt module-host: {e}");

@@ -17,4 +17,4 @@ mod shm;
 pub use shm::{RING_CAP, ShmRing};
 
 #[cfg(not(molt_loom))]
-pub use shm::{IsolateError, Isolated, Reply, host_main};
+pub use shm::{HookServer, HostArgs, IsolateError, Isolated, Reply, host_main};

@@ -45,6 +45,9 @@ pub type HookServer<'a> = &'a dyn Fn(&crate::module::ModuleVersion, &[u8]) -> Ve
 pub struct ShmRing {
     base: *mut u8,
     cap: usize,
+    /// The futex word its consumer sleeps on: its own, or (the requests
+    /// to a child, which waits on all of them at once) ring 0's.
+    sleep_word: *mut u8,
 }
 
 // SAFETY: the pointer is into a Segment the owner of this ShmRing keeps
@@ -54,9 +57,36 @@ unsafe impl Send for ShmRing {}
 impl ShmRing {
     /// Ring `index` of `seg` (laid out back to back, `HEADER + cap` each).
     fn of(seg: &Segment, index: usize, cap: usize) -> ShmRing {
-        assert!(seg.len() >= 2 * (HEADER + cap), "segment too small for two rings");
+        assert!(seg.len() >= (index + 1) * (HEADER + cap), "segment too small for ring {index}");
         // SAFETY: within the segment (checked just above).
-        ShmRing { base: unsafe { seg.as_ptr().add(index * (HEADER + cap)) }, cap }
+        let base = unsafe { seg.as_ptr().add(index * (HEADER + cap)) };
+        // SAFETY: offset 128 of this ring's header, inside the segment.
+        ShmRing { base, cap, sleep_word: unsafe { base.add(128) } }
+    }
+
+    /// The requests of worker `w` to a child: ring `2w`, sleeping on ring
+    /// 0's word (the child waits on every worker's requests at once).
+    pub fn request(seg: &Segment, w: usize) -> ShmRing {
+        let mut r = ShmRing::of(seg, 2 * w, RING_CAP);
+        // SAFETY: offset 128 of ring 0's header, inside the segment.
+        r.sleep_word = unsafe { seg.as_ptr().add(128) };
+        r
+    }
+
+    /// The replies of a child to worker `w`: ring `2w + 1`.
+    pub fn reply(seg: &Segment, w: usize) -> ShmRing {
+        ShmRing::of(seg, 2 * w + 1, RING_CAP)
+    }
+
+    /// The child's reports to its supervisor (ready, or why not): the ring
+    /// after every worker's pair.
+    pub fn control(seg: &Segment, workers: usize) -> ShmRing {
+        ShmRing::of(seg, 2 * workers, RING_CAP)
+    }
+
+    /// The size of a segment for `workers` pairs and the control ring.
+    pub fn segment_len(workers: usize) -> usize {
+        (2 * workers + 1) * (HEADER + RING_CAP)
     }
 
     fn word<T>(&self, offset: usize) -> &T {
@@ -75,7 +105,9 @@ impl RingMem for ShmRing {
         self.word(64)
     }
     fn sleeping(&self) -> &AtomicU32 {
-        self.word(128)
+        // SAFETY: `sleep_word` is offset 128 of a ring header of the same
+        // segment: aligned, inside the mapping, which outlives `self`'s user.
+        unsafe { &*self.sleep_word.cast::<AtomicU32>() }
     }
     fn cap(&self) -> usize {
         self.cap
@@ -179,6 +211,7 @@ pub struct Isolated {
     _seg: Segment,
     to: Producer<ShmRing>,
     from: Consumer<ShmRing>,
+    control: Consumer<ShmRing>,
     buf: Vec<u8>,
     /// The module's name and version, as the child reported.
     pub loaded: String,
@@ -193,7 +226,7 @@ impl Isolated {
         config: &[(String, String)],
         within: Duration,
     ) -> Result<Isolated, IsolateError> {
-        let seg = Segment::create(2 * (HEADER + RING_CAP)).map_err(|e| IsolateError::Start(e.to_string()))?;
+        let seg = Segment::create(ShmRing::segment_len(1)).map_err(|e| IsolateError::Start(e.to_string()))?;
         let dir = std::env::temp_dir().join(format!("molt-isolated-{}", uuid::Uuid::new_v4().simple()));
         crate::sys::files::ensure_private_dir(&dir).map_err(IsolateError::Start)?;
         let mut cmd = Command::new(molt);
@@ -212,14 +245,19 @@ impl Isolated {
         let mut me = Isolated {
             child,
             dir,
-            to: Producer::new(ShmRing::of(&seg, 0, RING_CAP)),
-            from: Consumer::new(ShmRing::of(&seg, 1, RING_CAP)),
-            _seg: seg,
+            to: Producer::new(ShmRing::request(&seg, 0)),
+            from: Consumer::new(ShmRing::reply(&seg, 0)),
             buf: Vec::new(),
             loaded: String::new(),
+            control: Consumer::new(ShmRing::control(&seg, 1)),
+            _seg: seg,
         };
         let mut buf = std::mem::take(&mut me.buf);
-        let got = me.recv(&mut buf, within)?;
+        let child = &mut me.child;
+        let got = recv(&mut me.control, &mut buf, within, || match child.try_wait() {
+            Ok(Some(status)) => Err(IsolateError::Died(status.to_string())),
+            _ => Ok(()),
+        })?;
         match got {
             Some(kind::READY) => me.loaded = String::from_utf8_lossy(&buf).into_owned(),
             Some(kind::LOAD_FAILED) => return Err(IsolateError::Module(String::from_utf8_lossy(&buf).into_owned())),
@@ -309,68 +347,114 @@ impl Drop for Isolated {
     }
 }
 
-/// `molt module-host`: load `module` with `config` (its runtime copy under
-/// `run_dir`, which the parent made and removes), attach to segment
-/// `os_id`, report ready (or why not), and answer messages until the
-/// parent goes away (the child dies with its parent).
-pub fn host_main(
-    os_id: &str,
-    module: &Path,
-    run_dir: &Path,
-    config: Vec<(String, String)>,
-    hook: HookServer<'_>,
-) -> Result<(), String> {
+/// What a child is told on its command line.
+pub struct HostArgs<'a> {
+    /// The segment's name.
+    pub os_id: &'a str,
+    /// The module's library.
+    pub module: &'a Path,
+    /// Its private directory (the parent made it and removes it).
+    pub run_dir: &'a Path,
+    /// The module's config.
+    pub config: Vec<(String, String)>,
+    /// Workers, one pair of rings each.
+    pub workers: usize,
+    /// Per worker, a datagram socket to poke after a reply (a worker waits
+    /// in its poller, not on a futex); none: the reader sleeps on the
+    /// reply ring's futex.
+    pub wake: Vec<PathBuf>,
+}
+
+/// `molt module-host`: load the module, attach to the segment, report
+/// ready (or why not) on the control ring, and answer every worker's
+/// messages and hooks until the parent goes away (the child dies with its
+/// parent).
+pub fn host_main(args: HostArgs<'_>, hook: HookServer<'_>) -> Result<(), String> {
     crate::sys::shm::die_with_parent().map_err(|e| format!("cannot arrange to die with the parent: {e}"))?;
-    let seg = Segment::open(os_id).map_err(|e| e.to_string())?;
-    if seg.len() < 2 * (HEADER + RING_CAP) {
-        return Err(format!("segment {os_id} is {} bytes, smaller than two rings", seg.len()));
+    let seg = Segment::open(args.os_id).map_err(|e| e.to_string())?;
+    let workers = args.workers.clamp(1, 1024);
+    if seg.len() < ShmRing::segment_len(workers) {
+        return Err(format!("segment {} is {} bytes, smaller than {workers} pairs of rings", args.os_id, seg.len()));
     }
-    let mut from = Consumer::new(ShmRing::of(&seg, 0, RING_CAP));
-    let mut to = Producer::new(ShmRing::of(&seg, 1, RING_CAP));
-    crate::sys::files::ensure_private_dir(run_dir)?;
-    let loader = crate::module::Loader::new(crate::sync::Arc::new(crate::host::Host::default()), run_dir)
+    if !args.wake.is_empty() && args.wake.len() != workers {
+        return Err(format!("{} wake sockets for {workers} workers", args.wake.len()));
+    }
+    let mut from: Vec<Consumer<ShmRing>> = (0..workers).map(|w| Consumer::new(ShmRing::request(&seg, w))).collect();
+    let mut to: Vec<Producer<ShmRing>> = (0..workers).map(|w| Producer::new(ShmRing::reply(&seg, w))).collect();
+    let mut control = Producer::new(ShmRing::control(&seg, workers));
+    let poke = std::os::unix::net::UnixDatagram::unbound().map_err(|e| e.to_string())?;
+    let _ = poke.set_nonblocking(true);
+    crate::sys::files::ensure_private_dir(args.run_dir)?;
+    let loader = crate::module::Loader::new(crate::sync::Arc::new(crate::host::Host::default()), args.run_dir)
         .map_err(|e| e.to_string())?;
     let forever = Duration::from_secs(3600);
-    let v = match loader.load(&crate::module::ModuleSpec { config, ..crate::module::ModuleSpec::new(module) }) {
+    let spec = crate::module::ModuleSpec { config: args.config, ..crate::module::ModuleSpec::new(args.module) };
+    let v = match loader.load(&spec) {
         Ok(v) => v,
         Err(e) => {
-            let _ = send(&mut to, kind::LOAD_FAILED, e.to_string().as_bytes(), forever);
+            let _ = send(&mut control, kind::LOAD_FAILED, e.to_string().as_bytes(), forever);
             return Err(e.to_string());
         }
     };
     let meta = v.meta();
-    send(&mut to, kind::READY, format!("{} {}", meta.name, meta.version).as_bytes(), forever)
+    send(&mut control, kind::READY, format!("{} {}", meta.name, meta.version).as_bytes(), forever)
         .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
-    let result = loop {
-        let got = match recv(&mut from, &mut buf, forever, || Ok(())) {
-            Ok(Some(k)) => k,
-            Ok(None) => continue,
-            Err(e) => break Err(e.to_string()),
-        };
-        if got == kind::HOOK {
-            let reply = hook(&v, &buf);
-            if let Err(e) = send(&mut to, kind::HOOK_DONE, &reply, forever) {
-                break Err(e.to_string());
+    let mut next = 0;
+    let mut idle_since: Option<Instant> = None;
+    let result = 'serve: loop {
+        // Round robin over the workers' request rings.
+        let mut got = None;
+        for i in 0..workers {
+            let w = (next + i) % workers;
+            match from[w].pop(&mut buf) {
+                Ok(Some(k)) => {
+                    got = Some((w, k));
+                    next = w + 1;
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => break 'serve Err(e.to_string()),
             }
+        }
+        let Some((w, got)) = got else {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < SPIN {
+                std::hint::spin_loop();
+                continue;
+            }
+            from[0].prepare_sleep();
+            if !from.iter().any(Consumer::ready) {
+                futex_wait(from[0].mem().sleeping(), 1, NAP);
+            }
+            from[0].awake();
             continue;
-        }
-        if got != kind::MESSAGE || buf.len() < 8 {
-            break Err("the parent sent a record the protocol does not have".to_owned());
-        }
-        let tag = u64::from_le_bytes(buf[..8].try_into().unwrap_or_default());
-        let sent = match v.call_direct(tag, &buf[8..]) {
-            Ok(replies) => replies.iter().try_for_each(|r| {
-                let mut m = Vec::with_capacity(8 + r.data.len());
-                m.extend_from_slice(&r.tag.to_le_bytes());
-                m.extend_from_slice(&r.data);
-                send(&mut to, kind::REPLY, &m, forever)
-            }),
-            Err(e) => send(&mut to, kind::FAILED, e.to_string().as_bytes(), forever),
-        }
-        .and_then(|()| send(&mut to, kind::DONE, &[], forever));
+        };
+        idle_since = None;
+        let sent = if got == kind::HOOK {
+            let reply = hook(&v, &buf);
+            send(&mut to[w], kind::HOOK_DONE, &reply, forever)
+        } else if got == kind::MESSAGE && buf.len() >= 8 {
+            let tag = u64::from_le_bytes(buf[..8].try_into().unwrap_or_default());
+            match v.call_direct(tag, &buf[8..]) {
+                Ok(replies) => replies.iter().try_for_each(|r| {
+                    let mut m = Vec::with_capacity(8 + r.data.len());
+                    m.extend_from_slice(&r.tag.to_le_bytes());
+                    m.extend_from_slice(&r.data);
+                    send(&mut to[w], kind::REPLY, &m, forever)
+                }),
+                Err(e) => send(&mut to[w], kind::FAILED, e.to_string().as_bytes(), forever),
+            }
+            .and_then(|()| send(&mut to[w], kind::DONE, &[], forever))
+        } else {
+            break Err("a worker sent a record the protocol does not have".to_owned());
+        };
         if let Err(e) = sent {
             break Err(e.to_string());
+        }
+        if let Some(path) = args.wake.get(w) {
+            // A full socket buffer already holds a poke: the worker will look.
+            let _ = poke.send_to(b"!", path);
         }
     };
     drop(v);
