@@ -104,6 +104,41 @@ struct RawModule {
     failure_policy: FailurePolicy,
     #[serde(default)]
     config: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    isolation: Isolation,
+    hook_timeout_ms: Option<u64>,
+}
+
+/// Where a module's code runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// In molt's process (the default): the fastest; its crash is molt's.
+    #[default]
+    None,
+    /// In a supervised child process over shared-memory rings
+    /// (`docs/isolation.md`): its crash is the child's.
+    Process,
+}
+
+/// A `[[modules]]` entry with `isolation = "process"`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IsolatedConfig {
+    /// The module's name.
+    pub name: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// Optional sha256 pin.
+    pub sha256: Option<String>,
+    /// What requests see when it fails (a hook error, a crash, a hang).
+    pub failure_policy: FailurePolicy,
+    /// Its config, handed to init in the child.
+    pub config: Vec<(String, String)>,
+    /// A hook that takes longer fails (the child is killed and restarted).
+    pub hook_timeout_ms: u64,
+    /// Where it was declared.
+    #[serde(skip)]
+    pub origin: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,8 +238,10 @@ pub struct Config {
     pub source: String,
     /// `[runtime]`.
     pub runtime: RuntimeSection,
-    /// `[[modules]]`, in order.
+    /// `[[modules]]`, in order (those running in molt's process).
     pub modules: Vec<ModuleConfig>,
+    /// `[[modules]]` with `isolation = "process"`, in order.
+    pub isolated: Vec<IsolatedConfig>,
     /// `[[tcp]]` proxy routes.
     pub tcp: Vec<crate::net::TcpRoute>,
     /// `[[http]]` listeners.
@@ -299,6 +336,7 @@ fn parse_http(
     n: usize,
     at: usize,
     modules: &[ModuleConfig],
+    isolated: &[IsolatedConfig],
     err: &ErrFn<'_>,
 ) -> Result<crate::http::HttpSite, ConfigError> {
     let line = line_of(src, at);
@@ -357,7 +395,7 @@ fn parse_http(
             })?),
         };
         for m in &r.modules {
-            if !modules.iter().any(|x| &x.name == m) {
+            if !modules.iter().any(|x| &x.name == m) && !isolated.iter().any(|x| &x.name == m) {
                 return Err(err(
                     rline,
                     format!("key `http.routes.modules` of route {rname}: module {m:?} is not declared in [[modules]]"),
@@ -488,6 +526,7 @@ impl Config {
             }
         }
         let mut modules: Vec<ModuleConfig> = Vec::new();
+        let mut isolated: Vec<IsolatedConfig> = Vec::new();
         for m in raw.modules {
             let line = line_of(src, m.span().start);
             let m = m.into_inner();
@@ -499,7 +538,7 @@ impl Config {
             {
                 return Err(err(name_line, format!("key `modules.name`: {name:?} must be 1 to 64 of [a-z0-9_-]")));
             }
-            if modules.iter().any(|x| x.name == name) {
+            if modules.iter().any(|x| x.name == name) || isolated.iter().any(|x| x.name == name) {
                 return Err(err(name_line, format!("key `modules.name`: module {name:?} is declared twice")));
             }
             let sha256 = match m.sha256 {
@@ -521,6 +560,41 @@ impl Config {
             let mut config = Vec::new();
             for (k, v) in &m.config {
                 flatten(k, v, &mut config).map_err(|e| err(line, format!("module {name} config: {e}")))?;
+            }
+            if m.isolation == Isolation::Process {
+                let timeout = m.hook_timeout_ms.unwrap_or(1000);
+                if !(1..=60_000).contains(&timeout) {
+                    return Err(err(
+                        line,
+                        format!("key `modules.hook_timeout_ms` of module {name}: {timeout} is not in 1..=60000"),
+                    ));
+                }
+                if m.mode != SwapMode::Drain {
+                    return Err(err(
+                        line,
+                        format!(
+                            "module {name}: mode \"upgrade\" moves continuations between versions in one process; an isolated module has none here: leave mode out"
+                        ),
+                    ));
+                }
+                isolated.push(IsolatedConfig {
+                    name,
+                    path,
+                    sha256,
+                    failure_policy: m.failure_policy,
+                    config,
+                    hook_timeout_ms: timeout,
+                    origin: format!("{file}:{line}"),
+                });
+                continue;
+            }
+            if m.hook_timeout_ms.is_some() {
+                return Err(err(
+                    line,
+                    format!(
+                        "key `modules.hook_timeout_ms` of module {name}: only an isolated module (isolation = \"process\") has one"
+                    ),
+                ));
             }
             modules.push(ModuleConfig {
                 name,
@@ -575,6 +649,15 @@ impl Config {
                 return Err(err(up_line, "keys `tcp.handler` and `tcp.upstreams`: a handler module owns its connections; give one or the other".into()));
             }
             for m in t.modules.iter().chain(t.handler.iter()) {
+                if isolated.iter().any(|x| &x.name == m) {
+                    return Err(err(
+                        up_line,
+                        format!(
+                            "[[tcp]] on {}: module {m:?} is isolated (isolation = \"process\"), which serves HTTP hooks only: run it in process for a TCP route",
+                            t.listen.get_ref()
+                        ),
+                    ));
+                }
                 if !modules.iter().any(|x| &x.name == m) {
                     return Err(err(
                         up_line,
@@ -614,7 +697,7 @@ impl Config {
         for (n, h) in raw.http.into_iter().enumerate() {
             let at = h.span().start;
             let listen_line = line_of(src, h.get_ref().listen.span().start);
-            let site = parse_http(src, h.into_inner(), n, at, &modules, &err)?;
+            let site = parse_http(src, h.into_inner(), n, at, &modules, &isolated, &err)?;
             once(site.listen, listen_line)?;
             http.push(site);
         }
@@ -630,7 +713,7 @@ impl Config {
                 Some(addr)
             }
         };
-        Ok(Config { source: file.to_owned(), runtime: raw.runtime, modules, tcp, http, admin })
+        Ok(Config { source: file.to_owned(), runtime: raw.runtime, modules, isolated, tcp, http, admin })
     }
 
     /// The built-in default: the example modules found in `module_dir` (the
@@ -655,6 +738,7 @@ impl Config {
                 m("echo_c", vec![]),
                 m("counter", vec![]),
             ],
+            isolated: Vec::new(),
             tcp: Vec::new(),
             http: vec![Config::builtin_http()],
             admin: None,

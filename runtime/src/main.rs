@@ -421,6 +421,8 @@ fn run(
         tcp: cfg.tcp.clone(),
         http: cfg.http.clone(),
         pin_workers: r.pin_workers,
+        isolated: cfg.isolated.clone(),
+        molt_bin: None,
     };
     let digest = match digest {
         Ok(d) => d,

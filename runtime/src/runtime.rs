@@ -44,6 +44,10 @@ pub struct RuntimeConfig {
     pub http: Vec<crate::http::HttpSite>,
     /// Pin worker `i` to CPU `i` (modulo the CPUs allowed).
     pub pin_workers: bool,
+    /// Modules run in child processes (`isolation = "process"`).
+    pub isolated: Vec<crate::config::IsolatedConfig>,
+    /// The `molt` binary their children run (default: this process's own).
+    pub molt_bin: Option<PathBuf>,
 }
 
 /// Where module state lives.
@@ -75,6 +79,8 @@ impl Default for RuntimeConfig {
             tcp: Vec::new(),
             http: Vec::new(),
             pin_workers: false,
+            isolated: Vec::new(),
+            molt_bin: None,
         }
     }
 }
@@ -122,6 +128,8 @@ pub struct RuntimeShared {
     /// The run dir's instance lock, held for the runtime's life (a binary
     /// upgrade hands this very descriptor over).
     run_dir_lock: std::fs::File,
+    /// The isolated modules' supervisors.
+    isolated: Vec<Arc<crate::isolate::Supervisor>>,
     /// The digest of the config last loaded whole (see
     /// [`crate::ctl::ConfigSource::digest`]), for a binary upgrade's check.
     config_digest: Mutex<Option<String>>,
@@ -374,6 +382,11 @@ impl RuntimeShared {
         Ok(f())
     }
 
+    /// The isolated modules' supervisors.
+    pub fn isolated(&self) -> &[Arc<crate::isolate::Supervisor>] {
+        &self.isolated
+    }
+
     /// The run dir's instance lock.
     pub fn run_dir_lock(&self) -> &std::fs::File {
         &self.run_dir_lock
@@ -598,6 +611,15 @@ impl Runtime {
             workers.push(Arc::new(WorkerShared::new(i as u32, waker, config.max_continuations_per_worker)));
             polls.push(poll);
         }
+        // Isolated modules' children start first: the workers' HTTP layers
+        // link to them.
+        let molt_bin =
+            config.molt_bin.clone().or_else(|| std::env::current_exe().ok()).unwrap_or_else(|| "molt".into());
+        let isolated: Vec<Arc<crate::isolate::Supervisor>> = config
+            .isolated
+            .iter()
+            .map(|c| crate::isolate::Supervisor::start(c.clone(), molt_bin.clone(), config.run_dir.clone(), n))
+            .collect();
         let (tx, rx) = crossbeam_channel::bounded(crate::host::HOST_REPLIES_MAX);
         let fleet = Arc::new(Fleet::new(workers, tx, Registry::new(&config.run_dir, config.registry.clone())?));
         let shared = Arc::new(RuntimeShared {
@@ -618,6 +640,7 @@ impl Runtime {
             http_stats: (0..n).map(|_| std::sync::Arc::default()).collect(),
             run_dir_lock,
             config_digest: Mutex::new(None),
+            isolated: isolated.clone(),
         });
         #[cfg(not(molt_loom))]
         {
@@ -664,6 +687,7 @@ impl Runtime {
         for (i, ((poll, tcp), http)) in polls.into_iter().zip(per_worker).zip(http_per_worker).enumerate() {
             let tcp_stats = shared.tcp_stats[i].clone();
             let http_stats = shared.http_stats[i].clone();
+            let iso = isolated.clone();
             let setup: Option<crate::worker::io::IoSetup> = if tcp.is_empty() && http.is_empty() {
                 None
             } else {
@@ -676,7 +700,8 @@ impl Runtime {
                         }
                     }
                     if !http.is_empty() {
-                        match crate::http::HttpLayer::new(layers.len(), worker, registry, http, http_stats, paused) {
+                        match crate::http::HttpLayer::new(layers.len(), worker, registry, http, http_stats, paused, iso)
+                        {
                             Ok(l) => layers.push(Box::new(l)),
                             Err(e) => tracing::error!(worker, "cannot register the HTTP listeners: {e}"),
                         }
@@ -856,6 +881,9 @@ impl Runtime {
 
     fn stop(&mut self) {
         self.shared.shut_down();
+        for s in &self.shared.isolated {
+            s.stop();
+        }
         for w in self.shared.workers() {
             w.post(Remote::Run(Box::new(|_| {})));
         }

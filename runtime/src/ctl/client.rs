@@ -120,5 +120,25 @@ pub fn render_status(v: &Value) -> String {
             );
         }
     }
+    let isolated = v["isolated"].as_array().cloned().unwrap_or_default();
+    if !isolated.is_empty() {
+        o += "
+isolated modules
+  module           state       pid      gen  restarts  hook_failures  last exit
+";
+        for m in &isolated {
+            o += &format!(
+                "  {:<16} {:<11} {:<8} {:>3}  {:>8}  {:>13}  {}
+",
+                s(m, "module"),
+                s(m, "state"),
+                s(m, "pid"),
+                s(m, "generation"),
+                s(m, "restarts"),
+                s(m, "hook_failures"),
+                s(m, "last_exit")
+            );
+        }
+    }
     o
 }

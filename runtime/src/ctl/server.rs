@@ -66,6 +66,10 @@ pub fn reload(rt: &RuntimeShared, source: &ConfigSource) -> Result<Value, String
     // next reload, and an upgrade meanwhile sees the digests differ.
     let digest = source.digest();
     let cfg = source.read().map_err(|e| e.to_string())?;
+    let running: Vec<&crate::config::IsolatedConfig> = rt.isolated().iter().map(|s| s.config()).collect();
+    if cfg.isolated.iter().collect::<Vec<_>>() != running {
+        return Err("the config changes an isolated module (isolation = \"process\"): isolated modules are started with molt and a reload does not change them yet; restart molt (or upgrade it: `molt ctl upgrade`) to apply it; nothing was reloaded".into());
+    }
     let r = rt.reload_config(&cfg.modules, &cfg.http, &cfg.tcp).map_err(|e| e.to_string())?;
     if let Ok(d) = digest {
         rt.set_config_digest(d);

@@ -96,6 +96,7 @@ pub fn status(rt: &RuntimeShared, started: Instant, config: &str) -> Value {
         },
         "state_blocks": host.state.blocks(),
         "user_args": host.user_args.names(),
+        "isolated": rt.isolated().iter().map(|s| s.status()).collect::<Vec<_>>(),
     })
 }
 
@@ -249,6 +250,23 @@ pub fn metrics(rt: &RuntimeShared, upgrader: Option<&super::Upgrader>) -> String
     );
     let sum: u64 = totals.iter().map(|t| t.3).sum();
     seconds.get_or_create(&Vec::new()).inc_by(sum as f64 / 1e6);
+    if !rt.isolated().is_empty() {
+        let restarts =
+            counter(&mut reg, "molt_isolated_restarts", "Children of an isolated module started after its first.");
+        let failures = counter(
+            &mut reg,
+            "molt_isolated_hook_failures",
+            "Hooks of an isolated module failed by its child (a death, a hang, a broken ring).",
+        );
+        let up = gauge(&mut reg, "molt_isolated_up", "1 while an isolated module's child runs.");
+        for s in rt.isolated() {
+            let st = s.status();
+            let l = labels(&[("module", st.module.as_str())]);
+            restarts.get_or_create(&l).inc_by(st.restarts);
+            failures.get_or_create(&l).inc_by(st.hook_failures);
+            up.get_or_create(&l).set(i64::from(st.state == "running"));
+        }
+    }
     if let Some(u) = upgrader {
         let (ok, failed) = u.totals();
         let upgrades =

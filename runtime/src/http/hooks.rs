@@ -11,9 +11,25 @@ use crate::module::FailurePolicy;
 use crate::sync::{AtomicU64, Ordering};
 use crate::worker::{CallNow, WorkerCore};
 
-/// One module's continuation in a transaction.
+/// Where an isolated module's hook stands in a transaction.
+#[derive(Default)]
+pub(super) enum IsoState {
+    /// Not sent.
+    #[default]
+    Idle,
+    /// Sent to the child; the transaction waits for the reply.
+    Sent,
+    /// The reply (or why there is none).
+    Done(Result<super::isolated::HookReply, String>),
+}
+
+/// One module's continuation in a transaction (an isolated module has
+/// none here: its hooks go to its child).
 pub(super) struct Hooked {
     pub cont: u64,
+    /// The isolated module's slot, for one running in a child process.
+    pub iso: Option<usize>,
+    pub iso_state: IsoState,
     /// The module's index in its route's module list (its name, for logs).
     pub module: usize,
     pub policy: FailurePolicy,
@@ -49,6 +65,9 @@ pub(super) enum Ran {
     /// A module version is held (a state migration): call again when the
     /// worker's holds are released; the chain resumes where it stopped.
     Held,
+    /// A hook went to an isolated module's child: call again when its
+    /// reply is delivered ([`Chain::deliver`]); the chain resumes there.
+    Pending,
 }
 
 /// Who is calling: the worker, its listener, the client and the counters.
@@ -59,6 +78,11 @@ pub(super) struct Caller<'a> {
     pub worker: u32,
     pub hook_failures: &'a AtomicU64,
     pub held_hooks: &'a AtomicU64,
+    /// The worker's links to isolated modules.
+    pub iso: Option<&'a super::isolated::IsoLinks>,
+    /// The client's index (`usize::MAX`: the client is gone; isolated
+    /// hooks are not sent then).
+    pub client: usize,
 }
 
 fn bump(c: &AtomicU64) {
@@ -86,7 +110,51 @@ impl Chain {
             }
             let h = &mut self.conts[self.pos];
             // A module that declared its hooks is called for those only.
-            if !h.skip && (h.hooks == 0 || h.hooks & bit != 0) {
+            if let Some(slot) = h.iso.filter(|_| !h.skip && (h.hooks == 0 || h.hooks & bit != 0)) {
+                match std::mem::take(&mut h.iso_state) {
+                    IsoState::Idle => {
+                        let (Some(iso), true) = (by.iso, by.client != usize::MAX) else {
+                            self.pos += 1;
+                            continue;
+                        };
+                        let snap = {
+                            let view = View { t: RefCell::new(&mut *data), site: by.site, peer: by.peer, kind };
+                            super::isolated::snapshot(&view, data_id(&view), args)
+                        };
+                        match iso.send(slot, by.client, data.id, &snap) {
+                            Ok(()) => {
+                                h.iso_state = IsoState::Sent;
+                                return Ran::Pending;
+                            }
+                            Err(e) => Self::failed(by, data, h, kind, early, &e, false),
+                        }
+                    }
+                    IsoState::Sent => {
+                        h.iso_state = IsoState::Sent;
+                        return Ran::Pending;
+                    }
+                    IsoState::Done(Ok(reply)) => {
+                        let applied = {
+                            let view = View { t: RefCell::new(&mut *data), site: by.site, peer: by.peer, kind };
+                            super::isolated::apply(&reply, &view)
+                        };
+                        let failed = match (reply.failed, applied) {
+                            (_, Err((_, e))) => {
+                                Some((MOLT_ERR_FAILED, format!("its reply made a change no module may make: {e}")))
+                            }
+                            (f, Ok(())) => f,
+                        };
+                        if let Some((status, text)) = failed {
+                            let panicked = status == MOLT_ERR_PANIC;
+                            Self::failed(by, data, h, kind, early, &format!("status {status}: {text}"), panicked);
+                        }
+                    }
+                    IsoState::Done(Err(e)) => Self::failed(by, data, h, kind, early, &e, false),
+                }
+                self.pos += 1;
+                continue;
+            }
+            if h.iso.is_none() && !h.skip && (h.hooks == 0 || h.hooks & bit != 0) {
                 let r = {
                     let view = View { t: RefCell::new(&mut *data), site: by.site, peer: by.peer, kind };
                     by.core.call_now(h.cont, kind, data_id(&view), args, &[], Some(&view))
@@ -127,16 +195,55 @@ impl Chain {
         Ran::Done
     }
 
+    /// An isolated module failed hook `kind` (its child died, hung, broke
+    /// the protocol, or the hook returned an error): its failure policy
+    /// decides, as for an in-process module.
+    fn failed(by: &Caller<'_>, data: &mut TxnData, h: &mut Hooked, kind: u32, early: bool, e: &str, panicked: bool) {
+        bump(by.hook_failures);
+        let name = by.site.routes.get(data.route).and_then(|r| r.modules.get(h.module));
+        let name = name.map_or("?", |n| n.as_str());
+        crate::module::quiet::failure(name, || {
+            tracing::warn!(worker = by.worker, module = %name, hook = kind, "isolated hook failed: {e}");
+        });
+        let _ = panicked;
+        // The child that knew this transaction is gone, or the hook failed:
+        // the module sits the rest of the transaction out.
+        h.skip = true;
+        if h.policy == FailurePolicy::FailOpen {
+            h.skip = true;
+        } else if early {
+            data.answer = Some(Answer::host(500, &format!("module {name} failed at the request")));
+        } else if kind == MOLT_EV_HTTP_RESPONSE && data.answer.is_none() {
+            data.resp = None;
+            data.answer = Some(Answer::host(500, &format!("module {name} failed at the response")));
+        }
+    }
+
+    /// The reply to the isolated hook this chain waits on (or why there is
+    /// none); whether it was waiting for one.
+    pub fn deliver(&mut self, result: Result<super::isolated::HookReply, String>) -> bool {
+        match self.conts.get_mut(self.pos) {
+            Some(h) if matches!(h.iso_state, IsoState::Sent) => {
+                h.iso_state = IsoState::Done(result);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// TXN_END on every module, then END for every continuation (with
     /// `force`, even when a module is held: the client is gone).
     pub fn end(&mut self, by: &Caller<'_>, data: &mut TxnData, args: (u64, u64), force: bool) -> Ran {
-        if self.call(by, data, MOLT_EV_HTTP_TXN_END, args) == Ran::Held && !force {
-            return Ran::Held;
+        match self.call(by, data, MOLT_EV_HTTP_TXN_END, args) {
+            r @ (Ran::Held | Ran::Pending) if !force => return r,
+            _ => {}
         }
         // END now, not a loop turn later: the chain's continuations are
         // the layer's own, and it is outside any module call here.
         for h in self.conts.drain(..) {
-            let _ = by.core.end_now(h.cont);
+            if h.iso.is_none() {
+                let _ = by.core.end_now(h.cont);
+            }
         }
         self.pos = 0;
         Ran::Done
@@ -185,6 +292,8 @@ pub fn hook_path_bench(core: &WorkerCore, modules: &[crate::module::VersionRef],
         worker: core.index(),
         hook_failures: &failures,
         held_hooks: &held,
+        iso: None,
+        client: 0,
     };
     let mut spare = Vec::new();
     let t = std::time::Instant::now();
@@ -193,7 +302,15 @@ pub fn hook_path_bench(core: &WorkerCore, modules: &[crate::module::VersionRef],
         for (i, v) in modules.iter().enumerate() {
             let Ok(cont) = core.spawn_host(v) else { return t.elapsed() };
             let hooks = v.meta().http_hooks;
-            chain.conts.push(Hooked { cont, module: i, policy: FailurePolicy::Restart, hooks, skip: false });
+            chain.conts.push(Hooked {
+                cont,
+                iso: None,
+                iso_state: IsoState::Idle,
+                module: i,
+                policy: FailurePolicy::Restart,
+                hooks,
+                skip: false,
+            });
         }
         chain.call(&by, &mut data, MOLT_EV_HTTP_REQUEST, (0, 0));
         chain.call(&by, &mut data, MOLT_EV_HTTP_UPSTREAM, (0, 0));

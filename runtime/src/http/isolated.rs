@@ -437,6 +437,216 @@ pub fn apply(reply: &HookReply, txn: &dyn TxnAccess) -> ServiceResult<()> {
     Ok(())
 }
 
+/// A worker's links to the isolated modules: per module, its supervisor
+/// and this worker's pair of rings to the current child, with the hooks in
+/// flight (replies come back in the order the hooks went out).
+pub(super) struct IsoLinks {
+    worker: usize,
+    layer: usize,
+    registry: mio::Registry,
+    slots: Vec<IsoSlot>,
+}
+
+struct IsoSlot {
+    sup: std::sync::Arc<crate::isolate::Supervisor>,
+    conn: RefCell<Option<IsoConn>>,
+    /// The last incarnation this worker attached to (its wake socket is
+    /// taken: a child killed for a hang is not attached to again).
+    attached: std::cell::Cell<u64>,
+}
+
+struct IsoConn {
+    generation: u64,
+    /// Keeps the segment mapped while the rings are used.
+    _inc: std::sync::Arc<crate::isolate::Incarnation>,
+    to: crate::isolate::ring::Producer<crate::isolate::ShmRing>,
+    from: crate::isolate::ring::Consumer<crate::isolate::ShmRing>,
+    wake: mio::net::UnixDatagram,
+    pending: std::collections::VecDeque<Pending>,
+}
+
+struct Pending {
+    client: usize,
+    txn: u64,
+    deadline: std::time::Instant,
+}
+
+/// A hook's outcome for client `client`'s transaction `txn`.
+pub(super) struct Outcome {
+    pub client: usize,
+    pub txn: u64,
+    pub result: Result<HookReply, String>,
+}
+
+/// The mio token of slot `i`'s wake socket, in the layer's token space.
+pub(super) const ISO_BASE: usize = 1 << 46;
+
+impl IsoLinks {
+    pub(super) fn new(
+        worker: usize,
+        layer: usize,
+        registry: mio::Registry,
+        sups: Vec<std::sync::Arc<crate::isolate::Supervisor>>,
+    ) -> IsoLinks {
+        let slots = sups
+            .into_iter()
+            .map(|sup| IsoSlot { sup, conn: RefCell::new(None), attached: std::cell::Cell::new(0) })
+            .collect();
+        IsoLinks { worker, layer, registry, slots }
+    }
+
+    /// The slot of isolated module `name`.
+    pub(super) fn index(&self, name: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s.sup.config().name == name)
+    }
+
+    /// Its failure policy.
+    pub(super) fn policy(&self, slot: usize) -> crate::module::FailurePolicy {
+        self.slots[slot].sup.config().failure_policy
+    }
+
+    /// The hooks its running child declared (0: every one).
+    pub(super) fn hooks(&self, slot: usize) -> u64 {
+        self.slots[slot].sup.current().map_or(0, |i| i.hooks)
+    }
+
+    /// Its name.
+    pub(super) fn name(&self, slot: usize) -> &str {
+        &self.slots[slot].sup.config().name
+    }
+
+    /// Attach to the current child if not attached to it yet.
+    fn attach(&self, slot: usize) -> Result<(), String> {
+        let s = &self.slots[slot];
+        let mut conn = s.conn.borrow_mut();
+        let generation = s.sup.generation();
+        if conn.as_ref().is_some_and(|c| c.generation == generation) {
+            return Ok(());
+        }
+        let current = s.sup.current().filter(|i| i.generation == generation && generation != s.attached.get());
+        let Some(inc) = current else {
+            let st = s.sup.status();
+            let state = if st.state == "running" { "restarting" } else { st.state };
+            return Err(format!(
+                "isolated module {} is not running ({state}{})",
+                st.module,
+                st.last_exit.map(|e| format!(": {e}")).unwrap_or_default()
+            ));
+        };
+        let Some(std_wake) = inc.take_wake(self.worker) else {
+            return Err("this worker's wake socket was already taken".into());
+        };
+        s.attached.set(generation);
+        let mut wake = mio::net::UnixDatagram::from_std(std_wake);
+        self.registry
+            .register(&mut wake, crate::worker::io::token(self.layer, ISO_BASE + slot), mio::Interest::READABLE)
+            .map_err(|e| format!("cannot register the wake socket: {e}"))?;
+        *conn = Some(IsoConn {
+            generation,
+            to: crate::isolate::ring::Producer::new(crate::isolate::ShmRing::request(&inc.seg, self.worker)),
+            from: crate::isolate::ring::Consumer::new(crate::isolate::ShmRing::reply(&inc.seg, self.worker)),
+            _inc: inc,
+            wake,
+            pending: std::collections::VecDeque::new(),
+        });
+        Ok(())
+    }
+
+    /// Send client `client`'s hook (transaction `txn`, `snapshot`) to the child.
+    pub(super) fn send(&self, slot: usize, client: usize, txn: u64, snapshot: &[u8]) -> Result<(), String> {
+        self.attach(slot)?;
+        let s = &self.slots[slot];
+        let mut conn = s.conn.borrow_mut();
+        let c = conn.as_mut().expect("attached");
+        match crate::isolate::push_hook(&mut c.to, snapshot) {
+            Ok(true) => {
+                let timeout = std::time::Duration::from_millis(s.sup.config().hook_timeout_ms);
+                c.pending.push_back(Pending { client, txn, deadline: std::time::Instant::now() + timeout });
+                Ok(())
+            }
+            Ok(false) => Err(format!("isolated module {} has too many hooks queued", self.name(slot))),
+            Err(e) => Err(format!("isolated module {}: {e}", self.name(slot))),
+        }
+    }
+
+    /// Replies that arrived on slot `slot` (its wake socket was poked).
+    pub(super) fn replies(&self, slot: usize, out: &mut Vec<Outcome>) {
+        let s = &self.slots[slot];
+        let mut conn = s.conn.borrow_mut();
+        let Some(c) = conn.as_mut() else { return };
+        let mut poke = [0u8; 64];
+        while c.wake.recv(&mut poke).is_ok() {}
+        let mut buf = Vec::new();
+        loop {
+            match crate::isolate::pop_hook_reply(&mut c.from, &mut buf) {
+                Ok(false) => return,
+                Ok(true) => {
+                    let Some(p) = c.pending.pop_front() else {
+                        drop(conn);
+                        return self.broken(slot, "a reply to no hook", out);
+                    };
+                    out.push(Outcome { client: p.client, txn: p.txn, result: decode_reply(&buf) });
+                }
+                Err(e) => {
+                    drop(conn);
+                    return self.broken(slot, &e.to_string(), out);
+                }
+            }
+        }
+    }
+
+    /// The child broke the protocol: it is killed, and every hook in flight fails.
+    fn broken(&self, slot: usize, why: &str, out: &mut Vec<Outcome>) {
+        let s = &self.slots[slot];
+        if let Some(c) = s.conn.borrow().as_ref() {
+            s.sup.kill(c.generation);
+        }
+        self.fail_all(slot, &format!("isolated module {}: {why}; its child was killed", self.name(slot)), out);
+    }
+
+    fn fail_all(&self, slot: usize, why: &str, out: &mut Vec<Outcome>) {
+        let s = &self.slots[slot];
+        if let Some(mut c) = s.conn.borrow_mut().take() {
+            let _ = self.registry.deregister(&mut c.wake);
+            for p in c.pending.drain(..) {
+                s.sup.count_hook_failure();
+                out.push(Outcome { client: p.client, txn: p.txn, result: Err(why.to_owned()) });
+            }
+        }
+    }
+
+    /// Deaths and hung hooks: every slot whose child ended, or whose oldest
+    /// hook is past its deadline (the child is then killed), fails what it
+    /// had in flight. Replies a missed poke left are collected too.
+    pub(super) fn tick(&self, now: std::time::Instant, out: &mut Vec<Outcome>) {
+        for slot in 0..self.slots.len() {
+            self.replies(slot, out);
+            let s = &self.slots[slot];
+            let (generation, late) = match s.conn.borrow().as_ref() {
+                None => continue,
+                Some(c) => (c.generation, c.pending.front().is_some_and(|p| now > p.deadline)),
+            };
+            if generation != s.sup.generation() {
+                let st = s.sup.status();
+                let why = format!(
+                    "isolated module {}: its child process died ({})",
+                    self.name(slot),
+                    st.last_exit.unwrap_or_else(|| "gone".into())
+                );
+                self.fail_all(slot, &why, out);
+            } else if late {
+                s.sup.kill(generation);
+                let why = format!(
+                    "isolated module {}: a hook took longer than hook_timeout_ms ({} ms); its child was killed",
+                    self.name(slot),
+                    s.sup.config().hook_timeout_ms
+                );
+                self.fail_all(slot, &why, out);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,6 +118,8 @@ pub struct HttpLayer {
     paused: Cell<bool>,
     /// The process winds down: every response closes its connection.
     winding_down: Cell<bool>,
+    /// The isolated modules' links of this worker.
+    pub(super) iso: super::isolated::IsoLinks,
     /// The read buffer every read goes through.
     pub(super) scratch: RefCell<Box<[u8]>>,
 }
@@ -160,6 +162,7 @@ impl HttpLayer {
         sites: Vec<(Arc<HttpSite>, std::net::TcpListener)>,
         stats: Arc<HttpStats>,
         paused: bool,
+        isolated: Vec<Arc<crate::isolate::Supervisor>>,
     ) -> std::io::Result<HttpLayer> {
         let mut groups = Vec::new();
         let mut slots = Vec::new();
@@ -186,6 +189,7 @@ impl HttpLayer {
             waiting_accept: Cell::new(false),
             paused: Cell::new(paused),
             winding_down: Cell::new(false),
+            iso: super::isolated::IsoLinks::new(worker as usize, layer, registry.try_clone()?, isolated),
             scratch: RefCell::new(vec![0u8; 32 * 1024].into_boxed_slice()),
         })
     }
@@ -273,7 +277,13 @@ impl HttpLayer {
     }
 
     /// Who calls hooks for client `c`, of site `site`.
-    pub(super) fn caller<'a>(&'a self, core: &'a WorkerCore, c: &'a Client, site: &'a HttpSite) -> Caller<'a> {
+    pub(super) fn caller<'a>(
+        &'a self,
+        core: &'a WorkerCore,
+        idx: usize,
+        c: &'a Client,
+        site: &'a HttpSite,
+    ) -> Caller<'a> {
         Caller {
             core,
             site,
@@ -281,6 +291,25 @@ impl HttpLayer {
             worker: self.worker,
             hook_failures: &self.stats.hook_failures,
             held_hooks: &self.stats.held_hooks,
+            iso: Some(&self.iso),
+            client: idx,
+        }
+    }
+
+    /// Hand isolated hooks' outcomes to their transactions and drive them.
+    fn deliver_iso(&self, core: &WorkerCore, outcomes: Vec<super::isolated::Outcome>) {
+        for o in outcomes {
+            let waiting = match self.clients.borrow_mut().get_mut(o.client) {
+                Some(c) => match c.txn.as_mut() {
+                    Some(t) if t.data.id == o.txn => t.chain.deliver(o.result),
+                    // The client left, or went on to another transaction.
+                    _ => false,
+                },
+                None => false,
+            };
+            if waiting {
+                self.drive(core, o.client);
+            }
         }
     }
 
@@ -537,7 +566,11 @@ impl io::Io for HttpLayer {
     }
 
     fn ready(&self, core: &WorkerCore, token: usize, ready: io::Readiness) {
-        if token < CLIENT_BASE {
+        if token >= super::isolated::ISO_BASE {
+            let mut out = Vec::new();
+            self.iso.replies(token - super::isolated::ISO_BASE, &mut out);
+            self.deliver_iso(core, out);
+        } else if token < CLIENT_BASE {
             self.accept(core, token);
         } else if token < UP_BASE {
             let idx = token - CLIENT_BASE;
@@ -560,11 +593,15 @@ impl io::Io for HttpLayer {
             }
         }
         self.generations.borrow_mut().release_stale(core.fleet().registry());
+        let mut out = Vec::new();
+        self.iso.tick(now, &mut out);
+        let isolated = !out.is_empty();
+        self.deliver_iso(core, out);
         if now.duration_since(self.last_sweep.get()) >= Duration::from_millis(20) {
             self.last_sweep.set(now);
             self.sweep(core, now);
         }
-        false
+        isolated
     }
 
     fn unheld(&self, core: &WorkerCore) {

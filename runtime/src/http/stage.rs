@@ -19,7 +19,7 @@ use super::body::{Framing, transfer};
 use super::chunked;
 use super::client::Client;
 use super::head::{self, RequestHead};
-use super::hooks::{Chain, Hooked, Ran};
+use super::hooks::{Chain, Hooked, IsoState, Ran};
 use super::layer::{BODY_BUF, Flow, HttpLayer, add};
 use super::site::HttpSite;
 use super::txn::{Answer, TxnData};
@@ -223,6 +223,19 @@ impl HttpLayer {
         let generation = generations.get(core.fleet().registry());
         for (module, name) in site.routes[route].modules.iter().enumerate() {
             let entry = generation.and_then(|g| g.entries.iter().find(|e| &e.cfg.name == name));
+            if let (None, Some(slot)) = (entry, self.iso.index(name)) {
+                // Its hooks go to its child process.
+                t.chain.conts.push(Hooked {
+                    cont: 0,
+                    iso: Some(slot),
+                    iso_state: IsoState::Idle,
+                    module,
+                    policy: self.iso.policy(slot),
+                    hooks: self.iso.hooks(slot),
+                    skip: false,
+                });
+                continue;
+            }
             let Some(entry) = entry else {
                 let why = format!("module {name} of route {} is not loaded", site.routes[route].name);
                 answer(&mut t, Answer::host(503, &why));
@@ -231,6 +244,8 @@ impl HttpLayer {
             match core.spawn_host(&entry.version) {
                 Ok(cont) => t.chain.conts.push(Hooked {
                     cont,
+                    iso: None,
+                    iso_state: IsoState::Idle,
                     module,
                     policy: entry.cfg.failure_policy,
                     hooks: entry.version.meta().http_hooks,
@@ -284,10 +299,15 @@ impl HttpLayer {
                 Stage::Request | Stage::Upstream => {
                     let upstream_hook = matches!(stage, Stage::Upstream);
                     let kind = if upstream_hook { MOLT_EV_HTTP_UPSTREAM } else { MOLT_EV_HTTP_REQUEST };
-                    if t.chain.call(&self.caller(core, c, site), &mut t.data, kind, (0, 0)) == Ran::Held {
-                        self.held.borrow_mut().push(idx);
-                        t.stage = stage;
-                        return Flow::Wait;
+                    match t.chain.call(&self.caller(core, idx, c, site), &mut t.data, kind, (0, 0)) {
+                        Ran::Done => {}
+                        waiting => {
+                            if waiting == Ran::Held {
+                                self.held.borrow_mut().push(idx);
+                            }
+                            t.stage = stage;
+                            return Flow::Wait;
+                        }
                     }
                     if let Some(a) = &t.data.answer {
                         if a.by == 1 {
@@ -306,11 +326,15 @@ impl HttpLayer {
                     let by = t.data.answer.as_ref().map_or(0, |a| a.by);
                     let status = t.data.answer.as_ref().map(|a| a.status).or(t.data.resp.as_ref().map(|r| r.status));
                     let args = (u64::from(status.unwrap_or(0)), by);
-                    if t.chain.call(&self.caller(core, c, site), &mut t.data, MOLT_EV_HTTP_RESPONSE, args) == Ran::Held
-                    {
-                        self.held.borrow_mut().push(idx);
-                        t.stage = Stage::Respond(a);
-                        return Flow::Wait;
+                    match t.chain.call(&self.caller(core, idx, c, site), &mut t.data, MOLT_EV_HTTP_RESPONSE, args) {
+                        Ran::Done => {}
+                        waiting => {
+                            if waiting == Ran::Held {
+                                self.held.borrow_mut().push(idx);
+                            }
+                            t.stage = Stage::Respond(a);
+                            return Flow::Wait;
+                        }
                     }
                     match a {
                         Some(a) if t.data.answer.is_none() => (self.respond(c, t, a), Flow::Moved),
@@ -326,9 +350,14 @@ impl HttpLayer {
                 Stage::Stream(a) => self.stream(c, t, a),
                 Stage::End => {
                     let args = (u64::from(t.status), t.sent_body);
-                    if t.chain.end(&self.caller(core, c, site), &mut t.data, args, false) == Ran::Held {
-                        self.held.borrow_mut().push(idx);
-                        return Flow::Wait;
+                    match t.chain.end(&self.caller(core, idx, c, site), &mut t.data, args, false) {
+                        Ran::Done => {}
+                        waiting => {
+                            if waiting == Ran::Held {
+                                self.held.borrow_mut().push(idx);
+                            }
+                            return Flow::Wait;
+                        }
                     }
                     return Flow::Moved;
                 }
@@ -658,7 +687,7 @@ impl HttpLayer {
         }
         let args = (u64::from(t.status), t.sent_body);
         let site = self.site(c.site);
-        let _ = t.chain.end(&self.caller(core, c, &site), &mut t.data, args, true);
+        let _ = t.chain.end(&self.caller(core, usize::MAX, c, &site), &mut t.data, args, true);
     }
 
     /// The timers of a transaction at `now`: Moved when it must be driven,

@@ -14,7 +14,11 @@ pub mod ring;
 #[cfg(not(molt_loom))]
 mod shm;
 #[cfg(not(molt_loom))]
+pub mod supervisor;
+#[cfg(not(molt_loom))]
 pub use shm::{RING_CAP, ShmRing};
 
 #[cfg(not(molt_loom))]
-pub use shm::{HookServer, HostArgs, IsolateError, Isolated, Reply, host_main};
+pub use shm::{HookServer, HostArgs, IsolateError, Isolated, Reply, host_main, pop_hook_reply, push_hook};
+#[cfg(not(molt_loom))]
+pub use supervisor::{Incarnation, Supervisor, SupervisorStatus};

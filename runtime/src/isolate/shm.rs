@@ -174,6 +174,47 @@ fn recv(
     }
 }
 
+/// Wait (at most `within`) for a child's report on its control ring: the
+/// ready text (name, version and declared hooks, a line each), or why it
+/// did not load.
+pub(super) fn recv_control(
+    control: &mut Consumer<ShmRing>,
+    child: &mut Child,
+    within: Duration,
+) -> Result<String, String> {
+    let mut buf = Vec::new();
+    let got = recv(control, &mut buf, within, || match child.try_wait() {
+        Ok(Some(status)) => Err(IsolateError::Died(status.to_string())),
+        _ => Ok(()),
+    })
+    .map_err(|e| e.to_string())?;
+    match got {
+        Some(kind::READY) => Ok(String::from_utf8_lossy(&buf).into_owned()),
+        Some(kind::LOAD_FAILED) => Err(String::from_utf8_lossy(&buf).into_owned()),
+        Some(_) => Err("its first report is not the protocol's".into()),
+        None => Err(format!("it was not ready within {} s", within.as_secs())),
+    }
+}
+
+/// Queue HTTP hook `snapshot` to the child (a worker's side); `Ok(false)`
+/// when the ring is full.
+pub fn push_hook(p: &mut Producer<ShmRing>, snapshot: &[u8]) -> Result<bool, RingError> {
+    let pushed = p.push(kind::HOOK, snapshot)?;
+    if pushed && p.consumer_sleeps() {
+        futex_wake(p.mem().sleeping());
+    }
+    Ok(pushed)
+}
+
+/// The next hook reply from the child, if one waits (a worker's side).
+pub fn pop_hook_reply(c: &mut Consumer<ShmRing>, out: &mut Vec<u8>) -> Result<bool, RingError> {
+    match c.pop(out)? {
+        None => Ok(false),
+        Some(kind::HOOK_DONE) => Ok(true),
+        Some(_) => Err(RingError::Corrupt("a record the protocol does not have")),
+    }
+}
+
 /// Why an isolated call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IsolateError {
@@ -259,7 +300,10 @@ impl Isolated {
             _ => Ok(()),
         })?;
         match got {
-            Some(kind::READY) => me.loaded = String::from_utf8_lossy(&buf).into_owned(),
+            Some(kind::READY) => {
+                let text = String::from_utf8_lossy(&buf);
+                me.loaded = text.split('\n').take(2).collect::<Vec<_>>().join(" ");
+            }
             Some(kind::LOAD_FAILED) => return Err(IsolateError::Module(String::from_utf8_lossy(&buf).into_owned())),
             Some(_) => return Err(IsolateError::Ring(RingError::Corrupt("a first record that is not ready"))),
             None => return Err(IsolateError::Timeout("the child did not load the module in time")),
@@ -397,8 +441,8 @@ pub fn host_main(args: HostArgs<'_>, hook: HookServer<'_>) -> Result<(), String>
         }
     };
     let meta = v.meta();
-    send(&mut control, kind::READY, format!("{} {}", meta.name, meta.version).as_bytes(), forever)
-        .map_err(|e| e.to_string())?;
+    let ready = format!("{}\n{}\n{}", meta.name, meta.version, meta.http_hooks);
+    send(&mut control, kind::READY, ready.as_bytes(), forever).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     let mut next = 0;
     let mut idle_since: Option<Instant> = None;

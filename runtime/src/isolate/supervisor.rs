@@ -1,0 +1,315 @@
+//! The supervisor of one isolated module: starts its child (`molt
+//! module-host`) with one pair of rings per worker, waits for it to be
+//! ready, notices its death (a thread waits on it), and starts another with
+//! exponential backoff; a crash loop marks the module failed until molt is
+//! restarted. Each start is an *incarnation* with its own segment and wake
+//! sockets; workers attach to the current one and fail what they had in
+//! flight on an older one.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::ring::Consumer;
+use super::shm::{ShmRing, recv_control};
+use crate::config::IsolatedConfig;
+use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering};
+use crate::sys::shm::Segment;
+
+/// Restarts within [`LOOP_WINDOW`] that make a crash loop.
+const LOOP_RESTARTS: usize = 5;
+/// The window of a crash loop.
+const LOOP_WINDOW: Duration = Duration::from_secs(30);
+/// The first backoff; it doubles per restart up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// The longest backoff.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a child has to load its module and say ready.
+const READY_WITHIN: Duration = Duration::from_secs(10);
+
+/// One running child.
+pub struct Incarnation {
+    /// Its number (1 for the first start).
+    pub generation: u64,
+    /// Its segment.
+    pub seg: Segment,
+    /// Per worker, the socket the child pokes after a reply (taken once by
+    /// the worker when it attaches).
+    wake: Mutex<Vec<Option<UnixDatagram>>>,
+    wake_paths: Vec<PathBuf>,
+    /// The child's pid.
+    pub pid: u32,
+    /// The HTTP hooks the module declared (`MOLT_HOOK_*`; 0: every one).
+    pub hooks: u64,
+    dir: PathBuf,
+}
+
+impl Incarnation {
+    /// Worker `w`'s wake socket (once).
+    pub fn take_wake(&self, w: usize) -> Option<UnixDatagram> {
+        self.wake.lock().get_mut(w).and_then(Option::take)
+    }
+}
+
+impl Drop for Incarnation {
+    fn drop(&mut self) {
+        for p in &self.wake_paths {
+            let _ = std::fs::remove_file(p);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What status shows of an isolated module.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SupervisorStatus {
+    /// The module.
+    pub module: String,
+    /// `starting`, `running`, `restarting` (in backoff), `failed` (a crash
+    /// loop or a module that does not load), `stopped`.
+    pub state: &'static str,
+    /// The current child's pid.
+    pub pid: Option<u32>,
+    /// Children started after the first.
+    pub restarts: u64,
+    /// Why the last child ended (its exit status), or why a start failed.
+    pub last_exit: Option<String>,
+    /// The current incarnation.
+    pub generation: u64,
+    /// Hooks that failed because of the child (a death, a hang, a broken ring).
+    pub hook_failures: u64,
+}
+
+/// One isolated module's child, kept running.
+pub struct Supervisor {
+    cfg: IsolatedConfig,
+    molt: PathBuf,
+    run_dir: PathBuf,
+    workers: usize,
+    current: Mutex<Option<Arc<Incarnation>>>,
+    generation: AtomicU64,
+    status: Mutex<SupervisorStatus>,
+    stop: AtomicBool,
+    /// The pid to kill to end the current child (0: none).
+    pid: std::sync::atomic::AtomicU32,
+    hook_failures: AtomicU64,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Supervisor {
+    /// Start supervising `cfg` with `workers` pairs of rings, the child
+    /// being `molt module-host`; wait (up to 10 s) for the first child to
+    /// be ready, and return the supervisor either way (status says how the
+    /// start went).
+    pub fn start(cfg: IsolatedConfig, molt: PathBuf, run_dir: PathBuf, workers: usize) -> Arc<Supervisor> {
+        let sup = Arc::new(Supervisor {
+            status: Mutex::new(SupervisorStatus {
+                module: cfg.name.clone(),
+                state: "starting",
+                ..SupervisorStatus::default()
+            }),
+            cfg,
+            molt,
+            run_dir,
+            workers: workers.max(1),
+            current: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            pid: std::sync::atomic::AtomicU32::new(0),
+            hook_failures: AtomicU64::new(0),
+            thread: Mutex::new(None),
+        });
+        let s = sup.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("molt-iso-{}", sup.cfg.name))
+            .spawn(move || s.run())
+            .expect("a supervisor thread");
+        *sup.thread.lock() = Some(t);
+        let until = Instant::now() + READY_WITHIN;
+        while sup.current().is_none() && sup.status().state != "failed" && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        sup
+    }
+
+    /// The module's config.
+    pub fn config(&self) -> &IsolatedConfig {
+        &self.cfg
+    }
+
+    /// The running child, if one is ready.
+    pub fn current(&self) -> Option<Arc<Incarnation>> {
+        self.current.lock().clone()
+    }
+
+    /// The current incarnation's number (it changes when a child ends).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Status.
+    pub fn status(&self) -> SupervisorStatus {
+        let mut s = self.status.lock().clone();
+        s.hook_failures = self.hook_failures.load(Ordering::Relaxed);
+        s
+    }
+
+    /// Count a hook that failed because of the child.
+    pub fn count_hook_failure(&self) {
+        self.hook_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// End incarnation `generation`'s child now (a hung hook): the
+    /// supervisor starts another.
+    pub fn kill(&self, generation: u64) {
+        if self.generation() == generation {
+            let pid = self.pid.load(Ordering::Acquire);
+            if pid != 0 {
+                let _ = crate::sys::shm::kill(pid);
+            }
+        }
+    }
+
+    /// Stop supervising: the child is killed and not restarted.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let pid = self.pid.load(Ordering::Acquire);
+        if pid != 0 {
+            let _ = crate::sys::shm::kill(pid);
+        }
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+
+    fn set(&self, f: impl FnOnce(&mut SupervisorStatus)) {
+        f(&mut self.status.lock());
+    }
+
+    fn run(&self) {
+        let mut backoff = BACKOFF_MIN;
+        let mut recent: Vec<Instant> = Vec::new();
+        let mut started_once = false;
+        while !self.stop.load(Ordering::Acquire) {
+            let generation = self.generation() + 1;
+            let started = Instant::now();
+            let why: String = match self.start_child(generation) {
+                Ok((mut child, inc)) => {
+                    let pid = inc.pid;
+                    self.pid.store(pid, Ordering::Release);
+                    *self.current.lock() = Some(Arc::new(inc));
+                    self.generation.store(generation, Ordering::Release);
+                    self.set(|s| {
+                        s.state = "running";
+                        s.pid = Some(pid);
+                        s.generation = generation;
+                        if started_once {
+                            s.restarts += 1;
+                        }
+                    });
+                    if started_once {
+                        tracing::warn!(module = %self.cfg.name, pid, generation, "isolated module restarted");
+                    } else {
+                        tracing::info!(module = %self.cfg.name, pid, "isolated module started");
+                    }
+                    started_once = true;
+                    let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                    self.pid.store(0, Ordering::Release);
+                    *self.current.lock() = None;
+                    // Workers see the change and fail what they had in flight.
+                    self.generation.store(generation + 1, Ordering::Release);
+                    format!("the child (pid {pid}) exited: {status}")
+                }
+                Err(e) => e,
+            };
+            if self.stop.load(Ordering::Acquire) {
+                break;
+            }
+            tracing::warn!(module = %self.cfg.name, "isolated module: {why}");
+            if started.elapsed() > LOOP_WINDOW {
+                backoff = BACKOFF_MIN;
+            }
+            recent.retain(|t| t.elapsed() < LOOP_WINDOW);
+            recent.push(Instant::now());
+            if recent.len() >= LOOP_RESTARTS {
+                tracing::error!(module = %self.cfg.name, restarts = recent.len(), "isolated module in a crash loop: marked failed until molt restarts");
+                self.set(|s| {
+                    s.state = "failed";
+                    s.pid = None;
+                    s.last_exit = Some(why);
+                });
+                return;
+            }
+            self.set(|s| {
+                s.state = "restarting";
+                s.pid = None;
+                s.last_exit = Some(why);
+            });
+            let until = Instant::now() + backoff;
+            while Instant::now() < until && !self.stop.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        self.set(|s| {
+            s.state = "stopped";
+            s.pid = None;
+        });
+    }
+
+    /// Start a child for incarnation `generation` and wait for it to be ready.
+    fn start_child(&self, generation: u64) -> Result<(std::process::Child, Incarnation), String> {
+        let seg = Segment::create(ShmRing::segment_len(self.workers)).map_err(|e| e.to_string())?;
+        let tag = format!("{}-{}-{}", self.cfg.name, std::process::id(), generation);
+        let dir = self.run_dir.join("isolated").join(&tag);
+        crate::sys::files::ensure_private_dir(&self.run_dir.join("isolated"))?;
+        crate::sys::files::ensure_private_dir(&dir)?;
+        let mut wake = Vec::with_capacity(self.workers);
+        let mut wake_paths = Vec::with_capacity(self.workers);
+        for w in 0..self.workers {
+            let p = dir.join(format!("wake-{w}.sock"));
+            let s = UnixDatagram::bind(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            s.set_nonblocking(true).map_err(|e| e.to_string())?;
+            wake.push(Some(s));
+            wake_paths.push(p);
+        }
+        let mut cmd = Command::new(&self.molt);
+        cmd.arg("module-host")
+            .arg("--segment")
+            .arg(seg.os_id())
+            .arg("--module")
+            .arg(&self.cfg.path)
+            .arg("--run-dir")
+            .arg(dir.join("copy"))
+            .arg("--workers")
+            .arg(self.workers.to_string());
+        for p in &wake_paths {
+            cmd.arg("--wake").arg(p);
+        }
+        for (k, v) in &self.cfg.config {
+            cmd.arg("--config").arg(format!("{k}={v}"));
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {} for module {}: {e}", self.molt.display(), self.cfg.name))?;
+        let pid = child.id();
+        self.pid.store(pid, Ordering::Release);
+        let mut control = Consumer::new(ShmRing::control(&seg, self.workers));
+        match recv_control(&mut control, &mut child, READY_WITHIN) {
+            Ok(ready) => {
+                let hooks = ready.split('\n').nth(2).and_then(|h| h.parse().ok()).unwrap_or(0);
+                let inc = Incarnation { generation, seg, wake: Mutex::new(wake), wake_paths, pid, hooks, dir };
+                Ok((child, inc))
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.pid.store(0, Ordering::Release);
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(format!("module {} did not start: {e}", self.cfg.name))
+            }
+        }
+    }
+}

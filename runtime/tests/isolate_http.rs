@@ -1,0 +1,215 @@
+//! An isolated HTTP module in the real binary (`isolation = "process"`):
+//! `fixture_crash` segfaults its child on `X-Crash` and hangs it on
+//! `X-Loop`, under load. molt keeps serving, the child is restarted, status
+//! says why, and the failure policy decides what the requests that met the
+//! crash see.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::http::Client;
+use common::{RunDir, module_lib};
+use serde_json::Value;
+
+const MOLT: &str = env!("CARGO_BIN_EXE_molt");
+
+struct Molt {
+    child: Child,
+    http: SocketAddr,
+    socket: PathBuf,
+}
+
+impl Drop for Molt {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, policy: &str, backend: SocketAddr) -> Molt {
+    let run_dir = dir.join("run");
+    let cfg = dir.join("molt.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[runtime]
+workers = 2
+run_dir = "{run}"
+
+[[modules]]
+name = "fixture_crash"
+path = "{lib}"
+isolation = "process"
+hook_timeout_ms = 300
+failure_policy = "{policy}"
+
+[[http]]
+name = "web"
+listen = "127.0.0.1:0"
+[http.upstreams]
+back = ["{backend}"]
+[[http.routes]]
+path = "/"
+upstream = "back"
+modules = ["fixture_crash"]
+"#,
+            run = run_dir.display(),
+            lib = module_lib("fixture_crash").display(),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(MOLT)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .args(["--for", "120"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let http = loop {
+        let l = lines.next().expect("the banner").unwrap();
+        if let Some(rest) = l.strip_prefix("http: http://") {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Molt { child, http, socket: run_dir.join("ctl.sock") }
+}
+
+fn status(m: &Molt) -> Value {
+    let out = Command::new(MOLT).args(["ctl", "status", "--json", "--socket"]).arg(&m.socket).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn get(addr: SocketAddr, extra: &str) -> u16 {
+    let mut c = Client::connect(addr);
+    c.get_with("/echo", extra).map_or(0, |r| r.status)
+}
+
+/// Keep-alive GETs without a trap header until `stop`: (ok, failed).
+fn plain_load(addr: SocketAddr, stop: Arc<AtomicBool>, ok: Arc<AtomicU64>, failed: Arc<AtomicU64>) {
+    let mut c = Client::connect(addr);
+    while !stop.load(Ordering::Relaxed) {
+        match c.get("/echo") {
+            Some(r) if r.status == 200 => {
+                ok.fetch_add(1, Ordering::Relaxed);
+                if r.close {
+                    c = Client::connect(addr);
+                }
+            }
+            _ => {
+                failed.fetch_add(1, Ordering::Relaxed);
+                c = Client::connect(addr);
+            }
+        }
+    }
+}
+
+fn wait_running(m: &Molt, restarts: u64) -> Value {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status(m);
+        let iso = s["isolated"][0].clone();
+        if iso["state"] == "running" && iso["restarts"].as_u64() >= Some(restarts) {
+            return iso;
+        }
+        assert!(Instant::now() < until, "the child was not restarted: {iso}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// With `fail_open`, a crash costs nothing: requests that meet it go on
+/// without the module, and so do those arriving while the child restarts;
+/// a crash loop marks the module failed (status says so) and requests go
+/// on without it.
+#[test]
+fn under_load_a_crashing_isolated_module_fails_open_and_is_restarted() {
+    let dir = RunDir::new("iso-http-open");
+    let (backend, _) = common::http::backend("b");
+    let m = start(dir.path(), "fail_open", backend);
+    let pid = m.child.id();
+    let first = wait_running(&m, 0);
+    let (stop, ok, failed) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || plain_load(m.http, s, o, f))
+        })
+        .collect();
+    for i in 0..3 {
+        assert_eq!(get(m.http, "X-Crash: 1\r\n"), 200, "crash {i}: fail_open lets the request through");
+        wait_running(&m, i + 1);
+    }
+    // Two more within the crash-loop window (5 ends in 30 s): the module is
+    // marked failed and not restarted; requests go on without it.
+    assert_eq!(get(m.http, "X-Crash: 1\r\n"), 200);
+    wait_running(&m, 4);
+    assert_eq!(get(m.http, "X-Crash: 1\r\n"), 200);
+    let until = Instant::now() + Duration::from_secs(10);
+    while status(&m)["isolated"][0]["state"] != "failed" {
+        assert!(Instant::now() < until, "no crash loop seen: {}", status(&m)["isolated"][0]);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(m.http, ""), 200, "fail_open: served without the failed module");
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "plain requests failed");
+    assert!(ok.load(Ordering::Relaxed) > 100, "the load ran: {}", ok.load(Ordering::Relaxed));
+    let iso = status(&m)["isolated"][0].clone();
+    assert!(iso["last_exit"].as_str().unwrap().contains("SIGSEGV"), "{iso}");
+    assert_eq!(iso["state"], "failed");
+    assert_eq!(iso["restarts"], 4, "{iso}");
+    assert_ne!(iso["generation"], first["generation"]);
+    assert_eq!(m.child.id(), pid);
+    assert!(pid_alive(pid), "molt itself never went down");
+}
+
+/// With the default policy a request whose hook met the crash is answered
+/// 500; a hang is cut at hook_timeout_ms; after each restart requests
+/// succeed again; status and metrics tell it.
+#[test]
+fn a_crash_or_a_hang_is_a_500_for_that_request_and_the_child_comes_back() {
+    let dir = RunDir::new("iso-http-restart");
+    let (backend, _) = common::http::backend("b");
+    let m = start(dir.path(), "restart", backend);
+    wait_running(&m, 0);
+    assert_eq!(get(m.http, ""), 200);
+    let mut c = Client::connect(m.http);
+    let r = c.get_with("/echo", "X-Crash: 1\r\n").unwrap();
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("module fixture_crash failed at the request"), "{}", r.text());
+    wait_running(&m, 1);
+    assert_eq!(get(m.http, ""), 200);
+    let t = Instant::now();
+    assert_eq!(get(m.http, "X-Loop: 1\r\n"), 500);
+    assert!(t.elapsed() < Duration::from_secs(2), "cut at the hook timeout: {:?}", t.elapsed());
+    let iso = wait_running(&m, 2);
+    assert_eq!(get(m.http, ""), 200);
+    assert!(iso["last_exit"].as_str().unwrap().contains("SIGKILL"), "{iso}");
+    assert!(iso["hook_failures"].as_u64().unwrap() >= 2, "{iso}");
+    let out = Command::new(MOLT).args(["ctl", "metrics", "--socket"]).arg(&m.socket).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(r#"molt_isolated_restarts_total{module="fixture_crash"} 2"#), "{text}");
+    assert!(text.contains(r#"molt_isolated_up{module="fixture_crash"} 1"#), "{text}");
+    // The answer the module makes in its child reaches the client.
+    let mut c = Client::connect(m.http);
+    assert_eq!(c.get_with("/echo", "X-Answer: 1\r\n").unwrap().text(), "isolated answer");
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')))
+}
