@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use crate::module::spec::{FailurePolicy, ModuleConfig, SwapMode};
+pub use crate::module::spec::{FailurePolicy, IsolatedConfig, ModuleConfig, SwapMode};
 
 /// `[runtime]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -119,26 +119,6 @@ pub enum Isolation {
     /// In a supervised child process over shared-memory rings
     /// (`docs/isolation.md`): its crash is the child's.
     Process,
-}
-
-/// A `[[modules]]` entry with `isolation = "process"`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct IsolatedConfig {
-    /// The module's name.
-    pub name: String,
-    /// Its file.
-    pub path: PathBuf,
-    /// Optional sha256 pin.
-    pub sha256: Option<String>,
-    /// What requests see when it fails (a hook error, a crash, a hang).
-    pub failure_policy: FailurePolicy,
-    /// Its config, handed to init in the child.
-    pub config: Vec<(String, String)>,
-    /// A hook that takes longer fails (the child is killed and restarted).
-    pub hook_timeout_ms: u64,
-    /// Where it was declared.
-    #[serde(skip)]
-    pub origin: String,
 }
 
 #[derive(Debug, Deserialize)]

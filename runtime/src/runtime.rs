@@ -45,7 +45,7 @@ pub struct RuntimeConfig {
     /// Pin worker `i` to CPU `i` (modulo the CPUs allowed).
     pub pin_workers: bool,
     /// Modules run in child processes (`isolation = "process"`).
-    pub isolated: Vec<crate::config::IsolatedConfig>,
+    pub isolated: Vec<crate::module::spec::IsolatedConfig>,
     /// The `molt` binary their children run (default: this process's own).
     pub molt_bin: Option<PathBuf>,
 }

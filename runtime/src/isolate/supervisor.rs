@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::ring::Consumer;
 use super::shm::{ShmRing, recv_control};
-use crate::config::IsolatedConfig;
+use crate::module::spec::IsolatedConfig;
 use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering};
 use crate::sys::shm::Segment;
 

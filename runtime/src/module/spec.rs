@@ -49,3 +49,23 @@ pub struct ModuleConfig {
     #[serde(skip)]
     pub origin: String,
 }
+
+/// A `[[modules]]` entry with `isolation = "process"`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IsolatedConfig {
+    /// The module's name.
+    pub name: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// Optional sha256 pin.
+    pub sha256: Option<String>,
+    /// What requests see when it fails (a hook error, a crash, a hang).
+    pub failure_policy: FailurePolicy,
+    /// Its config, handed to init in the child.
+    pub config: Vec<(String, String)>,
+    /// A hook that takes longer fails (the child is killed and restarted).
+    pub hook_timeout_ms: u64,
+    /// Where it was declared.
+    #[serde(skip)]
+    pub origin: String,
+}
