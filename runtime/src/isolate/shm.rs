@@ -170,7 +170,14 @@ fn recv(
             futex_wait(c.mem().sleeping(), 1, NAP.min(within - waited));
         }
         c.awake();
-        alive()?;
+        if let Err(e) = alive() {
+            // What the peer published before it ended is still ours to read
+            // (it publishes before it exits).
+            if let Some(k) = c.pop(out).map_err(IsolateError::Ring)? {
+                return Ok(Some(k));
+            }
+            return Err(e);
+        }
     }
 }
 
