@@ -448,7 +448,7 @@ pub(super) struct IsoLinks {
 }
 
 struct IsoSlot {
-    sup: std::sync::Arc<crate::isolate::Supervisor>,
+    sup: crate::sync::Arc<crate::isolate::Supervisor>,
     conn: RefCell<Option<IsoConn>>,
     /// The last incarnation this worker attached to (its wake socket is
     /// taken: a child killed for a hang is not attached to again).
@@ -458,7 +458,7 @@ struct IsoSlot {
 struct IsoConn {
     generation: u64,
     /// Keeps the segment mapped while the rings are used.
-    _inc: std::sync::Arc<crate::isolate::Incarnation>,
+    _inc: crate::sync::Arc<crate::isolate::Incarnation>,
     to: crate::isolate::ring::Producer<crate::isolate::ShmRing>,
     from: crate::isolate::ring::Consumer<crate::isolate::ShmRing>,
     wake: mio::net::UnixDatagram,
@@ -486,7 +486,7 @@ impl IsoLinks {
         worker: usize,
         layer: usize,
         registry: mio::Registry,
-        sups: Vec<std::sync::Arc<crate::isolate::Supervisor>>,
+        sups: Vec<crate::sync::Arc<crate::isolate::Supervisor>>,
     ) -> IsoLinks {
         let slots = sups
             .into_iter()

@@ -162,7 +162,7 @@ impl HttpLayer {
         sites: Vec<(Arc<HttpSite>, std::net::TcpListener)>,
         stats: Arc<HttpStats>,
         paused: bool,
-        isolated: Vec<Arc<crate::isolate::Supervisor>>,
+        isolated: Vec<crate::sync::Arc<crate::isolate::Supervisor>>,
     ) -> std::io::Result<HttpLayer> {
         let mut groups = Vec::new();
         let mut slots = Vec::new();

@@ -1,13 +1,33 @@
 //! The rings in a shared-memory segment, the parent's [`Isolated`] and the
 //! child's [`host_main`].
 
+use crate::sync::{AtomicU32, AtomicU64};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
 use super::ring::{Consumer, HEADER, Producer, RingError, RingMem};
-use crate::sys::shm::{Segment, futex_wait, futex_wake};
+use crate::sys::shm::Segment;
+
+/// The futex word behind a ring's `sleeping` (a std atomic in shared
+/// memory; loom builds never get here: `ShmRing::of` refuses them).
+fn futex_word(a: &AtomicU32) -> &std::sync::atomic::AtomicU32 {
+    #[cfg(not(molt_loom))]
+    return a;
+    #[cfg(molt_loom)]
+    {
+        let _ = a;
+        unreachable!("shared-memory rings do not exist in loom builds")
+    }
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    crate::sys::shm::futex_wait(futex_word(word), expected, timeout);
+}
+
+fn futex_wake(word: &AtomicU32) {
+    crate::sys::shm::futex_wake(futex_word(word));
+}
 
 /// Data bytes of each ring.
 pub const RING_CAP: usize = 1 << 20;
@@ -57,6 +77,10 @@ unsafe impl Send for ShmRing {}
 impl ShmRing {
     /// Ring `index` of `seg` (laid out back to back, `HEADER + cap` each).
     fn of(seg: &Segment, index: usize, cap: usize) -> ShmRing {
+        // Loom's atomics are not memory layouts: no ring in shared memory there.
+        if cfg!(molt_loom) {
+            panic!("shared-memory rings do not exist in loom builds");
+        }
         assert!(seg.len() >= (index + 1) * (HEADER + cap), "segment too small for ring {index}");
         // SAFETY: within the segment (checked just above).
         let base = unsafe { seg.as_ptr().add(index * (HEADER + cap)) };
