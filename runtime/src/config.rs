@@ -107,6 +107,7 @@ struct RawModule {
     #[serde(default)]
     isolation: Isolation,
     hook_timeout_ms: Option<u64>,
+    sandbox: Option<crate::module::spec::Sandbox>,
 }
 
 /// Where a module's code runs.
@@ -557,6 +558,30 @@ impl Config {
                         ),
                     ));
                 }
+                if let Some(sb) = &m.sandbox {
+                    let checks = [
+                        ("address_space_mb", sb.address_space_mb, 16, 1 << 20),
+                        ("cpu_seconds", sb.cpu_seconds, 1, 1 << 31),
+                        ("open_files", sb.open_files, 8, 1 << 20),
+                    ];
+                    for (key, v, lo, hi) in checks {
+                        if let Some(v) = v.filter(|v| !(lo..=hi).contains(v)) {
+                            return Err(err(
+                                line,
+                                format!("key `modules.sandbox.{key}` of module {name}: {v} is not in {lo}..={hi}"),
+                            ));
+                        }
+                    }
+                    if let Some(p) = sb.allow_read.iter().find(|p| !p.is_absolute()) {
+                        return Err(err(
+                            line,
+                            format!(
+                                "key `modules.sandbox.allow_read` of module {name}: {} is not an absolute path",
+                                p.display()
+                            ),
+                        ));
+                    }
+                }
                 isolated.push(IsolatedConfig {
                     name,
                     path,
@@ -564,9 +589,18 @@ impl Config {
                     failure_policy: m.failure_policy,
                     config,
                     hook_timeout_ms: timeout,
+                    sandbox: m.sandbox,
                     origin: format!("{file}:{line}"),
                 });
                 continue;
+            }
+            if m.sandbox.is_some() {
+                return Err(err(
+                    line,
+                    format!(
+                        "key `modules.sandbox` of module {name}: only an isolated module (isolation = \"process\") runs in a child to confine"
+                    ),
+                ));
             }
             if m.hook_timeout_ms.is_some() {
                 return Err(err(

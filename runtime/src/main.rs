@@ -69,7 +69,9 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         workers: usize,
         #[arg(long = "wake")]
-        wake: Vec<PathBuf>,
+        wake: Vec<String>,
+        #[arg(long)]
+        sandbox: Option<String>,
     },
     /// (internal) The per-call child of `molt bench dispatch --process-per-call`.
     #[command(hide = true)]
@@ -251,7 +253,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::ModuleHost { segment, module, run_dir, config, workers, wake } => {
+        Command::ModuleHost { segment, module, run_dir, config, workers, wake, sandbox } => {
+            let sandbox = match sandbox.map(|s| serde_json::from_str(&s)).transpose() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("molt module-host: --sandbox: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let run = |config| {
                 let args = molt_runtime::isolate::HostArgs {
                     os_id: &segment,
@@ -260,6 +269,7 @@ fn main() -> ExitCode {
                     config,
                     workers,
                     wake,
+                    sandbox,
                 };
                 molt_runtime::isolate::host_main(args, &molt_runtime::http::isolated::serve_hook)
             };

@@ -435,9 +435,11 @@ pub struct HostArgs<'a> {
     /// Workers, one pair of rings each.
     pub workers: usize,
     /// Per worker, a datagram socket to poke after a reply (a worker waits
-    /// in its poller, not on a futex); none: the reader sleeps on the
-    /// reply ring's futex.
-    pub wake: Vec<PathBuf>,
+    /// in its poller, not on a futex): a path, or `@name` in the abstract
+    /// namespace; none: the reader sleeps on the reply ring's futex.
+    pub wake: Vec<String>,
+    /// How to confine this process before the module loads.
+    pub sandbox: Option<crate::sys::sandbox::Confinement>,
 }
 
 /// `molt module-host`: load the module, attach to the segment, report
@@ -460,6 +462,18 @@ pub fn host_main(args: HostArgs<'_>, hook: HookServer<'_>) -> Result<(), String>
     let poke = std::os::unix::net::UnixDatagram::unbound().map_err(|e| e.to_string())?;
     let _ = poke.set_nonblocking(true);
     crate::sys::files::ensure_private_dir(args.run_dir)?;
+    // Confined before the module's code runs at all (its init included).
+    let sandbox = match &args.sandbox {
+        None => "none".to_owned(),
+        Some(c) => match crate::sys::sandbox::confine(c) {
+            Ok(said) => said,
+            Err(e) => {
+                let _ =
+                    send(&mut control, kind::LOAD_FAILED, format!("sandbox: {e}").as_bytes(), Duration::from_secs(5));
+                return Err(e);
+            }
+        },
+    };
     let loader = crate::module::Loader::new(crate::sync::Arc::new(crate::host::Host::default()), args.run_dir)
         .map_err(|e| e.to_string())?;
     let forever = Duration::from_secs(3600);
@@ -472,7 +486,7 @@ pub fn host_main(args: HostArgs<'_>, hook: HookServer<'_>) -> Result<(), String>
         }
     };
     let meta = v.meta();
-    let ready = format!("{}\n{}\n{}", meta.name, meta.version, meta.http_hooks);
+    let ready = format!("{}\n{}\n{}\n{sandbox}", meta.name, meta.version, meta.http_hooks);
     send(&mut control, kind::READY, ready.as_bytes(), forever).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     let mut next = 0;
@@ -529,7 +543,7 @@ pub fn host_main(args: HostArgs<'_>, hook: HookServer<'_>) -> Result<(), String>
         }
         if let Some(path) = args.wake.get(w) {
             // A full socket buffer already holds a poke: the worker will look.
-            let _ = poke.send_to(b"!", path);
+            let _ = crate::sys::shm::poke(&poke, path);
         }
     };
     drop(v);

@@ -37,11 +37,12 @@ pub struct Incarnation {
     /// Per worker, the socket the child pokes after a reply (taken once by
     /// the worker when it attaches).
     wake: Mutex<Vec<Option<UnixDatagram>>>,
-    wake_paths: Vec<PathBuf>,
     /// The child's pid.
     pub pid: u32,
     /// The HTTP hooks the module declared (`MOLT_HOOK_*`; 0: every one).
     pub hooks: u64,
+    /// What confines the child, as it reported.
+    pub sandbox: String,
     dir: PathBuf,
 }
 
@@ -54,9 +55,6 @@ impl Incarnation {
 
 impl Drop for Incarnation {
     fn drop(&mut self) {
-        for p in &self.wake_paths {
-            let _ = std::fs::remove_file(p);
-        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -79,6 +77,8 @@ pub struct SupervisorStatus {
     pub generation: u64,
     /// Hooks that failed because of the child (a death, a hang, a broken ring).
     pub hook_failures: u64,
+    /// What confines the running child (`none`, or its limits and rules).
+    pub sandbox: Option<String>,
 }
 
 /// One isolated module's child, kept running.
@@ -197,12 +197,14 @@ impl Supervisor {
             let why: String = match self.start_child(generation) {
                 Ok((mut child, inc)) => {
                     let pid = inc.pid;
+                    let sandbox = inc.sandbox.clone();
                     self.pid.store(pid, Ordering::Release);
                     *self.current.lock() = Some(Arc::new(inc));
                     self.generation.store(generation, Ordering::Release);
                     self.set(|s| {
                         s.state = "running";
                         s.pid = Some(pid);
+                        s.sandbox = Some(sandbox);
                         s.generation = generation;
                         if started_once {
                             s.restarts += 1;
@@ -266,13 +268,15 @@ impl Supervisor {
         crate::sys::files::ensure_private_dir(&self.run_dir.join("isolated"))?;
         crate::sys::files::ensure_private_dir(&dir)?;
         let mut wake = Vec::with_capacity(self.workers);
-        let mut wake_paths = Vec::with_capacity(self.workers);
+        // Abstract names (no path: a long run dir would not fit a socket
+        // address), random so nobody can take them first; a poke carries
+        // nothing but "look at your ring".
+        let mut wake_names = Vec::with_capacity(self.workers);
         for w in 0..self.workers {
-            let p = dir.join(format!("wake-{w}.sock"));
-            let s = UnixDatagram::bind(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-            s.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let name = format!("molt-wake-{}-{w}", uuid::Uuid::new_v4().simple());
+            let s = crate::sys::shm::bind_abstract_datagram(&name).map_err(|e| format!("wake socket {name}: {e}"))?;
             wake.push(Some(s));
-            wake_paths.push(p);
+            wake_names.push(format!("@{name}"));
         }
         let mut cmd = Command::new(&self.molt);
         cmd.arg("module-host")
@@ -284,11 +288,22 @@ impl Supervisor {
             .arg(dir.join("copy"))
             .arg("--workers")
             .arg(self.workers.to_string());
-        for p in &wake_paths {
-            cmd.arg("--wake").arg(p);
+        for n in &wake_names {
+            cmd.arg("--wake").arg(n);
         }
         for (k, v) in &self.cfg.config {
             cmd.arg("--config").arg(format!("{k}={v}"));
+        }
+        if let Some(sb) = &self.cfg.sandbox {
+            let c = crate::sys::sandbox::Confinement {
+                address_space: sb.address_space_mb.map(|m| m << 20),
+                cpu_seconds: sb.cpu_seconds,
+                open_files: sb.open_files,
+                confine_files: sb.files == crate::module::spec::SandboxFiles::Confined,
+                read: std::iter::once(self.cfg.path.clone()).chain(sb.allow_read.iter().cloned()).collect(),
+                write: vec![dir.join("copy")],
+            };
+            cmd.arg("--sandbox").arg(serde_json::to_string(&c).map_err(|e| e.to_string())?);
         }
         let mut child = cmd
             .stdin(Stdio::null())
@@ -300,7 +315,8 @@ impl Supervisor {
         match recv_control(&mut control, &mut child, READY_WITHIN) {
             Ok(ready) => {
                 let hooks = ready.split('\n').nth(2).and_then(|h| h.parse().ok()).unwrap_or(0);
-                let inc = Incarnation { generation, seg, wake: Mutex::new(wake), wake_paths, pid, hooks, dir };
+                let sandbox = ready.split('\n').nth(3).unwrap_or("none").to_owned();
+                let inc = Incarnation { generation, seg, wake: Mutex::new(wake), pid, hooks, sandbox, dir };
                 Ok((child, inc))
             }
             Err(e) => {

@@ -65,7 +65,41 @@ pub struct IsolatedConfig {
     pub config: Vec<(String, String)>,
     /// A hook that takes longer fails (the child is killed and restarted).
     pub hook_timeout_ms: u64,
+    /// How its child is confined (`[modules.sandbox]`).
+    pub sandbox: Option<Sandbox>,
     /// Where it was declared.
     #[serde(skip)]
     pub origin: String,
+}
+
+/// `[modules.sandbox]` of an isolated module: what confines its child.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sandbox {
+    /// `RLIMIT_AS`, MiB.
+    pub address_space_mb: Option<u64>,
+    /// `RLIMIT_CPU`: seconds of CPU time the child may use (then it is
+    /// killed, and restarted like any crash).
+    pub cpu_seconds: Option<u64>,
+    /// `RLIMIT_NOFILE`.
+    pub open_files: Option<u64>,
+    /// `"confined"`: the child may read only what loading its module needs
+    /// and `allow_read`, and write only its private directory (Landlock);
+    /// `"any"` (the default): files as molt's user may.
+    #[serde(default)]
+    pub files: SandboxFiles,
+    /// More paths it may read (and execute) with `files = "confined"`.
+    #[serde(default)]
+    pub allow_read: Vec<PathBuf>,
+}
+
+/// File access of a sandboxed child.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxFiles {
+    /// As molt's user may.
+    #[default]
+    Any,
+    /// What loading needs, `allow_read`, and its private directory.
+    Confined,
 }

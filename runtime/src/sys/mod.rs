@@ -18,6 +18,8 @@
 //! * [`creds`]: the uid and pid at the other end of a Unix socket;
 //! * [`fdpass`]: frames with descriptors over a Unix socket (`SCM_RIGHTS`),
 //!   for the binary upgrade's handover;
+//! * [`sandbox`]: confining an isolated module's child (rlimits,
+//!   `no_new_privs`, Landlock);
 //! * [`sd`]: systemd socket activation (`LISTEN_FDS`) and readiness
 //!   (`NOTIFY_SOCKET`);
 //! * [`shm`]: shared-memory segments (the `shared_memory` crate) and the
@@ -37,5 +39,6 @@ pub mod files;
 pub mod listen;
 pub mod mapfile;
 pub mod maps;
+pub mod sandbox;
 pub mod sd;
 pub mod shm;

@@ -83,3 +83,27 @@ pub fn kill(pid: u32) -> std::io::Result<()> {
     rustix::process::kill_process(pid, rustix::process::Signal::KILL)?;
     Ok(())
 }
+
+/// A non-blocking datagram socket bound to `name` in the abstract
+/// namespace (Linux): no file, so no path length limit and nothing left
+/// behind.
+pub fn bind_abstract_datagram(name: &str) -> std::io::Result<std::os::unix::net::UnixDatagram> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let s = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// Send a one-byte poke from `sock` to `to`: a path, or `@name` in the
+/// abstract namespace. A full receive buffer already holds a poke.
+pub fn poke(sock: &std::os::unix::net::UnixDatagram, to: &str) -> std::io::Result<()> {
+    match to.strip_prefix('@') {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+            sock.send_to_addr(b"!", &addr).map(|_| ())
+        }
+        None => sock.send_to(b"!", to).map(|_| ()),
+    }
+}
