@@ -463,16 +463,16 @@ pub fn host_main(args: HostArgs<'_>, hook: HookServer<'_>) -> Result<(), String>
     let _ = poke.set_nonblocking(true);
     crate::sys::files::ensure_private_dir(args.run_dir)?;
     // Confined before the module's code runs at all (its init included).
-    let sandbox = match &args.sandbox {
-        None => "none".to_owned(),
-        Some(c) => match crate::sys::sandbox::confine(c) {
-            Ok(said) => said,
-            Err(e) => {
-                let _ =
-                    send(&mut control, kind::LOAD_FAILED, format!("sandbox: {e}").as_bytes(), Duration::from_secs(5));
-                return Err(e);
-            }
-        },
+    let confined = match &args.sandbox {
+        None => crate::sys::sandbox::no_new_privs(),
+        Some(c) => crate::sys::sandbox::confine(c),
+    };
+    let sandbox = match confined {
+        Ok(said) => said,
+        Err(e) => {
+            let _ = send(&mut control, kind::LOAD_FAILED, format!("sandbox: {e}").as_bytes(), Duration::from_secs(5));
+            return Err(e);
+        }
     };
     let loader = crate::module::Loader::new(crate::sync::Arc::new(crate::host::Host::default()), args.run_dir)
         .map_err(|e| e.to_string())?;
