@@ -72,6 +72,8 @@ enum Command {
         wake: Vec<String>,
         #[arg(long)]
         sandbox: Option<String>,
+        #[arg(long)]
+        state: Option<PathBuf>,
     },
     /// (internal) The per-call child of `molt bench dispatch --process-per-call`.
     #[command(hide = true)]
@@ -253,7 +255,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::ModuleHost { segment, module, run_dir, config, workers, wake, sandbox } => {
+        Command::ModuleHost { segment, module, run_dir, config, workers, wake, sandbox, state } => {
             let sandbox = match sandbox.map(|s| serde_json::from_str(&s)).transpose() {
                 Ok(s) => s,
                 Err(e) => {
@@ -270,6 +272,7 @@ fn main() -> ExitCode {
                     workers,
                     wake,
                     sandbox,
+                    state,
                 };
                 molt_runtime::isolate::host_main(args, &molt_runtime::http::isolated::serve_hook)
             };

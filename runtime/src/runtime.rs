@@ -613,12 +613,16 @@ impl Runtime {
         }
         // Isolated modules' children start first: the workers' HTTP layers
         // link to them.
+        // They share the state region (their blocks are created in it here).
+        let host = Arc::new(Host::new(open_state(&config, inherited.state_file.take())?));
         let molt_bin =
             config.molt_bin.clone().or_else(|| std::env::current_exe().ok()).unwrap_or_else(|| "molt".into());
         let isolated: Vec<Arc<crate::isolate::Supervisor>> = config
             .isolated
             .iter()
-            .map(|c| crate::isolate::Supervisor::start(c.clone(), molt_bin.clone(), config.run_dir.clone(), n))
+            .map(|c| {
+                crate::isolate::Supervisor::start(c.clone(), molt_bin.clone(), config.run_dir.clone(), n, host.clone())
+            })
             .collect();
         let (tx, rx) = crossbeam_channel::bounded(crate::host::HOST_REPLIES_MAX);
         let fleet = Arc::new(Fleet::new(workers, tx, Registry::new(&config.run_dir, config.registry.clone())?));
@@ -626,10 +630,7 @@ impl Runtime {
             fleet,
             reaper: Arc::new(Reaper::default()),
             unloads: Mutex::new(std::collections::VecDeque::new()),
-            loader: Loader::new(
-                Arc::new(Host::new(open_state(&config, inherited.state_file.take())?)),
-                &config.run_dir,
-            )?,
+            loader: Loader::new(host, &config.run_dir)?,
             versions: Mutex::new(BTreeMap::new()),
             run_dir: config.run_dir.clone(),
             http_sites: Mutex::new(Vec::new()),

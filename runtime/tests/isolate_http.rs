@@ -52,8 +52,7 @@ run_dir = "{run}"
 [[modules]]
 name = "fixture_crash"
 path = "{lib}"
-isolation = "process"
-hook_timeout_ms = 300
+{isolation}
 failure_policy = "{policy}"
 {sandbox}
 
@@ -69,6 +68,8 @@ modules = ["fixture_crash"]
 "#,
             run = run_dir.display(),
             lib = module_lib("fixture_crash").display(),
+            isolation = if sandbox == "in process" { "" } else { "isolation = \"process\"\nhook_timeout_ms = 300" },
+            sandbox = if sandbox == "in process" { "" } else { sandbox },
         ),
     )
     .unwrap();
@@ -258,4 +259,44 @@ fn a_sandboxed_child_cannot_open_files_it_was_not_given() {
     assert_eq!(open(&m, Path::new("/etc/passwd")), (403, "denied".to_owned()));
     assert_eq!(open(&m, &allowed), (200, "opened".to_owned()), "allow_read");
     assert_eq!(get(m.http, ""), 200, "and it serves");
+}
+
+fn count(m: &Molt) -> u64 {
+    let mut c = Client::connect(m.http);
+    let r = c.get_with("/echo", "X-Count: 1\r\n").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text().parse().unwrap()
+}
+
+/// The child maps molt's state file: the block it asked for is created by
+/// molt (status lists it), its writes survive a crash of the child and a
+/// restart of molt, and the same module run in process finds them.
+#[test]
+fn state_written_by_the_child_outlives_it_and_molt() {
+    let dir = RunDir::new("iso-http-state");
+    let (backend, _) = common::http::backend("b");
+    let first = {
+        let m = start(dir.path(), "restart", backend);
+        wait_running(&m, 0);
+        let a = count(&m);
+        assert_eq!(count(&m), a + 1);
+        let blocks = status(&m)["state_blocks"].clone();
+        assert!(
+            blocks.as_array().unwrap().iter().any(|b| b["owner"] == "fixture_crash" && b["name"] == "hits"),
+            "molt made the child's block: {blocks}"
+        );
+        // The crash comes after its REQUEST hook counted.
+        assert_eq!(get(m.http, "X-Crash: 1\r\n"), 500);
+        wait_running(&m, 1);
+        assert_eq!(count(&m), a + 3, "the new child continues the count");
+        a + 3
+    };
+    // molt restarted, the module now in process: the same block.
+    let m = start_with(dir.path(), "restart", backend, "in process");
+    let until = Instant::now() + Duration::from_secs(10);
+    while get(m.http, "") != 200 {
+        assert!(Instant::now() < until, "molt did not serve");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(count(&m), first + 2, "in process, the module finds what its child wrote");
 }

@@ -54,6 +54,12 @@ mod kind {
     pub const HOOK: u32 = 7;
     /// child → parent: the hook ran; payload: its edits and failure.
     pub const HOOK_DONE: u32 = 8;
+    /// child → supervisor: create a state block (the child's region is a
+    /// secondary); payload: schema (u32), minimum length (u64), name.
+    pub const STATE_OPEN: u32 = 9;
+    /// supervisor → child: the block is there; payload: status (i32) and
+    /// the error text.
+    pub const STATE_DONE: u32 = 10;
 }
 
 /// What runs an HTTP hook in the child: the module version and the
@@ -108,9 +114,15 @@ impl ShmRing {
         ShmRing::of(seg, 2 * workers, RING_CAP)
     }
 
-    /// The size of a segment for `workers` pairs and the control ring.
+    /// The supervisor's answers to the child's requests (state blocks to
+    /// create): the ring after the control ring.
+    pub fn control_in(seg: &Segment, workers: usize) -> ShmRing {
+        ShmRing::of(seg, 2 * workers + 1, RING_CAP)
+    }
+
+    /// The size of a segment for `workers` pairs and the two control rings.
     pub fn segment_len(workers: usize) -> usize {
-        (2 * workers + 1) * (HEADER + RING_CAP)
+        (2 * workers + 2) * (HEADER + RING_CAP)
     }
 
     fn word<T>(&self, offset: usize) -> &T {
@@ -205,25 +217,48 @@ fn recv(
     }
 }
 
+/// Creates a state block for a child: (name, schema, minimum length).
+pub(super) type BlockMaker<'a> = &'a dyn Fn(&str, u32, u64) -> Result<(), (i32, String)>;
+
 /// Wait (at most `within`) for a child's report on its control ring: the
 /// ready text (name, version and declared hooks, a line each), or why it
-/// did not load.
+/// did not load. Meanwhile its requests to create state blocks are
+/// answered with `create` (owner-checked by the caller), on `answer`.
 pub(super) fn recv_control(
     control: &mut Consumer<ShmRing>,
+    answer: &mut Producer<ShmRing>,
     child: &mut Child,
     within: Duration,
+    create: BlockMaker<'_>,
 ) -> Result<String, String> {
+    let until = Instant::now() + within;
     let mut buf = Vec::new();
-    let got = recv(control, &mut buf, within, || match child.try_wait() {
-        Ok(Some(status)) => Err(IsolateError::Died(status.to_string())),
-        _ => Ok(()),
-    })
-    .map_err(|e| e.to_string())?;
-    match got {
-        Some(kind::READY) => Ok(String::from_utf8_lossy(&buf).into_owned()),
-        Some(kind::LOAD_FAILED) => Err(String::from_utf8_lossy(&buf).into_owned()),
-        Some(_) => Err("its first report is not the protocol's".into()),
-        None => Err(format!("it was not ready within {} s", within.as_secs())),
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let got = recv(control, &mut buf, left, || match child.try_wait() {
+            Ok(Some(status)) => Err(IsolateError::Died(status.to_string())),
+            _ => Ok(()),
+        })
+        .map_err(|e| e.to_string())?;
+        match got {
+            Some(kind::READY) => return Ok(String::from_utf8_lossy(&buf).into_owned()),
+            Some(kind::LOAD_FAILED) => return Err(String::from_utf8_lossy(&buf).into_owned()),
+            Some(kind::STATE_OPEN) if buf.len() > 12 => {
+                let schema = u32::from_le_bytes(buf[..4].try_into().unwrap_or_default());
+                let min_len = u64::from_le_bytes(buf[4..12].try_into().unwrap_or_default());
+                let result = match std::str::from_utf8(&buf[12..]) {
+                    Ok(name) => create(name, schema, min_len),
+                    Err(_) => Err((molt_abi::ffi::MOLT_ERR_INVALID_ARG, "a block name that is not UTF-8".into())),
+                };
+                let mut reply = Vec::new();
+                let (status, text) = result.err().unwrap_or((0, String::new()));
+                reply.extend_from_slice(&status.to_le_bytes());
+                reply.extend_from_slice(text.as_bytes());
+                send(answer, kind::STATE_DONE, &reply, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+            }
+            Some(_) => return Err("a report that is not the protocol's".into()),
+            None => return Err(format!("it was not ready within {} s", within.as_secs())),
+        }
     }
 }
 
@@ -440,6 +475,10 @@ pub struct HostArgs<'a> {
     pub wake: Vec<String>,
     /// How to confine this process before the module loads.
     pub sandbox: Option<crate::sys::sandbox::Confinement>,
+    /// molt's state file, mapped here as a secondary (blocks the module
+    /// lacks are created by molt, asked over the control rings); none: a
+    /// region in this process's memory.
+    pub state: Option<PathBuf>,
 }
 
 /// `molt module-host`: load the module, attach to the segment, report
@@ -458,7 +497,45 @@ pub fn host_main(args: HostArgs<'_>, hook: HookServer<'_>) -> Result<(), String>
     }
     let mut from: Vec<Consumer<ShmRing>> = (0..workers).map(|w| Consumer::new(ShmRing::request(&seg, w))).collect();
     let mut to: Vec<Producer<ShmRing>> = (0..workers).map(|w| Producer::new(ShmRing::reply(&seg, w))).collect();
-    let mut control = Producer::new(ShmRing::control(&seg, workers));
+    let control = std::sync::Arc::new(std::sync::Mutex::new((
+        Producer::new(ShmRing::control(&seg, workers)),
+        Consumer::new(ShmRing::control_in(&seg, workers)),
+    )));
+    let report = |kind: u32, payload: &[u8]| {
+        let mut c = control.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        send(&mut c.0, kind, payload, Duration::from_secs(5))
+    };
+    // The state region first (its file is opened before any confinement).
+    let region = match &args.state {
+        None => crate::state::Region::anonymous(crate::host::ANON_STATE_SIZE).map_err(|e| e.to_string())?,
+        Some(p) => match crate::state::Region::open_secondary(p) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = report(kind::LOAD_FAILED, e.to_string().as_bytes());
+                return Err(e.to_string());
+            }
+        },
+    };
+    if args.state.is_some() {
+        let ctl = control.clone();
+        region.set_creator(Box::new(move |_owner, name, schema, min_len| {
+            let mut c = ctl.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut m = Vec::with_capacity(12 + name.len());
+            m.extend_from_slice(&schema.to_le_bytes());
+            m.extend_from_slice(&min_len.to_le_bytes());
+            m.extend_from_slice(name.as_bytes());
+            let failed = |e: IsolateError| (molt_abi::ffi::MOLT_ERR_FAILED, format!("asking molt for state block {name:?}: {e}"));
+            send(&mut c.0, kind::STATE_OPEN, &m, Duration::from_secs(5)).map_err(failed)?;
+            let mut out = Vec::new();
+            match recv(&mut c.1, &mut out, Duration::from_secs(5), || Ok(())).map_err(failed)? {
+                Some(kind::STATE_DONE) if out.len() >= 4 => {
+                    let status = i32::from_le_bytes(out[..4].try_into().unwrap_or_default());
+                    if status == 0 { Ok(()) } else { Err((status, String::from_utf8_lossy(&out[4..]).into_owned())) }
+                }
+                _ => Err((molt_abi::ffi::MOLT_ERR_FAILED, format!("molt did not create state block {name:?} (state_open works in init only for an isolated module)"))),
+            }
+        }));
+    }
     let poke = std::os::unix::net::UnixDatagram::unbound().map_err(|e| e.to_string())?;
     let _ = poke.set_nonblocking(true);
     crate::sys::files::ensure_private_dir(args.run_dir)?;
@@ -470,24 +547,24 @@ pub fn host_main(args: HostArgs<'_>, hook: HookServer<'_>) -> Result<(), String>
     let sandbox = match confined {
         Ok(said) => said,
         Err(e) => {
-            let _ = send(&mut control, kind::LOAD_FAILED, format!("sandbox: {e}").as_bytes(), Duration::from_secs(5));
+            let _ = report(kind::LOAD_FAILED, format!("sandbox: {e}").as_bytes());
             return Err(e);
         }
     };
-    let loader = crate::module::Loader::new(crate::sync::Arc::new(crate::host::Host::default()), args.run_dir)
+    let loader = crate::module::Loader::new(crate::sync::Arc::new(crate::host::Host::new(region)), args.run_dir)
         .map_err(|e| e.to_string())?;
     let forever = Duration::from_secs(3600);
     let spec = crate::module::ModuleSpec { config: args.config, ..crate::module::ModuleSpec::new(args.module) };
     let v = match loader.load(&spec) {
         Ok(v) => v,
         Err(e) => {
-            let _ = send(&mut control, kind::LOAD_FAILED, e.to_string().as_bytes(), forever);
+            let _ = report(kind::LOAD_FAILED, e.to_string().as_bytes());
             return Err(e.to_string());
         }
     };
     let meta = v.meta();
     let ready = format!("{}\n{}\n{}\n{sandbox}", meta.name, meta.version, meta.http_hooks);
-    send(&mut control, kind::READY, ready.as_bytes(), forever).map_err(|e| e.to_string())?;
+    report(kind::READY, ready.as_bytes()).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     let mut next = 0;
     let mut idle_since: Option<Instant> = None;

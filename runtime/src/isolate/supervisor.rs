@@ -84,6 +84,8 @@ pub struct SupervisorStatus {
 /// One isolated module's child, kept running.
 pub struct Supervisor {
     cfg: IsolatedConfig,
+    /// molt's host: its state region creates the blocks the child asks for.
+    host: Arc<crate::host::Host>,
     molt: PathBuf,
     run_dir: PathBuf,
     workers: usize,
@@ -102,7 +104,13 @@ impl Supervisor {
     /// being `molt module-host`; wait (up to 10 s) for the first child to
     /// be ready, and return the supervisor either way (status says how the
     /// start went).
-    pub fn start(cfg: IsolatedConfig, molt: PathBuf, run_dir: PathBuf, workers: usize) -> Arc<Supervisor> {
+    pub fn start(
+        cfg: IsolatedConfig,
+        molt: PathBuf,
+        run_dir: PathBuf,
+        workers: usize,
+        host: Arc<crate::host::Host>,
+    ) -> Arc<Supervisor> {
         let sup = Arc::new(Supervisor {
             status: Mutex::new(SupervisorStatus {
                 module: cfg.name.clone(),
@@ -110,6 +118,7 @@ impl Supervisor {
                 ..SupervisorStatus::default()
             }),
             cfg,
+            host,
             molt,
             run_dir,
             workers: workers.max(1),
@@ -294,6 +303,9 @@ impl Supervisor {
         for (k, v) in &self.cfg.config {
             cmd.arg("--config").arg(format!("{k}={v}"));
         }
+        if let Some(p) = self.host.state.path() {
+            cmd.arg("--state").arg(p);
+        }
         if let Some(sb) = &self.cfg.sandbox {
             let c = crate::sys::sandbox::Confinement {
                 address_space: sb.address_space_mb.map(|m| m << 20),
@@ -312,7 +324,26 @@ impl Supervisor {
         let pid = child.id();
         self.pid.store(pid, Ordering::Release);
         let mut control = Consumer::new(ShmRing::control(&seg, self.workers));
-        match recv_control(&mut control, &mut child, READY_WITHIN) {
+        let mut answer = super::ring::Producer::new(ShmRing::control_in(&seg, self.workers));
+        let owner = self.cfg.name.clone();
+        let state = &self.host.state;
+        // The child's blocks are made here, in its module's name only; a
+        // schema change would need a migration across processes: refused.
+        let create = |name: &str, schema: u32, min_len: u64| -> Result<(), (i32, String)> {
+            match state.open_block(&owner, name, schema, min_len)? {
+                crate::state::Opened::Existing { .. } | crate::state::Opened::Created { .. } => Ok(()),
+                crate::state::Opened::NeedsMigration { dst, from_schema, .. } => {
+                    let _ = state.abort_migration(dst);
+                    Err((
+                        molt_abi::ffi::MOLT_ERR_SCHEMA,
+                        format!(
+                            "state block {owner}/{name} is at schema {from_schema}: an isolated module cannot migrate it (run the module in process for the migration)"
+                        ),
+                    ))
+                }
+            }
+        };
+        match recv_control(&mut control, &mut answer, &mut child, READY_WITHIN, &create) {
             Ok(ready) => {
                 let hooks = ready.split('\n').nth(2).and_then(|h| h.parse().ok()).unwrap_or(0);
                 let sandbox = ready.split('\n').nth(3).unwrap_or("none").to_owned();

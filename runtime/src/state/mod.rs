@@ -126,6 +126,9 @@ pub struct Region {
     /// (directory commits never come from two processes), and block
     /// contents, which the modules write with atomics, are shared.
     writer: std::sync::atomic::AtomicBool,
+    /// A secondary's way to have a block created (an isolated module's child
+    /// asks molt, the file's writer), after which it reads the directory again.
+    creator: std::sync::OnceLock<Box<Creator>>,
     /// Every range flushed, in order (the unit tests check the order).
     #[cfg(test)]
     flushed: Mutex<Vec<(u64, u64)>>,
@@ -136,6 +139,10 @@ impl std::fmt::Debug for Region {
         f.debug_struct("Region").field("path", &self.path).field("size", &self.size).finish()
     }
 }
+
+/// How a secondary region has a missing block created: (owner, name,
+/// schema, minimum length) to the writer.
+pub type Creator = dyn Fn(&str, &str, u32, u64) -> Result<(), (molt_status, String)> + Send + Sync;
 
 /// The smallest region: header and one page of blocks.
 pub const MIN_SIZE: u64 = DATA + PAGE;
@@ -203,6 +210,37 @@ impl Region {
         Self::from_locked(file, path, None, false)
     }
 
+    /// The state file at `path` mapped by a process that is not its writer
+    /// and does not hold its lock: an isolated module's child, beside molt,
+    /// which holds both. Validated as at any open; blocks it lacks are
+    /// created through [`Region::set_creator`].
+    pub fn open_secondary(path: &Path) -> Result<Region, StateError> {
+        let file = sys::mapfile::open_nofollow(path).map_err(|e| match e {
+            sys::mapfile::OpenError::Symlink => {
+                err(path, "it is a symbolic link", "Point state_file at the real file.")
+            }
+            sys::mapfile::OpenError::Io(e) => err(path, format!("cannot open it: {e}"), ""),
+        })?;
+        Self::from_locked(file, path, None, false)
+    }
+
+    /// Have missing blocks created by `f` (a secondary region).
+    pub fn set_creator(&self, f: Box<Creator>) {
+        let _ = self.creator.set(f);
+    }
+
+    /// Read the directory again from the file (a secondary, after the
+    /// writer changed it).
+    fn refresh(&self, a: &mut Active) -> Result<(), (molt_status, String)> {
+        let Some(file) = &self.file else { return Ok(()) };
+        let mut head = vec![0u8; DATA.min(self.size) as usize];
+        file.read_exact_at(&mut head, 0).map_err(|e| (MOLT_ERR_FAILED, format!("state file: cannot read it: {e}")))?;
+        let (_, dir, copy) =
+            Self::validate(&head, self.size).map_err(|e| (MOLT_ERR_FAILED, format!("state file: {e}")))?;
+        *a = Active { dir, copy };
+        Ok(())
+    }
+
     /// Open a file this process holds the lock of; `reset`: discard its
     /// contents for an empty region of that size.
     fn from_locked(file: File, path: &Path, reset: Option<u64>, writer: bool) -> Result<Region, StateError> {
@@ -252,6 +290,7 @@ impl Region {
             active: Mutex::new(active),
             warning,
             writer: std::sync::atomic::AtomicBool::new(writer),
+            creator: std::sync::OnceLock::new(),
             #[cfg(test)]
             flushed: Mutex::new(Vec::new()),
         })
@@ -296,6 +335,7 @@ impl Region {
             active: Mutex::new(Active { dir: Directory { seq: 1, entries: vec![] }, copy: 0 }),
             warning: None,
             writer: std::sync::atomic::AtomicBool::new(true),
+            creator: std::sync::OnceLock::new(),
             #[cfg(test)]
             flushed: Mutex::new(Vec::new()),
         };
@@ -471,7 +511,15 @@ impl Region {
             return Err((MOLT_ERR_INVALID_ARG, format!("state block name {name:?} must be 1 to 64 bytes")));
         }
         let mut a = self.active.lock();
-        let live = a.dir.entries.iter().find(|e| e.owner == owner && e.name == name && e.flags == F_LIVE).cloned();
+        let mut live = a.dir.entries.iter().find(|e| e.owner == owner && e.name == name && e.flags == F_LIVE).cloned();
+        if live.is_none() && !self.is_writer() {
+            if let Some(create) = self.creator.get() {
+                // The writer makes it; then it is in the file's directory.
+                create(owner, name, schema, min_len)?;
+                self.refresh(&mut a)?;
+                live = a.dir.entries.iter().find(|e| e.owner == owner && e.name == name && e.flags == F_LIVE).cloned();
+            }
+        }
         if live.as_ref().is_none_or(|b| b.schema != schema) {
             self.writable()?;
         }
