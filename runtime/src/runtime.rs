@@ -128,8 +128,12 @@ pub struct RuntimeShared {
     /// The run dir's instance lock, held for the runtime's life (a binary
     /// upgrade hands this very descriptor over).
     run_dir_lock: std::fs::File,
-    /// The isolated modules' supervisors.
-    isolated: Vec<Arc<crate::isolate::Supervisor>>,
+    /// The isolated modules' supervisors serving new transactions.
+    isolated: Mutex<Vec<Arc<crate::isolate::Supervisor>>>,
+    /// Those a swap replaced, until their transactions are done.
+    isolated_retiring: Mutex<Vec<Arc<crate::isolate::Supervisor>>>,
+    /// The binary isolated modules' children run.
+    molt_bin: PathBuf,
     /// The digest of the config last loaded whole (see
     /// [`crate::ctl::ConfigSource::digest`]), for a binary upgrade's check.
     config_digest: Mutex<Option<String>>,
@@ -382,9 +386,88 @@ impl RuntimeShared {
         Ok(f())
     }
 
-    /// The isolated modules' supervisors.
-    pub fn isolated(&self) -> &[Arc<crate::isolate::Supervisor>] {
-        &self.isolated
+    /// The isolated modules' supervisors serving new transactions.
+    pub fn isolated(&self) -> Vec<Arc<crate::isolate::Supervisor>> {
+        self.isolated.lock().clone()
+    }
+
+    /// Those a swap replaced, still finishing their transactions.
+    pub fn isolated_retiring(&self) -> Vec<Arc<crate::isolate::Supervisor>> {
+        self.isolated_retiring.lock().clone()
+    }
+
+    /// Start a supervisor for `cfg` (a swap's new version), waiting up to
+    /// 10 s for its child to be ready.
+    pub fn start_isolated(&self, cfg: crate::module::spec::IsolatedConfig) -> Arc<crate::isolate::Supervisor> {
+        crate::isolate::Supervisor::start(
+            cfg,
+            self.molt_bin.clone(),
+            self.run_dir.clone(),
+            self.workers().len(),
+            self.loader.host().clone(),
+        )
+    }
+
+    /// Publish a swap of isolated modules: `new` serve new transactions on
+    /// every worker from now on; the supervisors they replace, and
+    /// `removed`, serve the transactions that began on them, and are stopped
+    /// once no worker has one left (or after the drain deadline).
+    pub fn swap_isolated(
+        &self,
+        new: Vec<Arc<crate::isolate::Supervisor>>,
+        removed: Vec<Arc<crate::isolate::Supervisor>>,
+    ) {
+        let news = new.clone();
+        self.broadcast(move |w| {
+            if let Some(l) = w.layer::<crate::http::HttpLayer>() {
+                l.add_isolated(&news);
+            }
+        });
+        let mut old: Vec<Arc<crate::isolate::Supervisor>> = removed;
+        {
+            let mut current = self.isolated.lock();
+            for n in new {
+                if let Some(i) = current.iter().position(|s| s.config().name == n.config().name) {
+                    old.push(std::mem::replace(&mut current[i], n));
+                } else {
+                    current.push(n);
+                }
+            }
+            current.retain(|s| !old.iter().any(|o| Arc::ptr_eq(o, s)));
+        }
+        if old.is_empty() {
+            return;
+        }
+        for o in &old {
+            o.set_draining();
+        }
+        self.isolated_retiring.lock().extend(old);
+    }
+
+    /// Stop the retiring supervisors no transaction uses any more (or
+    /// whose drain deadline passed): the ticker's work, between its turns.
+    fn drain_isolated(&self) {
+        let retiring = self.isolated_retiring();
+        if retiring.is_empty() {
+            return;
+        }
+        let deadline = self.registry().settings().drain_deadline;
+        for sup in retiring {
+            let s = sup.clone();
+            let in_use: usize = self
+                .broadcast(move |w| w.layer::<crate::http::HttpLayer>().map_or(0, |l| l.isolated_in_use(&s)))
+                .into_iter()
+                .sum();
+            let late = sup.draining_for().is_some_and(|d| d > deadline);
+            if in_use == 0 || late {
+                if late && in_use > 0 {
+                    tracing::warn!(module = %sup.config().name, in_use, "isolated module: the drain deadline passed; its old child is stopped with transactions on it");
+                }
+                sup.stop();
+                self.isolated_retiring.lock().retain(|x| !Arc::ptr_eq(x, &sup));
+                tracing::info!(module = %sup.config().name, "isolated module: the old child drained and stopped");
+            }
+        }
     }
 
     /// The run dir's instance lock.
@@ -641,7 +724,9 @@ impl Runtime {
             http_stats: (0..n).map(|_| std::sync::Arc::default()).collect(),
             run_dir_lock,
             config_digest: Mutex::new(None),
-            isolated: isolated.clone(),
+            isolated: Mutex::new(isolated.clone()),
+            isolated_retiring: Mutex::new(Vec::new()),
+            molt_bin,
         });
         #[cfg(not(molt_loom))]
         {
@@ -734,6 +819,7 @@ impl Runtime {
                 rt.registry().tick(&*rt);
                 rt.run_restarts();
                 rt.reap();
+                rt.drain_isolated();
             }
         })?;
         threads.push(ticker);
@@ -882,7 +968,7 @@ impl Runtime {
 
     fn stop(&mut self) {
         self.shared.shut_down();
-        for s in &self.shared.isolated {
+        for s in self.shared.isolated().iter().chain(self.shared.isolated_retiring().iter()) {
             s.stop();
         }
         for w in self.shared.workers() {

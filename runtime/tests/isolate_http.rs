@@ -105,9 +105,13 @@ fn get(addr: SocketAddr, extra: &str) -> u16 {
 
 /// Keep-alive GETs without a trap header until `stop`: (ok, failed).
 fn plain_load(addr: SocketAddr, stop: Arc<AtomicBool>, ok: Arc<AtomicU64>, failed: Arc<AtomicU64>) {
+    plain_load_of(addr, "/echo", stop, ok, failed)
+}
+
+fn plain_load_of(addr: SocketAddr, path: &str, stop: Arc<AtomicBool>, ok: Arc<AtomicU64>, failed: Arc<AtomicU64>) {
     let mut c = Client::connect(addr);
     while !stop.load(Ordering::Relaxed) {
-        match c.get("/echo") {
+        match c.get(path) {
             Some(r) if r.status == 200 => {
                 ok.fetch_add(1, Ordering::Relaxed);
                 if r.close {
@@ -299,4 +303,71 @@ fn state_written_by_the_child_outlives_it_and_molt() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(count(&m), first + 2, "in process, the module finds what its child wrote");
+}
+
+/// A reload that changes an isolated module swaps it under load: a new
+/// child serves new transactions, those begun on the old child finish there,
+/// the old child stops once drained, and no request fails.
+#[test]
+fn swapping_an_isolated_module_under_load_fails_no_request() {
+    let dir = RunDir::new("iso-http-swap");
+    let (backend, _) = common::http::backend("b");
+    let m = start(dir.path(), "restart", backend);
+    let old = wait_running(&m, 0);
+    let (stop, ok, failed) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // Slow answers: transactions span the swaps, their RESPONSE hooks going
+    // to the child their REQUEST hook went to.
+    let load: Vec<_> = (0..6)
+        .map(|i| {
+            let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+            let path = if i % 2 == 0 { "/delay/40" } else { "/echo" };
+            std::thread::spawn(move || plain_load_of(m.http, path, s, o, f))
+        })
+        .collect();
+    let cfg = dir.path().join("molt.toml");
+    let mut pids = vec![old["pid"].as_u64().unwrap()];
+    for i in 0..5 {
+        // A config change of the module: a new version.
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let text = if i == 0 {
+            let policy = "failure_policy = \"restart\"\n";
+            text.replacen(policy, &format!("{policy}[modules.config]\ngen = \"0\"\n"), 1)
+        } else {
+            text.replace(&format!("gen = \"{}\"", i - 1), &format!("gen = \"{i}\""))
+        };
+        std::fs::write(&cfg, &text).unwrap();
+        let out = Command::new(MOLT).args(["ctl", "reload", "--json", "--socket"]).arg(&m.socket).output().unwrap();
+        assert!(out.status.success(), "reload {i}: {}", String::from_utf8_lossy(&out.stderr));
+        let s = status(&m);
+        let iso = s["isolated"].as_array().unwrap();
+        let current = iso.iter().find(|x| x["state"] == "running").expect("a running child");
+        let pid = current["pid"].as_u64().unwrap();
+        assert!(!pids.contains(&pid), "swap {i}: a new child");
+        pids.push(pid);
+        let served = ok.load(Ordering::Relaxed);
+        let until = Instant::now() + Duration::from_secs(10);
+        while ok.load(Ordering::Relaxed) < served + 30 {
+            assert!(Instant::now() < until, "no requests after swap {i}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests across 5 swaps");
+    // Every old child drained and stopped; one serves.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let iso = status(&m)["isolated"].as_array().unwrap().clone();
+        if iso.len() == 1 && iso[0]["state"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < until, "old children left: {iso:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for p in &pids[..pids.len() - 1] {
+        assert!(!pid_alive(*p as u32), "old child {p} still runs");
+    }
 }

@@ -66,11 +66,44 @@ pub fn reload(rt: &RuntimeShared, source: &ConfigSource) -> Result<Value, String
     // next reload, and an upgrade meanwhile sees the digests differ.
     let digest = source.digest();
     let cfg = source.read().map_err(|e| e.to_string())?;
-    let running: Vec<&crate::config::IsolatedConfig> = rt.isolated().iter().map(|s| s.config()).collect();
-    if cfg.isolated.iter().collect::<Vec<_>>() != running {
-        return Err("the config changes an isolated module (isolation = \"process\"): isolated modules are started with molt and a reload does not change them yet; restart molt (or upgrade it: `molt ctl upgrade`) to apply it; nothing was reloaded".into());
+    // Isolated modules whose config or file changed: a new child each,
+    // ready before anything is published; refused if one is not.
+    let running = rt.isolated();
+    let mut started: Vec<Arc<crate::isolate::Supervisor>> = Vec::new();
+    for c in &cfg.isolated {
+        if running.iter().any(|s| s.config().name == c.name && !s.differs(c)) {
+            continue;
+        }
+        let s = rt.start_isolated(c.clone());
+        let st = s.status();
+        if st.state != "running" {
+            s.stop();
+            for n in started {
+                n.stop();
+            }
+            return Err(format!(
+                "isolated module {} did not start ({}); nothing was reloaded",
+                c.name,
+                st.last_exit.unwrap_or_else(|| st.state.into())
+            ));
+        }
+        started.push(s);
     }
-    let r = rt.reload_config(&cfg.modules, &cfg.http, &cfg.tcp).map_err(|e| e.to_string())?;
+    let removed: Vec<_> =
+        running.iter().filter(|s| !cfg.isolated.iter().any(|c| c.name == s.config().name)).cloned().collect();
+    let r = match rt.reload_config(&cfg.modules, &cfg.http, &cfg.tcp) {
+        Ok(r) => r,
+        Err(e) => {
+            for n in started {
+                n.stop();
+            }
+            return Err(e.to_string());
+        }
+    };
+    if !started.is_empty() || !removed.is_empty() {
+        tracing::info!(swapped = started.len(), removed = removed.len(), "isolated modules swapped");
+        rt.swap_isolated(started, removed);
+    }
     if let Ok(d) = digest {
         rt.set_config_digest(d);
     }

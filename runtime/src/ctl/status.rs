@@ -96,7 +96,7 @@ pub fn status(rt: &RuntimeShared, started: Instant, config: &str) -> Value {
         },
         "state_blocks": host.state.blocks(),
         "user_args": host.user_args.names(),
-        "isolated": rt.isolated().iter().map(|s| s.status()).collect::<Vec<_>>(),
+        "isolated": rt.isolated().iter().chain(rt.isolated_retiring().iter()).map(|s| s.status()).collect::<Vec<_>>(),
     })
 }
 

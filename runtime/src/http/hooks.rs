@@ -241,8 +241,12 @@ impl Chain {
         // END now, not a loop turn later: the chain's continuations are
         // the layer's own, and it is outside any module call here.
         for h in self.conts.drain(..) {
-            if h.iso.is_none() {
-                let _ = by.core.end_now(h.cont);
+            match (h.iso, by.iso) {
+                (None, _) => {
+                    let _ = by.core.end_now(h.cont);
+                }
+                (Some(slot), Some(iso)) => iso.ended(slot),
+                (Some(_), None) => {}
             }
         }
         self.pos = 0;

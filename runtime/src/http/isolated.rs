@@ -444,7 +444,9 @@ pub(super) struct IsoLinks {
     worker: usize,
     layer: usize,
     registry: mio::Registry,
-    slots: Vec<IsoSlot>,
+    /// Slots are never removed (a transaction's hooks name theirs by
+    /// index); a swap adds the new version's and retires the old one's.
+    slots: RefCell<Vec<std::rc::Rc<IsoSlot>>>,
 }
 
 struct IsoSlot {
@@ -453,6 +455,22 @@ struct IsoSlot {
     /// The last incarnation this worker attached to (its wake socket is
     /// taken: a child killed for a hang is not attached to again).
     attached: std::cell::Cell<u64>,
+    /// Transactions of this worker whose chain uses this slot, not ended.
+    active: std::cell::Cell<usize>,
+    /// A swap replaced it: new transactions use the newer slot.
+    retired: std::cell::Cell<bool>,
+}
+
+impl IsoSlot {
+    fn new(sup: crate::sync::Arc<crate::isolate::Supervisor>) -> std::rc::Rc<IsoSlot> {
+        std::rc::Rc::new(IsoSlot {
+            sup,
+            conn: RefCell::new(None),
+            attached: std::cell::Cell::new(0),
+            active: std::cell::Cell::new(0),
+            retired: std::cell::Cell::new(false),
+        })
+    }
 }
 
 struct IsoConn {
@@ -488,36 +506,64 @@ impl IsoLinks {
         registry: mio::Registry,
         sups: Vec<crate::sync::Arc<crate::isolate::Supervisor>>,
     ) -> IsoLinks {
-        let slots = sups
-            .into_iter()
-            .map(|sup| IsoSlot { sup, conn: RefCell::new(None), attached: std::cell::Cell::new(0) })
-            .collect();
-        IsoLinks { worker, layer, registry, slots }
+        let slots = sups.into_iter().map(IsoSlot::new).collect();
+        IsoLinks { worker, layer, registry, slots: RefCell::new(slots) }
     }
 
-    /// The slot of isolated module `name`.
+    fn slot(&self, slot: usize) -> std::rc::Rc<IsoSlot> {
+        self.slots.borrow()[slot].clone()
+    }
+
+    /// The slot new transactions of isolated module `name` use.
     pub(super) fn index(&self, name: &str) -> Option<usize> {
-        self.slots.iter().position(|s| s.sup.config().name == name)
+        self.slots.borrow().iter().rposition(|s| !s.retired.get() && s.sup.config().name == name)
+    }
+
+    /// A swap: `sup` serves module `sup.config().name` from now on; the
+    /// slot it replaces serves the transactions that began on it.
+    pub(super) fn add(&self, sup: crate::sync::Arc<crate::isolate::Supervisor>) {
+        let mut slots = self.slots.borrow_mut();
+        for s in slots.iter().filter(|s| s.sup.config().name == sup.config().name) {
+            s.retired.set(true);
+        }
+        slots.push(IsoSlot::new(sup));
+    }
+
+    /// Transactions of this worker still using supervisor `sup`.
+    pub(super) fn in_use(&self, sup: &crate::isolate::Supervisor) -> usize {
+        self.slots.borrow().iter().filter(|s| std::ptr::eq(&*s.sup, sup)).map(|s| s.active.get()).sum()
+    }
+
+    /// A transaction's chain took slot `slot`.
+    pub(super) fn begun(&self, slot: usize) {
+        let s = self.slot(slot);
+        s.active.set(s.active.get() + 1);
+    }
+
+    /// A transaction's chain that took slot `slot` ended.
+    pub(super) fn ended(&self, slot: usize) {
+        let s = self.slot(slot);
+        s.active.set(s.active.get().saturating_sub(1));
     }
 
     /// Its failure policy.
     pub(super) fn policy(&self, slot: usize) -> crate::module::FailurePolicy {
-        self.slots[slot].sup.config().failure_policy
+        self.slot(slot).sup.config().failure_policy
     }
 
     /// The hooks its running child declared (0: every one).
     pub(super) fn hooks(&self, slot: usize) -> u64 {
-        self.slots[slot].sup.current().map_or(0, |i| i.hooks)
+        self.slot(slot).sup.current().map_or(0, |i| i.hooks)
     }
 
     /// Its name.
-    pub(super) fn name(&self, slot: usize) -> &str {
-        &self.slots[slot].sup.config().name
+    pub(super) fn name(&self, slot: usize) -> String {
+        self.slot(slot).sup.config().name.clone()
     }
 
     /// Attach to the current child if not attached to it yet.
     fn attach(&self, slot: usize) -> Result<(), String> {
-        let s = &self.slots[slot];
+        let s = self.slot(slot);
         let mut conn = s.conn.borrow_mut();
         let generation = s.sup.generation();
         if conn.as_ref().is_some_and(|c| c.generation == generation) {
@@ -555,7 +601,7 @@ impl IsoLinks {
     /// Send client `client`'s hook (transaction `txn`, `snapshot`) to the child.
     pub(super) fn send(&self, slot: usize, client: usize, txn: u64, snapshot: &[u8]) -> Result<(), String> {
         self.attach(slot)?;
-        let s = &self.slots[slot];
+        let s = self.slot(slot);
         let mut conn = s.conn.borrow_mut();
         let c = conn.as_mut().expect("attached");
         match crate::isolate::push_hook(&mut c.to, snapshot) {
@@ -571,7 +617,7 @@ impl IsoLinks {
 
     /// Replies that arrived on slot `slot` (its wake socket was poked).
     pub(super) fn replies(&self, slot: usize, out: &mut Vec<Outcome>) {
-        let s = &self.slots[slot];
+        let s = self.slot(slot);
         let mut conn = s.conn.borrow_mut();
         let Some(c) = conn.as_mut() else { return };
         let mut poke = [0u8; 64];
@@ -597,7 +643,7 @@ impl IsoLinks {
 
     /// The child broke the protocol: it is killed, and every hook in flight fails.
     fn broken(&self, slot: usize, why: &str, out: &mut Vec<Outcome>) {
-        let s = &self.slots[slot];
+        let s = self.slot(slot);
         if let Some(c) = s.conn.borrow().as_ref() {
             s.sup.kill(c.generation);
         }
@@ -605,7 +651,7 @@ impl IsoLinks {
     }
 
     fn fail_all(&self, slot: usize, why: &str, out: &mut Vec<Outcome>) {
-        let s = &self.slots[slot];
+        let s = self.slot(slot);
         if let Some(mut c) = s.conn.borrow_mut().take() {
             let _ = self.registry.deregister(&mut c.wake);
             for p in c.pending.drain(..) {
@@ -619,9 +665,10 @@ impl IsoLinks {
     /// hook is past its deadline (the child is then killed), fails what it
     /// had in flight. Replies a missed poke left are collected too.
     pub(super) fn tick(&self, now: std::time::Instant, out: &mut Vec<Outcome>) {
-        for slot in 0..self.slots.len() {
+        let n = self.slots.borrow().len();
+        for slot in 0..n {
             self.replies(slot, out);
-            let s = &self.slots[slot];
+            let s = self.slot(slot);
             let (generation, late) = match s.conn.borrow().as_ref() {
                 None => continue,
                 Some(c) => (c.generation, c.pending.front().is_some_and(|p| now > p.deadline)),

@@ -194,6 +194,18 @@ impl HttpLayer {
         })
     }
 
+    /// A swap of isolated modules: `sups` serve new transactions from now on.
+    pub fn add_isolated(&self, sups: &[crate::sync::Arc<crate::isolate::Supervisor>]) {
+        for s in sups {
+            self.iso.add(s.clone());
+        }
+    }
+
+    /// Transactions of this worker still using supervisor `sup`.
+    pub fn isolated_in_use(&self, sup: &crate::isolate::Supervisor) -> usize {
+        self.iso.in_use(sup)
+    }
+
     /// Whether the process winds down (see [`io::Io::wind_down`]).
     pub(super) fn winding_down(&self) -> bool {
         self.winding_down.get()

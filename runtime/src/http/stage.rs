@@ -224,7 +224,9 @@ impl HttpLayer {
         for (module, name) in site.routes[route].modules.iter().enumerate() {
             let entry = generation.and_then(|g| g.entries.iter().find(|e| &e.cfg.name == name));
             if let (None, Some(slot)) = (entry, self.iso.index(name)) {
-                // Its hooks go to its child process.
+                // Its hooks go to its child process (this one's, for the
+                // whole transaction, whatever a swap does meanwhile).
+                self.iso.begun(slot);
                 t.chain.conts.push(Hooked {
                     cont: 0,
                     iso: Some(slot),

@@ -97,6 +97,11 @@ pub struct Supervisor {
     pid: std::sync::atomic::AtomicU32,
     hook_failures: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// When a swap replaced it (it serves the transactions begun on it).
+    draining_since: Mutex<Option<Instant>>,
+    /// The sha256 of the module file when it started (a reload swaps it
+    /// when the file changed).
+    file_sha256: Option<String>,
 }
 
 impl Supervisor {
@@ -111,6 +116,7 @@ impl Supervisor {
         workers: usize,
         host: Arc<crate::host::Host>,
     ) -> Arc<Supervisor> {
+        let file_sha256 = crate::module::Loader::take(&cfg.path).ok().map(|t| t.sha256);
         let sup = Arc::new(Supervisor {
             status: Mutex::new(SupervisorStatus {
                 module: cfg.name.clone(),
@@ -128,6 +134,8 @@ impl Supervisor {
             pid: std::sync::atomic::AtomicU32::new(0),
             hook_failures: AtomicU64::new(0),
             thread: Mutex::new(None),
+            draining_since: Mutex::new(None),
+            file_sha256,
         });
         let s = sup.clone();
         let t = std::thread::Builder::new()
@@ -161,7 +169,26 @@ impl Supervisor {
     pub fn status(&self) -> SupervisorStatus {
         let mut s = self.status.lock().clone();
         s.hook_failures = self.hook_failures.load(Ordering::Relaxed);
+        if s.state == "running" && self.draining_since.lock().is_some() {
+            s.state = "draining";
+        }
         s
+    }
+
+    /// A swap replaced it: it serves only the transactions begun on it.
+    pub fn set_draining(&self) {
+        *self.draining_since.lock() = Some(Instant::now());
+    }
+
+    /// How long it has been draining.
+    pub fn draining_for(&self) -> Option<Duration> {
+        self.draining_since.lock().map(|t| t.elapsed())
+    }
+
+    /// Whether a reload of `cfg` would run something else than this
+    /// supervisor runs: another config, or the module file changed.
+    pub fn differs(&self, cfg: &IsolatedConfig) -> bool {
+        cfg != &self.cfg || crate::module::Loader::take(&cfg.path).ok().map(|t| t.sha256) != self.file_sha256
     }
 
     /// Count a hook that failed because of the child.

@@ -268,6 +268,11 @@ impl Registry {
         })
     }
 
+    /// The settings.
+    pub fn settings(&self) -> RegistrySettings {
+        self.settings.lock().clone()
+    }
+
     /// Replace the settings (a reload of the config may change them).
     pub fn set_settings(&self, s: RegistrySettings) {
         *self.settings.lock() = s;
