@@ -71,7 +71,9 @@ pub fn reload(rt: &RuntimeShared, source: &ConfigSource) -> Result<Value, String
     let running = rt.isolated();
     let mut started: Vec<Arc<crate::isolate::Supervisor>> = Vec::new();
     for c in &cfg.isolated {
-        if running.iter().any(|s| s.config().name == c.name && !s.differs(c)) {
+        // Unchanged and alive: kept. A module its crash loop marked failed
+        // gets a new child from a reload.
+        if running.iter().any(|s| s.config().name == c.name && !s.differs(c) && s.status().state != "failed") {
             continue;
         }
         let s = rt.start_isolated(c.clone());

@@ -79,6 +79,9 @@ pub struct SupervisorStatus {
     pub hook_failures: u64,
     /// What confines the running child (`none`, or its limits and rules).
     pub sandbox: Option<String>,
+    /// Per worker, the bytes queued in its request ring and in its reply
+    /// ring (what the child has not taken, what the worker has not read).
+    pub ring_depths: Vec<[u64; 2]>,
 }
 
 /// One isolated module's child, kept running.
@@ -171,6 +174,13 @@ impl Supervisor {
         s.hook_failures = self.hook_failures.load(Ordering::Relaxed);
         if s.state == "running" && self.draining_since.lock().is_some() {
             s.state = "draining";
+        }
+        if let Some(inc) = self.current() {
+            use super::ring::RingMem;
+            let depth = |r: ShmRing| r.head().load(Ordering::Relaxed).saturating_sub(r.tail().load(Ordering::Relaxed));
+            s.ring_depths = (0..self.workers)
+                .map(|w| [depth(ShmRing::request(&inc.seg, w)), depth(ShmRing::reply(&inc.seg, w))])
+                .collect();
         }
         s
     }
