@@ -38,6 +38,10 @@ fn start(dir: &Path, policy: &str, backend: SocketAddr) -> Molt {
 }
 
 fn start_with(dir: &Path, policy: &str, backend: SocketAddr, sandbox: &str) -> Molt {
+    start_lib(dir, policy, backend, sandbox, &module_lib("fixture_crash"))
+}
+
+fn start_lib(dir: &Path, policy: &str, backend: SocketAddr, sandbox: &str, lib: &Path) -> Molt {
     std::fs::create_dir_all(dir).unwrap();
     let run_dir = dir.join("run");
     let cfg = dir.join("molt.toml");
@@ -67,7 +71,7 @@ upstream = "back"
 modules = ["fixture_crash"]
 "#,
             run = run_dir.display(),
-            lib = module_lib("fixture_crash").display(),
+            lib = lib.display(),
             isolation = if sandbox == "in process" { "" } else { "isolation = \"process\"\nhook_timeout_ms = 300" },
             sandbox = if sandbox == "in process" { "" } else { sandbox },
         ),
@@ -381,4 +385,42 @@ fn swapping_an_isolated_module_under_load_fails_no_request() {
     for p in &pids[..pids.len() - 1] {
         assert!(!pid_alive(*p as u32), "old child {p} still runs");
     }
+}
+
+/// `[modules.sandbox] user = "nobody"`: the child runs as that user (molt
+/// runs as root here), so it cannot open a file only root may read.
+#[test]
+fn a_sandboxed_child_runs_as_another_user() {
+    if rustix::process::geteuid().as_raw() != 0 {
+        eprintln!("not root: sandbox.user cannot be shown on this machine");
+        return;
+    }
+    let Ok((uid, _)) = molt_runtime::sys::sandbox::lookup_user("nobody") else {
+        eprintln!("no user nobody on this machine: sandbox.user cannot be shown here");
+        return;
+    };
+    let dir = RunDir::new("iso-http-user");
+    let (backend, _) = common::http::backend("b");
+    // The module where that user can read it.
+    let public = std::env::temp_dir().join(format!("molt-iso-user-{}", std::process::id()));
+    std::fs::create_dir_all(&public).unwrap();
+    std::fs::set_permissions(&public, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let lib = public.join("libfixture_crash.so");
+    std::fs::copy(module_lib("fixture_crash"), &lib).unwrap();
+    std::fs::set_permissions(&lib, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let root_only = dir.path().join("root-only.txt");
+    std::fs::write(&root_only, b"secret").unwrap();
+    let m = start_lib(&dir.path().join("m"), "restart", backend, "[modules.sandbox]\nuser = \"nobody\"\n", &lib);
+    let iso = wait_running(&m, 0);
+    assert!(iso["sandbox"].as_str().unwrap().contains(&format!("uid {uid}")), "{iso}");
+    let pid = iso["pid"].as_u64().unwrap();
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uids = st.lines().find(|l| l.starts_with("Uid:")).unwrap().to_owned();
+    assert!(uids.split_whitespace().skip(1).all(|u| u == uid.to_string()), "{uids}");
+    let mut c = Client::connect(m.http);
+    let r = c.get_with("/echo", &format!("X-Open: {}\r\n", root_only.display())).unwrap();
+    assert_eq!((r.status, r.text()), (403, "denied".to_owned()));
+    assert_eq!(get(m.http, "X-Answer: 1\r\n"), 200);
+    drop(m);
+    let _ = std::fs::remove_dir_all(&public);
 }

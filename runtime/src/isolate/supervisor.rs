@@ -310,8 +310,19 @@ impl Supervisor {
     fn start_child(&self, generation: u64) -> Result<(std::process::Child, Incarnation), String> {
         let seg = Segment::create(ShmRing::segment_len(self.workers)).map_err(|e| e.to_string())?;
         let tag = format!("{}-{}-{}", self.cfg.name, std::process::id(), generation);
-        let dir = self.run_dir.join("isolated").join(&tag);
-        crate::sys::files::ensure_private_dir(&self.run_dir.join("isolated"))?;
+        let user = match self.cfg.sandbox.as_ref().and_then(|s| s.user.as_deref()) {
+            Some(name) => Some(crate::sys::sandbox::lookup_user(name)?),
+            None => None,
+        };
+        // A child running as another user cannot enter the 0700 run dir:
+        // its private directory is then a fresh one under the temp dir
+        // (0700, given to that user by the child).
+        let dir = if user.is_some() {
+            std::env::temp_dir().join(format!("molt-isolated-{tag}-{}", uuid::Uuid::new_v4().simple()))
+        } else {
+            crate::sys::files::ensure_private_dir(&self.run_dir.join("isolated"))?;
+            self.run_dir.join("isolated").join(&tag)
+        };
         crate::sys::files::ensure_private_dir(&dir)?;
         let mut wake = Vec::with_capacity(self.workers);
         // Abstract names (no path: a long run dir would not fit a socket
@@ -350,7 +361,8 @@ impl Supervisor {
                 open_files: sb.open_files,
                 confine_files: sb.files == crate::module::spec::SandboxFiles::Confined,
                 read: std::iter::once(self.cfg.path.clone()).chain(sb.allow_read.iter().cloned()).collect(),
-                write: vec![dir.join("copy")],
+                write: vec![dir.clone(), dir.join("copy")],
+                user,
             };
             cmd.arg("--sandbox").arg(serde_json::to_string(&c).map_err(|e| e.to_string())?);
         }

@@ -91,6 +91,9 @@ pub struct Sandbox {
     /// More paths it may read (and execute) with `files = "confined"`.
     #[serde(default)]
     pub allow_read: Vec<PathBuf>,
+    /// Run the child as this user (molt must run as root): its private
+    /// directory is its; the module file must be readable to it.
+    pub user: Option<String>,
 }
 
 /// File access of a sandboxed child.

@@ -24,6 +24,47 @@ pub struct Confinement {
     pub read: Vec<PathBuf>,
     /// Paths it may read, write and create in (its private directory).
     pub write: Vec<PathBuf>,
+    /// Run as this user (uid, gid) from here on; `write` is given to it
+    /// first. Needs molt to run as root.
+    pub user: Option<(u32, u32)>,
+}
+
+/// The uid and gid of user `name`, from `/etc/passwd`.
+pub fn lookup_user(name: &str) -> Result<(u32, u32), String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 4 && f[0] == name {
+            let uid = f[2].parse().map_err(|_| format!("/etc/passwd: user {name}'s uid {:?} is not a number", f[2]))?;
+            let gid = f[3].parse().map_err(|_| format!("/etc/passwd: user {name}'s gid {:?} is not a number", f[3]))?;
+            return Ok((uid, gid));
+        }
+    }
+    Err(format!("no user {name:?} in /etc/passwd"))
+}
+
+/// Become user (uid, gid) for good, giving it `own` first. The process
+/// must have one thread (Linux changes credentials per thread; a second
+/// thread would keep root's).
+fn become_user(uid: u32, gid: u32, own: &[PathBuf]) -> Result<(), String> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| format!("/proc/self/status: {e}"))?;
+    let threads = status.lines().find_map(|l| l.strip_prefix("Threads:")).map(str::trim);
+    if threads != Some("1") {
+        return Err(format!("cannot change user with {} threads running", threads.unwrap_or("?")));
+    }
+    let (u, g) = (rustix::process::Uid::from_raw(uid), rustix::process::Gid::from_raw(gid));
+    for p in own {
+        rustix::fs::chown(p, Some(u), Some(g)).map_err(|e| format!("cannot give {} to uid {uid}: {e}", p.display()))?;
+    }
+    rustix::thread::set_thread_groups(&[]).map_err(|e| format!("cannot drop supplementary groups: {e}"))?;
+    rustix::thread::set_thread_res_gid(g, g, g)
+        .map_err(|e| format!("cannot become gid {gid}: {e} (molt must run as root to use sandbox.user)"))?;
+    rustix::thread::set_thread_res_uid(u, u, u)
+        .map_err(|e| format!("cannot become uid {uid}: {e} (molt must run as root to use sandbox.user)"))?;
+    if rustix::process::geteuid().as_raw() != uid {
+        return Err(format!("still not uid {uid} after setresuid"));
+    }
+    Ok(())
 }
 
 /// Directories and files a process loading a shared library reads.
@@ -51,6 +92,10 @@ pub fn confine(c: &Confinement) -> Result<String, String> {
                 .map_err(|e| format!("cannot limit {what} to {v}: {e}"))?;
             said.push(format!("{what} {v}"));
         }
+    }
+    if let Some((uid, gid)) = c.user {
+        become_user(uid, gid, &c.write)?;
+        said.push(format!("uid {uid} gid {gid}"));
     }
     rustix::thread::set_no_new_privs(true).map_err(|e| format!("cannot set no_new_privs: {e}"))?;
     said.push("no_new_privs".into());
