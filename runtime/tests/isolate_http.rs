@@ -424,3 +424,29 @@ fn a_sandboxed_child_runs_as_another_user() {
     drop(m);
     let _ = std::fs::remove_dir_all(&public);
 }
+
+/// `[modules.sandbox] syscalls = "restricted"`: the child can make no new
+/// process and no network socket (seccomp); without it, it can; the module
+/// still serves (threads, its rings, its hooks).
+#[test]
+fn a_sandboxed_child_makes_no_process_and_no_network_socket() {
+    let dir = RunDir::new("iso-http-seccomp");
+    let (backend, _) = common::http::backend("b");
+    let ask = |m: &Molt, h: &str| {
+        let mut c = Client::connect(m.http);
+        c.get_with("/echo", &format!("{h}: 1\r\n")).unwrap().text()
+    };
+    {
+        let plain = start(&dir.path().join("plain"), "restart", backend);
+        wait_running(&plain, 0);
+        assert_eq!(ask(&plain, "X-Fork"), "fork allowed");
+        assert_eq!(ask(&plain, "X-Net"), "net allowed");
+    }
+    let m = start_with(&dir.path().join("boxed"), "restart", backend, "[modules.sandbox]\nsyscalls = \"restricted\"\n");
+    let iso = wait_running(&m, 0);
+    assert!(iso["sandbox"].as_str().unwrap().contains("syscalls restricted (seccomp)"), "{iso}");
+    assert_eq!(ask(&m, "X-Fork"), "fork denied");
+    assert_eq!(ask(&m, "X-Net"), "net denied");
+    assert_eq!(get(m.http, "X-Answer: 1\r\n"), 200);
+    assert_eq!(get(m.http, ""), 200);
+}

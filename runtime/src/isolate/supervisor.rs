@@ -363,6 +363,7 @@ impl Supervisor {
                 read: std::iter::once(self.cfg.path.clone()).chain(sb.allow_read.iter().cloned()).collect(),
                 write: vec![dir.clone(), dir.join("copy")],
                 user,
+                restrict_syscalls: sb.syscalls == crate::module::spec::SandboxSyscalls::Restricted,
             };
             cmd.arg("--sandbox").arg(serde_json::to_string(&c).map_err(|e| e.to_string())?);
         }

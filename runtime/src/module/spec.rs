@@ -94,6 +94,22 @@ pub struct Sandbox {
     /// Run the child as this user (molt must run as root): its private
     /// directory is its; the module file must be readable to it.
     pub user: Option<String>,
+    /// `"restricted"`: a seccomp filter refuses new programs and processes,
+    /// network sockets, other processes' memory and system administration
+    /// (`docs/isolation.md`); `"any"` (the default): none.
+    #[serde(default)]
+    pub syscalls: SandboxSyscalls,
+}
+
+/// System calls a sandboxed child may make.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxSyscalls {
+    /// Any.
+    #[default]
+    Any,
+    /// A seccomp filter refuses what a hook module has no use for.
+    Restricted,
 }
 
 /// File access of a sandboxed child.

@@ -27,6 +27,84 @@ pub struct Confinement {
     /// Run as this user (uid, gid) from here on; `write` is given to it
     /// first. Needs molt to run as root.
     pub user: Option<(u32, u32)>,
+    /// A seccomp filter refusing what a hook module has no use for: new
+    /// programs and processes, other processes' memory, network sockets,
+    /// and the system's administration.
+    pub restrict_syscalls: bool,
+}
+
+/// The seccomp filters of [`Confinement::restrict_syscalls`]: refused with
+/// EPERM: execve, execveat, fork, vfork, clone without CLONE_THREAD (a
+/// thread may still be made), ptrace, process_vm_readv/writev, socket for
+/// AF_INET, AF_INET6 and AF_PACKET, mount, umount2, pivot_root, chroot,
+/// setns, unshare, module loading, kexec, reboot, bpf, perf_event_open and
+/// the kernel keyring; clone3 gets ENOSYS (its flags cannot be looked at,
+/// and the C library then makes threads with clone).
+fn restrict_syscalls() -> Result<(), String> {
+    use seccompiler::{
+        BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+        TargetArch,
+    };
+    let arch = TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| format!("no seccomp filter for {}: {e}", std::env::consts::ARCH))?;
+    let bad = |e: seccompiler::BackendError| format!("seccomp filter: {e}");
+    let when = |arg: u8, op: SeccompCmpOp, v: u64| -> Result<SeccompRule, String> {
+        SeccompRule::new(vec![SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, v).map_err(bad)?]).map_err(bad)
+    };
+    let mut rules: std::collections::BTreeMap<i64, Vec<SeccompRule>> = std::collections::BTreeMap::new();
+    #[cfg(target_arch = "x86_64")]
+    for n in [libc::SYS_fork, libc::SYS_vfork] {
+        rules.insert(n, vec![]);
+    }
+    for n in [
+        libc::SYS_execve,
+        libc::SYS_execveat,
+        libc::SYS_ptrace,
+        libc::SYS_process_vm_readv,
+        libc::SYS_process_vm_writev,
+        libc::SYS_mount,
+        libc::SYS_umount2,
+        libc::SYS_pivot_root,
+        libc::SYS_chroot,
+        libc::SYS_setns,
+        libc::SYS_unshare,
+        libc::SYS_init_module,
+        libc::SYS_finit_module,
+        libc::SYS_delete_module,
+        libc::SYS_kexec_load,
+        libc::SYS_reboot,
+        libc::SYS_bpf,
+        libc::SYS_perf_event_open,
+        libc::SYS_keyctl,
+        libc::SYS_add_key,
+        libc::SYS_request_key,
+    ] {
+        rules.insert(n, vec![]);
+    }
+    let thread = libc::CLONE_THREAD as u64;
+    rules.insert(libc::SYS_clone, vec![when(0, SeccompCmpOp::MaskedEq(thread), 0)?]);
+    rules.insert(
+        libc::SYS_socket,
+        vec![
+            when(0, SeccompCmpOp::Eq, libc::AF_INET as u64)?,
+            when(0, SeccompCmpOp::Eq, libc::AF_INET6 as u64)?,
+            when(0, SeccompCmpOp::Eq, libc::AF_PACKET as u64)?,
+        ],
+    );
+    let deny =
+        SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch).map_err(bad)?;
+    let clone3 = SeccompFilter::new(
+        [(libc::SYS_clone3, vec![])].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )
+    .map_err(bad)?;
+    for f in [clone3, deny] {
+        let prog: BpfProgram = f.try_into().map_err(bad)?;
+        seccompiler::apply_filter(&prog).map_err(|e| format!("cannot apply the seccomp filter: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The uid and gid of user `name`, from `/etc/passwd`.
@@ -122,6 +200,10 @@ pub fn confine(c: &Confinement) -> Result<String, String> {
             }
             .into(),
         );
+    }
+    if c.restrict_syscalls {
+        restrict_syscalls()?;
+        said.push("syscalls restricted (seccomp)".into());
     }
     Ok(said.join("; "))
 }
