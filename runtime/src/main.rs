@@ -524,6 +524,17 @@ fn run(
         Err(e) => return fail(joiner.as_ref(), "start", format!("cannot install signal handlers: {e}")),
     };
     if let Some(j) = joiner {
+        // Not ready while an isolated module's child is not running: the old
+        // process serves on instead of handing over to a molt without it.
+        if let Some(s) = rt.shared().isolated().iter().map(|s| s.status()).find(|s| s.state != "running") {
+            let why = format!(
+                "isolated module {} is {} ({})",
+                s.module,
+                s.state,
+                s.last_exit.unwrap_or_else(|| "not ready".into())
+            );
+            return fail(Some(&j), "modules", why);
+        }
         // Ready: the old process gives up the writer role and says go.
         if let Err(e) = j.ready(Duration::from_secs(60)) {
             eprintln!("molt: binary upgrade: {e}");

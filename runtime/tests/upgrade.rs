@@ -632,3 +632,80 @@ fn libc_dup2(from: i32, to: i32) -> i32 {
     std::mem::forget(to_fd);
     if r.is_ok() { to } else { -1 }
 }
+
+/// A new process whose isolated module cannot start is not ready: the
+/// upgrade fails at its modules and the old process serves on.
+#[test]
+fn an_isolated_module_that_cannot_start_fails_the_upgrade() {
+    let dir = RunDir::new("upgrade-iso");
+    let run_dir = dir.path().join("run");
+    let cfg = dir.path().join("molt.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[runtime]
+workers = 2
+run_dir = "{run}"
+drain_deadline_ms = 2000
+
+[[modules]]
+name = "fixture_gate"
+path = "{gate}"
+isolation = "process"
+[modules.config]
+fail_if = "{dir}/fail"
+
+[[modules]]
+name = "hello"
+path = "{hello}"
+
+[[http]]
+name = "web"
+listen = "127.0.0.1:0"
+[[http.routes]]
+path = "/"
+modules = ["fixture_gate", "hello"]
+"#,
+            run = run_dir.display(),
+            gate = module_lib("fixture_gate").display(),
+            hello = module_lib("hello").display(),
+            dir = dir.path().display(),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(MOLT)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .args(["--for", "120"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let http: SocketAddr = loop {
+        let l = lines.next().expect("the banner").unwrap();
+        if let Some(rest) = l.strip_prefix("http: http://") {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let pid = child.id();
+    let m = Molt {
+        first: child,
+        socket: run_dir.join("ctl.sock"),
+        run_dir,
+        http,
+        counter: http,
+        echo: http,
+        admin: None,
+        pids: vec![pid],
+    };
+    let mut c = Client::connect(m.http);
+    assert_eq!(c.get("/").unwrap().status, 200);
+    std::fs::write(dir.path().join("fail"), b"").unwrap();
+    let e = m.ctl(&["upgrade"]).expect_err("the new process's isolated module does not start");
+    assert!(e.contains("failed at step ready") && e.contains("isolated module fixture_gate"), "{e}");
+    assert_eq!(m.lock_pid(), pid);
+    assert_eq!(Client::connect(m.http).get("/").unwrap().status, 200, "the old process serves on");
+}
