@@ -918,4 +918,41 @@ limits = { burst = 10, on = true }
         let e = parse(&src("retry_non_idempotent = 1\n")).unwrap_err();
         assert!(e.message.contains("retry_non_idempotent") || e.message.contains("bool"), "{e}");
     }
+
+    /// Isolated modules: their keys parse, and every bad one is refused
+    /// with its module named.
+    #[test]
+    fn isolated_modules_and_their_bad_keys() {
+        let ok = parse(
+            "[[modules]]\nname = \"m\"\npath = \"m.so\"\nisolation = \"process\"\nhook_timeout_ms = 250\n[modules.sandbox]\nfiles = \"confined\"\nallow_read = [\"/etc/ssl\"]\nsyscalls = \"restricted\"\nopen_files = 64\n\n[[http]]\nlisten = \"127.0.0.1:0\"\n[[http.routes]]\nmodules = [\"m\"]\n",
+        )
+        .unwrap();
+        assert!(ok.modules.is_empty());
+        let iso = &ok.isolated[0];
+        assert_eq!((iso.name.as_str(), iso.hook_timeout_ms), ("m", 250));
+        let sb = iso.sandbox.as_ref().unwrap();
+        assert_eq!(sb.files, crate::module::spec::SandboxFiles::Confined);
+        assert_eq!(sb.syscalls, crate::module::spec::SandboxSyscalls::Restricted);
+        let bad = [
+            ("isolation = \"thread\"\n", "unknown variant `thread`"),
+            ("isolation = \"process\"\nhook_timeout_ms = 0\n", "hook_timeout_ms` of module m: 0 is not in 1..=60000"),
+            ("hook_timeout_ms = 5\n", "only an isolated module"),
+            ("[modules.sandbox]\nopen_files = 4\n", "only an isolated module"),
+            ("isolation = \"process\"\nmode = \"upgrade\"\n", "mode \"upgrade\""),
+            ("isolation = \"process\"\n[modules.sandbox]\nopen_files = 4\n", "open_files` of module m: 4 is not in 8"),
+            ("isolation = \"process\"\n[modules.sandbox]\nallow_read = [\"etc\"]\n", "not an absolute path"),
+            ("isolation = \"process\"\n[modules.sandbox]\nfiles = \"none\"\n", "unknown variant `none`"),
+            ("isolation = \"process\"\n[modules.sandbox]\nuid = 0\n", "unknown field `uid`"),
+        ];
+        for (keys, want) in bad {
+            let e = parse(&format!("[[modules]]\nname = \"m\"\npath = \"m.so\"\n{keys}")).unwrap_err();
+            assert!(e.message.contains(want), "{keys:?}: {e}");
+        }
+        // An isolated module serves HTTP hooks only: a TCP route may not name it.
+        let e = parse(
+            "[[modules]]\nname = \"m\"\npath = \"m.so\"\nisolation = \"process\"\n\n[[tcp]]\nlisten = \"127.0.0.1:0\"\nhandler = \"m\"\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("is isolated"), "{e}");
+    }
 }

@@ -540,16 +540,12 @@ fn run(
             eprintln!("molt: binary upgrade: {e}");
             return ExitCode::FAILURE;
         }
-        if let Err(e) = rt.loader().host().state.take_writer() {
-            return fail(Some(&j), "takeover", e.to_string());
+        if let Err(e) = rt.shared().take_over() {
+            return fail(Some(&j), "takeover", e);
         }
-        rt.shared().set_accepting(true);
         ctl.resume();
         if let Some(a) = &admin {
             a.resume();
-        }
-        if let Err(e) = molt_runtime::sys::files::record_pid(rt.shared().run_dir_lock()) {
-            tracing::warn!("cannot write this pid into the run dir's lock file: {e}");
         }
         if let Err(e) = j.took() {
             tracing::warn!(upgrade_id = %j.id(), "binary upgrade: {e}");

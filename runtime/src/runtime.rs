@@ -478,7 +478,7 @@ impl RuntimeShared {
     /// Every worker accepts on its listeners (`on`), or stops: `false`
     /// closes this process's listening sockets (a binary upgrade's old
     /// process, after the new one took them); connections go on.
-    pub fn set_accepting(&self, on: bool) {
+    pub(crate) fn set_accepting(&self, on: bool) {
         // The caller's span (a binary upgrade's, with its id) goes along.
         let span = tracing::Span::current();
         self.broadcast(move |w| {
@@ -489,8 +489,20 @@ impl RuntimeShared {
         });
     }
 
+    /// Take over from the process that handed this one its descriptors (a
+    /// binary upgrade's `go`): become the state directory's writer, accept
+    /// on the listeners, and name this process in the run dir's lock.
+    pub fn take_over(&self) -> Result<(), String> {
+        self.loader.host().state.take_writer().map_err(|e| e.to_string())?;
+        self.set_accepting(true);
+        if let Err(e) = crate::sys::files::record_pid(&self.run_dir_lock) {
+            tracing::warn!("cannot write this pid into the run dir's lock file: {e}");
+        }
+        Ok(())
+    }
+
     /// Duplicates of every listening socket, by listener key, in worker order.
-    pub fn listener_fds(&self) -> BTreeMap<String, Vec<std::os::fd::OwnedFd>> {
+    pub(crate) fn listener_fds(&self) -> BTreeMap<String, Vec<std::os::fd::OwnedFd>> {
         let per_worker = self.broadcast(|w| w.layers().iter().flat_map(|l| l.listener_fds()).collect::<Vec<_>>());
         let mut out: BTreeMap<String, Vec<std::os::fd::OwnedFd>> = BTreeMap::new();
         for (key, fd) in per_worker.into_iter().flatten() {

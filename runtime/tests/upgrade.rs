@@ -709,3 +709,40 @@ modules = ["fixture_gate", "hello"]
     assert_eq!(m.lock_pid(), pid);
     assert_eq!(Client::connect(m.http).get("/").unwrap().status, 200, "the old process serves on");
 }
+
+/// Socket activation given nonsense, or a socket the config does not
+/// listen on: molt refuses to start, saying which.
+#[test]
+fn socket_activation_refuses_what_it_cannot_use() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = RunDir::new("upgrade-sd-bad");
+    let run_dir = dir.path().join("run");
+    let (backend, _) = common::http::backend("b");
+    let cfg = write_config(dir.path(), &run_dir, backend, echo_server());
+    let run = |fds: &str, listener: Option<&TcpListener>| {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"", MOLT, "run", "--config"])
+            .arg(&cfg)
+            .args(["--for", "5"])
+            .env("LISTEN_FDS", fds)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(l) = listener {
+            let fd = l.as_raw_fd();
+            // SAFETY: only dup2 runs between fork and exec (async-signal-safe).
+            unsafe {
+                cmd.pre_exec(move || if libc_dup2(fd, 3) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+            }
+        }
+        cmd.output().unwrap()
+    };
+    let out = run("abc", None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LISTEN_FDS=\"abc\" is not a number"), "{:?}", out);
+    let stray = TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = run("1", Some(&stray));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("systemd passed a socket on {}", stray.local_addr().unwrap())), "{err}");
+}

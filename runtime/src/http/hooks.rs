@@ -126,7 +126,7 @@ impl Chain {
                                 h.iso_state = IsoState::Sent;
                                 return Ran::Pending;
                             }
-                            Err(e) => Self::failed(by, data, h, kind, early, &e, false),
+                            Err(e) => Self::failed(by, data, h, kind, early, &e),
                         }
                     }
                     IsoState::Sent => {
@@ -145,11 +145,10 @@ impl Chain {
                             (f, Ok(())) => f,
                         };
                         if let Some((status, text)) = failed {
-                            let panicked = status == MOLT_ERR_PANIC;
-                            Self::failed(by, data, h, kind, early, &format!("status {status}: {text}"), panicked);
+                            Self::failed(by, data, h, kind, early, &format!("status {status}: {text}"));
                         }
                     }
-                    IsoState::Done(Err(e)) => Self::failed(by, data, h, kind, early, &e, false),
+                    IsoState::Done(Err(e)) => Self::failed(by, data, h, kind, early, &e),
                 }
                 self.pos += 1;
                 continue;
@@ -198,14 +197,13 @@ impl Chain {
     /// An isolated module failed hook `kind` (its child died, hung, broke
     /// the protocol, or the hook returned an error): its failure policy
     /// decides, as for an in-process module.
-    fn failed(by: &Caller<'_>, data: &mut TxnData, h: &mut Hooked, kind: u32, early: bool, e: &str, panicked: bool) {
+    fn failed(by: &Caller<'_>, data: &mut TxnData, h: &mut Hooked, kind: u32, early: bool, e: &str) {
         bump(by.hook_failures);
         let name = by.site.routes.get(data.route).and_then(|r| r.modules.get(h.module));
         let name = name.map_or("?", |n| n.as_str());
         crate::module::quiet::failure(name, || {
             tracing::warn!(worker = by.worker, module = %name, hook = kind, "isolated hook failed: {e}");
         });
-        let _ = panicked;
         // The child that knew this transaction is gone, or the hook failed:
         // the module sits the rest of the transaction out.
         h.skip = true;

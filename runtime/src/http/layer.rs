@@ -605,13 +605,17 @@ impl io::Io for HttpLayer {
             }
         }
         self.generations.borrow_mut().release_stale(core.fleet().registry());
-        let mut out = Vec::new();
-        self.iso.tick(now, &mut out);
-        let isolated = !out.is_empty();
-        self.deliver_iso(core, out);
+        let mut isolated = false;
         if now.duration_since(self.last_sweep.get()) >= Duration::from_millis(20) {
             self.last_sweep.set(now);
             self.sweep(core, now);
+            // Isolated children's deaths and hangs, and replies a lost poke
+            // left, every 20 ms with the sweep (not every loop turn: it
+            // reads each wake socket).
+            let mut out = Vec::new();
+            self.iso.tick(now, &mut out);
+            isolated = !out.is_empty();
+            self.deliver_iso(core, out);
         }
         isolated
     }

@@ -223,7 +223,7 @@ impl HttpLayer {
         let generation = generations.get(core.fleet().registry());
         for (module, name) in site.routes[route].modules.iter().enumerate() {
             let entry = generation.and_then(|g| g.entries.iter().find(|e| &e.cfg.name == name));
-            if let (None, Some(slot)) = (entry, self.iso.index(name)) {
+            if let Some(slot) = entry.is_none().then(|| self.iso.index(name)).flatten() {
                 // Its hooks go to its child process (this one's, for the
                 // whole transaction, whatever a swap does meanwhile).
                 self.iso.begun(slot);

@@ -19,5 +19,6 @@ mod shm;
 pub mod supervisor;
 pub use shm::{RING_CAP, ShmRing};
 
-pub use shm::{HookServer, HostArgs, IsolateError, Isolated, Reply, host_main, pop_hook_reply, push_hook};
+pub use shm::{HookServer, HostArgs, IsolateError, Isolated, Reply, host_main};
+pub(crate) use shm::{pop_hook_reply, push_hook};
 pub use supervisor::{Incarnation, Supervisor, SupervisorStatus};

@@ -222,8 +222,9 @@ impl<M: RingMem> Consumer<M> {
     }
 }
 
-/// A ring in memory owned by this process (tests; the loom models use their own).
-#[cfg(not(molt_loom))]
+/// A ring in memory owned by this process (the unit tests; the loom models
+/// use their own).
+#[cfg(all(test, not(molt_loom)))]
 pub struct HeapRing {
     words: Box<[AtomicU64; 3 * 8]>,
     data: Box<[std::cell::UnsafeCell<u8>]>,
@@ -233,10 +234,10 @@ pub struct HeapRing {
 // consumer reads until `head` publishes them, and read by the consumer in
 // bytes the producer does not write until `tail` frees them (the ring's
 // protocol, which the loom model checks).
-#[cfg(not(molt_loom))]
+#[cfg(all(test, not(molt_loom)))]
 unsafe impl Sync for HeapRing {}
 
-#[cfg(not(molt_loom))]
+#[cfg(all(test, not(molt_loom)))]
 impl HeapRing {
     /// A ring of `cap` data bytes.
     pub fn new(cap: usize) -> HeapRing {
@@ -247,7 +248,7 @@ impl HeapRing {
     }
 }
 
-#[cfg(not(molt_loom))]
+#[cfg(all(test, not(molt_loom)))]
 impl RingMem for &HeapRing {
     fn head(&self) -> &AtomicU64 {
         &self.words[0]

@@ -96,7 +96,7 @@ impl ShmRing {
 
     /// The requests of worker `w` to a child: ring `2w`, sleeping on ring
     /// 0's word (the child waits on every worker's requests at once).
-    pub fn request(seg: &Segment, w: usize) -> ShmRing {
+    pub(crate) fn request(seg: &Segment, w: usize) -> ShmRing {
         let mut r = ShmRing::of(seg, 2 * w, RING_CAP);
         // SAFETY: offset 128 of ring 0's header, inside the segment.
         r.sleep_word = unsafe { seg.as_ptr().add(128) };
@@ -104,19 +104,19 @@ impl ShmRing {
     }
 
     /// The replies of a child to worker `w`: ring `2w + 1`.
-    pub fn reply(seg: &Segment, w: usize) -> ShmRing {
+    pub(crate) fn reply(seg: &Segment, w: usize) -> ShmRing {
         ShmRing::of(seg, 2 * w + 1, RING_CAP)
     }
 
     /// The child's reports to its supervisor (ready, or why not): the ring
     /// after every worker's pair.
-    pub fn control(seg: &Segment, workers: usize) -> ShmRing {
+    pub(crate) fn control(seg: &Segment, workers: usize) -> ShmRing {
         ShmRing::of(seg, 2 * workers, RING_CAP)
     }
 
     /// The supervisor's answers to the child's requests (state blocks to
     /// create): the ring after the control ring.
-    pub fn control_in(seg: &Segment, workers: usize) -> ShmRing {
+    pub(crate) fn control_in(seg: &Segment, workers: usize) -> ShmRing {
         ShmRing::of(seg, 2 * workers + 1, RING_CAP)
     }
 
@@ -149,13 +149,15 @@ impl RingMem for ShmRing {
         self.cap
     }
     fn write(&self, at: usize, bytes: &[u8]) {
-        debug_assert!(at + bytes.len() <= self.cap);
+        // Checked here, not only by the ring: this is the one place a bad
+        // offset could write outside the mapping.
+        assert!(at.checked_add(bytes.len()).is_some_and(|end| end <= self.cap), "ring write out of bounds");
         // SAFETY: `at + len <= cap` (the ring checks positions), so the
         // range is inside this ring's data; the protocol gives it to us.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(HEADER + at), bytes.len()) };
     }
     fn read(&self, at: usize, out: &mut [u8]) {
-        debug_assert!(at + out.len() <= self.cap);
+        assert!(at.checked_add(out.len()).is_some_and(|end| end <= self.cap), "ring read out of bounds");
         // SAFETY: as in `write`; the bytes are copied out before anyone
         // looks at them (the other side may be hostile).
         unsafe { std::ptr::copy_nonoverlapping(self.base.add(HEADER + at), out.as_mut_ptr(), out.len()) };
@@ -264,7 +266,7 @@ pub(super) fn recv_control(
 
 /// Queue HTTP hook `snapshot` to the child (a worker's side); `Ok(false)`
 /// when the ring is full.
-pub fn push_hook(p: &mut Producer<ShmRing>, snapshot: &[u8]) -> Result<bool, RingError> {
+pub(crate) fn push_hook(p: &mut Producer<ShmRing>, snapshot: &[u8]) -> Result<bool, RingError> {
     let pushed = p.push(kind::HOOK, snapshot)?;
     if pushed && p.consumer_sleeps() {
         futex_wake(p.mem().sleeping());
@@ -273,7 +275,7 @@ pub fn push_hook(p: &mut Producer<ShmRing>, snapshot: &[u8]) -> Result<bool, Rin
 }
 
 /// The next hook reply from the child, if one waits (a worker's side).
-pub fn pop_hook_reply(c: &mut Consumer<ShmRing>, out: &mut Vec<u8>) -> Result<bool, RingError> {
+pub(crate) fn pop_hook_reply(c: &mut Consumer<ShmRing>, out: &mut Vec<u8>) -> Result<bool, RingError> {
     match c.pop(out)? {
         None => Ok(false),
         Some(kind::HOOK_DONE) => Ok(true),

@@ -214,7 +214,7 @@ impl Region {
     /// and does not hold its lock: an isolated module's child, beside molt,
     /// which holds both. Validated as at any open; blocks it lacks are
     /// created through [`Region::set_creator`].
-    pub fn open_secondary(path: &Path) -> Result<Region, StateError> {
+    pub(crate) fn open_secondary(path: &Path) -> Result<Region, StateError> {
         let file = sys::mapfile::open_nofollow(path).map_err(|e| match e {
             sys::mapfile::OpenError::Symlink => {
                 err(path, "it is a symbolic link", "Point state_file at the real file.")
@@ -225,7 +225,7 @@ impl Region {
     }
 
     /// Have missing blocks created by `f` (a secondary region).
-    pub fn set_creator(&self, f: Box<Creator>) {
+    pub(crate) fn set_creator(&self, f: Box<Creator>) {
         let _ = self.creator.set(f);
     }
 
@@ -422,21 +422,21 @@ impl Region {
 
     /// Stop committing the directory: another process is about to take the
     /// writer role (a binary upgrade). Block contents stay shared.
-    pub fn give_up_writer(&self) {
+    pub(crate) fn give_up_writer(&self) {
         let _a = self.active.lock();
         self.writer.store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// Become the writer again after [`Region::give_up_writer`] (the upgrade
     /// failed: the other process never was the writer).
-    pub fn resume_writer(&self) {
+    pub(crate) fn resume_writer(&self) {
         let _a = self.active.lock();
         self.writer.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Take the writer role the other process gave up: the directory is
     /// read again from the file (rule 2's checks), then this process commits.
-    pub fn take_writer(&self) -> Result<(), StateError> {
+    pub(crate) fn take_writer(&self) -> Result<(), StateError> {
         let path = self.path.clone().unwrap_or_else(|| PathBuf::from("anonymous memory"));
         let mut a = self.active.lock();
         if let Some(file) = &self.file {
