@@ -11,44 +11,16 @@
 //! `docs/BENCHMARKS.md` has the numbers.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use molt_benches::upstream;
 use molt_runtime::http::{HttpLimits, HttpRoute, HttpSite};
 use molt_runtime::module::{FailurePolicy, ModuleConfig, SwapMode};
 use molt_runtime::{Runtime, RuntimeConfig};
 
 const NOOPS: [&str; 3] = ["fixture_noop_a", "fixture_noop_b", "fixture_noop_c"];
-
-/// A keep-alive upstream answering every request with a 2-byte body.
-fn upstream() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            let _ = s.set_nodelay(true);
-            std::thread::spawn(move || {
-                let mut buf = Vec::with_capacity(4096);
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err() {
-                            return;
-                        }
-                    }
-                    match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 fn runtime(n: usize, up: SocketAddr) -> Runtime {
     let run_dir = std::env::temp_dir().join(format!("molt-bench-hooks-{}-{n}", std::process::id()));

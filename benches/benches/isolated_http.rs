@@ -7,60 +7,17 @@
 //! `docs/BENCHMARKS.md` has the numbers.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use molt_benches::{Percentiles, module_lib, profile_dir};
+use molt_benches::{Percentiles, module_lib, molt_bin, upstream};
 
 const CLIENTS: usize = 4;
 const ROUND: Duration = Duration::from_secs(4);
-
-fn molt_bin() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "molt-runtime", "--bin", "molt"]);
-    if let Some(target) = profile_dir().parent() {
-        cmd.arg("--target-dir").arg(target);
-    }
-    if profile_dir().file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    assert!(cmd.status().expect("cargo build").success(), "building molt failed");
-    profile_dir().join("molt")
-}
-
-/// A keep-alive upstream answering every request with a 2-byte body.
-fn upstream() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            let _ = s.set_nodelay(true);
-            std::thread::spawn(move || {
-                let mut buf = Vec::with_capacity(4096);
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err() {
-                            return;
-                        }
-                    }
-                    match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 /// Latencies (ns) of one keep-alive client until `stop`.
 fn client(addr: SocketAddr, stop: Arc<AtomicBool>, failed: Arc<AtomicU64>) -> Vec<u64> {

@@ -12,31 +12,16 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use molt_benches::{Percentiles, module_lib, profile_dir};
+use molt_benches::{Percentiles, alive, module_lib, molt_bin};
 use serde_json::json;
 
 const CLIENTS: usize = 4;
 const UPGRADES: usize = 10;
-
-fn molt_bin() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "molt-runtime", "--bin", "molt"]);
-    if let Some(target) = profile_dir().parent() {
-        cmd.arg("--target-dir").arg(target);
-    }
-    if profile_dir().file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    assert!(cmd.status().expect("cargo build").success(), "building molt failed");
-    profile_dir().join("molt")
-}
 
 /// One keep-alive client: (start offset from `t0`, latency) per request, in ns.
 fn client(addr: SocketAddr, t0: Instant, stop: Arc<AtomicBool>, failed: Arc<AtomicU64>) -> Vec<(u64, u64)> {
@@ -96,11 +81,6 @@ fn client(addr: SocketAddr, t0: Instant, stop: Arc<AtomicBool>, failed: Arc<Atom
         }
     }
     out
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')))
 }
 
 fn main() {

@@ -36,6 +36,61 @@ pub fn module_lib(name: &str) -> PathBuf {
     profile_dir().join(format!("lib{name}.so"))
 }
 
+/// The `molt` binary of this profile, built once.
+pub fn molt_bin() -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "molt-runtime", "--bin", "molt"]);
+        if let Some(target) = profile_dir().parent() {
+            cmd.arg("--target-dir").arg(target);
+        }
+        if profile_dir().file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().expect("cargo build").success(), "building molt failed");
+    });
+    profile_dir().join("molt")
+}
+
+/// A keep-alive upstream on loopback answering every request with a
+/// 2-byte body, a thread per connection.
+pub fn upstream() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the upstream");
+    let addr = l.local_addr().expect("its address");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let _ = s.set_nodelay(true);
+            std::thread::spawn(move || {
+                let mut buf = Vec::with_capacity(4096);
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Whether process `pid` runs (a zombie does not).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')))
+}
+
 /// A copy of module `name` differing only by trailing bytes: a distinct
 /// file to swap in, as a rebuilt module would be.
 pub fn variant(dir: &Path, name: &str, n: u32) -> PathBuf {

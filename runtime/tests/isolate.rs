@@ -17,11 +17,6 @@ fn spawn(module: &str) -> Result<Isolated, IsolateError> {
     Isolated::spawn(std::path::Path::new(MOLT), &module_lib(module), &[], Duration::from_secs(10))
 }
 
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')))
-}
-
 #[test]
 fn calls_round_trip_through_the_child() {
     let mut iso = spawn("hello").unwrap();
@@ -50,7 +45,7 @@ fn a_crash_or_a_hang_in_the_module_is_the_childs() {
         assert!(matches!(e, IsolateError::Died(_)), "{e}");
         assert!(e.to_string().contains(what), "the exit status names the signal: {e}");
         assert!(t.elapsed() < Duration::from_secs(2), "a death is noticed within a nap: {:?}", t.elapsed());
-        assert!(!alive(pid));
+        assert!(!common::pid_alive(pid));
         // This process is fine, and a new child serves.
         let mut again = spawn("fixture_crash").unwrap();
         assert_eq!(again.call(2, b"y", Duration::from_secs(5)).unwrap()[0].data, b"oky");
@@ -63,10 +58,10 @@ fn a_crash_or_a_hang_in_the_module_is_the_childs() {
     assert!(matches!(e, IsolateError::Timeout(_)), "{e}");
     assert!(t.elapsed() < Duration::from_secs(2));
     let until = Instant::now() + Duration::from_secs(5);
-    while alive(pid) && Instant::now() < until {
+    while common::pid_alive(pid) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(!alive(pid), "the hung child was killed");
+    assert!(!common::pid_alive(pid), "the hung child was killed");
 }
 
 #[test]
@@ -110,14 +105,14 @@ fn the_child_does_not_outlive_its_parent() {
             break (pid.parse().unwrap(), dir.to_owned());
         }
     };
-    assert!(alive(pid));
+    assert!(common::pid_alive(pid));
     parent.kill().unwrap();
     parent.wait().unwrap();
     let until = Instant::now() + Duration::from_secs(5);
-    while alive(pid) && Instant::now() < until {
+    while common::pid_alive(pid) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(!alive(pid), "the child {pid} outlived its parent");
+    assert!(!common::pid_alive(pid), "the child {pid} outlived its parent");
     // A killed parent cannot clean up after its child: we do.
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -212,9 +207,9 @@ mod hooks {
         let e = request_hook(&mut again, "X-Loop: 1\r\n").expect_err("timed out");
         assert!(matches!(e, IsolateError::Timeout(_)), "{e}");
         let until = std::time::Instant::now() + Duration::from_secs(5);
-        while super::alive(pid) && std::time::Instant::now() < until {
+        while crate::common::pid_alive(pid) && std::time::Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(!super::alive(pid));
+        assert!(!crate::common::pid_alive(pid));
     }
 }

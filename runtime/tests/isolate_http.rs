@@ -200,7 +200,7 @@ fn under_load_a_crashing_isolated_module_fails_open_and_is_restarted() {
     assert!(ok.load(Ordering::Relaxed) > 100, "the load ran: {}", ok.load(Ordering::Relaxed));
     assert_ne!(revived["pid"], first["pid"]);
     assert_eq!(m.child.id(), pid);
-    assert!(pid_alive(pid), "molt itself never went down");
+    assert!(common::pid_alive(pid), "molt itself never went down");
 }
 
 /// With the default policy a request whose hook met the crash is answered
@@ -233,11 +233,6 @@ fn a_crash_or_a_hang_is_a_500_for_that_request_and_the_child_comes_back() {
     // The answer the module makes in its child reaches the client.
     let mut c = Client::connect(m.http);
     assert_eq!(c.get_with("/echo", "X-Answer: 1\r\n").unwrap().text(), "isolated answer");
-}
-
-fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')))
 }
 
 /// `[modules.sandbox] files = "confined"`: the child reads only what
@@ -383,7 +378,7 @@ fn swapping_an_isolated_module_under_load_fails_no_request() {
         std::thread::sleep(Duration::from_millis(20));
     }
     for p in &pids[..pids.len() - 1] {
-        assert!(!pid_alive(*p as u32), "old child {p} still runs");
+        assert!(!common::pid_alive(*p as u32), "old child {p} still runs");
     }
 }
 

@@ -112,12 +112,6 @@ fn echo_server() -> SocketAddr {
     addr
 }
 
-fn pid_alive(pid: u32) -> bool {
-    // A zombie is gone for our purpose: it serves nothing.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
-}
-
 /// A running molt (the first process, then whoever took over); every
 /// process still alive is killed on drop.
 struct Molt {
@@ -200,7 +194,7 @@ impl Molt {
 impl Drop for Molt {
     fn drop(&mut self) {
         for &p in &self.pids {
-            if pid_alive(p) {
+            if common::pid_alive(p) {
                 let _ = rustix::process::kill_process(
                     rustix::process::Pid::from_raw(p as i32).unwrap(),
                     rustix::process::Signal::KILL,
@@ -365,7 +359,7 @@ fn start_load(m: &Molt, stop: &Arc<AtomicBool>, seen: &Arc<Seen>) -> Vec<std::th
 
 fn wait_gone(pid: u32, within: Duration) -> bool {
     let until = Instant::now() + within;
-    while pid_alive(pid) {
+    while common::pid_alive(pid) {
         if Instant::now() > until {
             return false;
         }
@@ -526,7 +520,7 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
     for u in &history {
         assert_eq!(u["outcome"], "failed");
         let p = u["new_pid"].as_u64().unwrap() as u32;
-        assert!(p == 0 || !pid_alive(p), "the failed new process {p} is gone");
+        assert!(p == 0 || !common::pid_alive(p), "the failed new process {p} is gone");
     }
     let metrics = m.ctl(&["metrics"]).unwrap();
     let text = metrics.as_str().unwrap();

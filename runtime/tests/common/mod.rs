@@ -205,3 +205,10 @@ pub fn in_own_process(name: &str) -> bool {
     );
     true
 }
+
+/// Whether process `pid` runs (a zombie serves nothing: it does not).
+#[allow(dead_code)]
+pub fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+}
