@@ -740,3 +740,47 @@ fn socket_activation_refuses_what_it_cannot_use() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("systemd passed a socket on {}", stray.local_addr().unwrap())), "{err}");
 }
+
+/// A "new process" that connects to the upgrade socket and speaks nonsense
+/// (a frame that is not the protocol, or one claiming 100 MB) is refused at
+/// the handshake; the old process serves on. The fake is this test binary,
+/// run again by a script in the new binary's place.
+#[test]
+fn a_new_process_that_speaks_nonsense_is_refused() {
+    if let Ok(kind) = std::env::var("MOLT_FAKE_JOINER") {
+        let path = std::env::var("MOLT_UPGRADE_SOCKET").expect("started by an upgrade");
+        let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+        if kind == "huge" {
+            s.write_all(&(100u32 << 20).to_le_bytes()).unwrap();
+        } else {
+            let body = b"{\"type\":\"hello\",\"nonsense\":true}";
+            s.write_all(&(body.len() as u32).to_le_bytes()).unwrap();
+            s.write_all(body).unwrap();
+        }
+        std::thread::sleep(Duration::from_secs(30));
+        return;
+    }
+    let dir = RunDir::new("upgrade-fake");
+    let run_dir = dir.path().join("run");
+    let (backend, _) = common::http::backend("b");
+    let cfg = write_config(dir.path(), &run_dir, backend, echo_server());
+    let m = Molt::start(&cfg, &run_dir);
+    let first = m.pids[0];
+    let me = std::env::current_exe().unwrap();
+    for (kind, want) in [("json", "not the upgrade protocol"), ("huge", "bytes (at most")] {
+        let script = dir.path().join(format!("fake-{kind}.sh"));
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nMOLT_FAKE_JOINER={kind} exec {} --exact a_new_process_that_speaks_nonsense_is_refused --nocapture\n",
+                me.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let e = m.ctl(&["upgrade", "--binary", script.to_str().unwrap()]).expect_err("refused");
+        assert!(e.contains("failed at step handshake") && e.contains(want), "{kind}: {e}");
+        assert_eq!(m.lock_pid(), first);
+        assert_eq!(Client::connect(m.http).get("/").unwrap().status, 200, "the old process serves on");
+    }
+}
