@@ -215,7 +215,7 @@ fn a_c_module_handles_tcp_connections_itself() {
     drop(conns);
     // Each connection's continuation ends after its CLOSED: the version can go.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while rt.shared().versions().iter().any(|v| v.holders.conts.load(Ordering::Relaxed) > 0) {
+    while rt.shared().versions().iter().any(|v| v.holders.conts() > 0) {
         assert!(Instant::now() < deadline, "connection continuations outlived their connections");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -419,7 +419,7 @@ fn a_schema_change_without_adopt_never_leaves_old_continuations_over_the_retired
         // An older version speaking the live block's schema may drain on it;
         // one speaking another schema would run over a retired block.
         for v in rt.shared().versions() {
-            let live = v.holders.conts.load(molt_runtime::sync::Ordering::Relaxed);
+            let live = v.holders.conts();
             let other_schema = v.meta.state_schema != active.meta().state_schema;
             if v.meta.name == "fixture_noadopt" && v.is_loaded() && other_schema && live > 0 {
                 violations

@@ -119,9 +119,10 @@ impl SlotTable {
     }
 
     /// Retire a live slot: bump its generation and clear the live bit, so
-    /// its ids are stale for every thread from now on. Idempotent.
+    /// its ids are stale for every thread from now on. Idempotent. Only the
+    /// slot's home worker calls it, and a live slot is in no free list, so
+    /// no lock is taken (one was, per continuation ended).
     pub fn retire(&self, slot: u32) {
-        let _f = self.free.lock();
         self.bump(slot);
     }
 

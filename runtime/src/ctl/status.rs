@@ -49,7 +49,7 @@ pub fn status(rt: &RuntimeShared, started: Instant, config: &str) -> Value {
                 "path": r.meta.source,
                 "copy": r.meta.copy,
                 "state": state,
-                "continuations": r.holders.conts.load(Ordering::Relaxed),
+                "continuations": r.holders.conts(),
                 "timers": r.holders.timers.load(Ordering::Relaxed),
                 "held_by_active_generation": in_active,
                 "pinned": r.unloaded().and_then(|u| u.pinned.clone()),

@@ -390,8 +390,9 @@ pub struct CallFrame<'a> {
     pub meta: &'a ModuleMeta,
     /// Runtime-wide services.
     pub host: &'a Host,
-    /// The environment.
-    pub env: CallEnv<'a>,
+    /// The environment (borrowed: the caller builds it in place, and a
+    /// copy here cost a store-forwarding stall on every call).
+    pub env: &'a CallEnv<'a>,
     /// What went wrong in this call, if anything: one word to set up and
     /// to check on every call, allocated only on a failure.
     pub(crate) errors: Cell<Option<Box<CallErrors>>>,

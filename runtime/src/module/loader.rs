@@ -153,7 +153,7 @@ impl Loader {
         let mut instance = core::ptr::null_mut();
         let init = meta.callbacks.init;
         crate::host::begin_init();
-        let (status, err) = with_call(&meta, &self.host, core::ptr::null_mut(), CallEnv::detached(None), 0, |ctx| {
+        let (status, err) = with_call(&meta, &self.host, core::ptr::null_mut(), &CallEnv::detached(None), 0, |ctx| {
             // SAFETY: `init` is the module's init from a validated descriptor,
             // its library loaded; ctx, args (and the strings they point to)
             // and the out-parameter outlive the call.

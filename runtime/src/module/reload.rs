@@ -30,7 +30,7 @@ use molt_abi::ffi::*;
 use super::registry::Registry;
 use super::{Holders, LoadError, ModuleMeta, ModuleSpec, UnloadReport, VersionId, VersionRef};
 use crate::host::Host;
-use crate::sync::{Arc, Ordering};
+use crate::sync::Arc;
 use crate::sys::files::Taken;
 
 /// What the registry asks of the workers, all from the control side (each
@@ -76,7 +76,7 @@ impl VersionRecord {
 
     /// Continuations it owns now.
     pub fn continuations(&self) -> usize {
-        self.holders.conts.load(Ordering::Relaxed)
+        self.holders.conts()
     }
 }
 

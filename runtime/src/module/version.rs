@@ -23,8 +23,9 @@ impl CallEnv<'_> {
 /// (never on dispatch).
 #[derive(Debug, Default)]
 pub struct Holders {
-    /// Live continuations owned by the version.
-    pub conts: AtomicUsize,
+    /// Live continuations owned by the version: one count per worker that
+    /// pins it (`worker/pin.rs`), folded by [`Holders::conts`].
+    pub(crate) shards: crate::sync::Mutex<Vec<Arc<AtomicUsize>>>,
     /// Pending timers charged to it.
     pub timers: AtomicUsize,
 }
@@ -81,7 +82,7 @@ pub(crate) fn with_call<R>(
     meta: &ModuleMeta,
     host: &Host,
     instance: *mut c_void,
-    env: CallEnv<'_>,
+    env: &CallEnv<'_>,
     self_id: u64,
     f: impl FnOnce(*const molt_ctx) -> R,
 ) -> (R, Option<(molt_status, String)>) {
@@ -211,15 +212,17 @@ impl ModuleVersion {
         handler: Option<molt_handler_fn>,
         data: *mut c_void,
         ev: &molt_event,
-    ) -> Result<(), CallError> {
+    ) -> Result<(), Box<CallError>> {
         let h = handler.unwrap_or(self.meta.callbacks.handle_event);
-        let (status, err) = with_call(&self.meta, &self.host, self.instance, env, self_id, |ctx| {
+        let (status, err) = with_call(&self.meta, &self.host, self.instance, &env, self_id, |ctx| {
             // SAFETY: `h` is this version's handler (its library is loaded
             // while `self` lives); ctx and ev are valid for the call; data and
             // exclusivity are this function's contract.
             unsafe { h(ctx, data, ev) }
         });
-        if status == MOLT_OK { Ok(()) } else { Err(self.call_error("handle_event", status, err)) }
+        // The error is boxed: a one-word result on the hot path (a wide one
+        // was copied out through memory on every call).
+        if status == MOLT_OK { Ok(()) } else { Err(Box::new(self.call_error("handle_event", status, err))) }
     }
 
     /// Hand live continuation `self_id` of an older version (its data
@@ -242,7 +245,7 @@ impl ModuleVersion {
         };
         let mut new_data: *mut c_void = core::ptr::null_mut();
         let mut new_handler: Option<molt_handler_fn> = Some(self.meta.callbacks.handle_event);
-        let (status, err) = with_call(&self.meta, &self.host, self.instance, env, self_id, |ctx| {
+        let (status, err) = with_call(&self.meta, &self.host, self.instance, &env, self_id, |ctx| {
             // SAFETY: `adopt` is this version's callback, its library loaded;
             // ctx and the out-parameters are valid for the call; exclusivity
             // for `self_id` is this function's contract.
@@ -258,7 +261,8 @@ impl ModuleVersion {
         let ev = event(MOLT_EV_MESSAGE, 0, 0, tag, payload);
         // SAFETY: a host-sent event to no continuation: null data, the
         // descriptor's handler, and id 0, which no other call can be for.
-        unsafe { self.handle_event(CallEnv::detached(Some(&replies)), 0, None, core::ptr::null_mut(), &ev) }?;
+        unsafe { self.handle_event(CallEnv::detached(Some(&replies)), 0, None, core::ptr::null_mut(), &ev) }
+            .map_err(|e| *e)?;
         Ok(replies.into_inner())
     }
 
@@ -279,7 +283,7 @@ impl ModuleVersion {
         let env = CallEnv { txn: Some(txn), ..CallEnv::detached(None) };
         // SAFETY: a host-sent event to no continuation: null data, the
         // descriptor's handler, and id 0, which no other call can be for.
-        unsafe { self.handle_event(env, 0, None, core::ptr::null_mut(), &ev) }
+        unsafe { self.handle_event(env, 0, None, core::ptr::null_mut(), &ev) }.map_err(|e| *e)
     }
 
     /// Run this version's migrate on `m` (a down-migration for a rollback),
@@ -289,7 +293,7 @@ impl ModuleVersion {
         let Some(f) = self.meta.callbacks.migrate else {
             return Err(self.missing("migrate"));
         };
-        let (status, err) = with_call(&self.meta, &self.host, self.instance, CallEnv::detached(None), 0, |ctx| {
+        let (status, err) = with_call(&self.meta, &self.host, self.instance, &CallEnv::detached(None), 0, |ctx| {
             // SAFETY: this version's migrate, its library loaded; `m` and its
             // buffers outlive the call; the module is quiesced by the caller.
             unsafe { f(ctx, m) }
@@ -300,7 +304,7 @@ impl ModuleVersion {
     /// Tell the instance it is being replaced.
     pub fn drain(&self, env: CallEnv<'_>) -> Result<(), CallError> {
         let Some(d) = self.meta.callbacks.drain else { return Ok(()) };
-        let (status, err) = with_call(&self.meta, &self.host, self.instance, env, 0, |ctx| {
+        let (status, err) = with_call(&self.meta, &self.host, self.instance, &env, 0, |ctx| {
             // SAFETY: `d` is this version's drain callback, its library loaded; ctx valid for the call.
             unsafe { d(ctx) }
         });
@@ -350,7 +354,7 @@ impl ModuleVersion {
         let f = self.meta.callbacks.fini?;
         self.lib.as_ref()?;
         let instance = std::mem::replace(&mut self.instance, core::ptr::null_mut());
-        let ((), err) = with_call(&self.meta, &self.host, instance, CallEnv::detached(None), 0, |ctx| {
+        let ((), err) = with_call(&self.meta, &self.host, instance, &CallEnv::detached(None), 0, |ctx| {
             // SAFETY: `f` is this version's fini, its library still loaded;
             // it is the last call into the instance, made once (instance is
             // nulled above).

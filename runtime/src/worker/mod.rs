@@ -60,6 +60,7 @@ pub mod fleet;
 pub mod hold;
 pub mod inbox;
 pub mod io;
+mod pin;
 pub mod sleep;
 pub mod timer;
 
@@ -192,7 +193,8 @@ struct TimerPayload {
 /// A live continuation.
 pub(crate) struct Cont {
     pub(crate) generation: u32,
-    pub(crate) version: VersionRef,
+    /// Its version, pinned through the worker's table (`pin.rs`).
+    pub(crate) version: pin::Pin,
     pub(crate) handler: Option<molt_handler_fn>,
     pub(crate) data: *mut c_void,
     /// Destroy was requested: its END is queued, other events are dropped.
@@ -228,6 +230,9 @@ pub struct WorkerCore {
     released: Cell<bool>,
     /// The socket layers (set once when the loop starts).
     io: std::cell::OnceCell<Vec<Box<dyn io::Io>>>,
+    /// The versions this worker's continuations hold (after `local`:
+    /// the slab's continuations go first).
+    pins: pin::Pins,
 }
 
 /// What [`WorkerCore::call_now`] did.
@@ -236,7 +241,7 @@ pub enum CallNow {
     /// The handler ran and returned success.
     Done,
     /// The handler ran and failed (or panicked).
-    Failed(crate::module::CallError),
+    Failed(Box<crate::module::CallError>),
     /// The continuation's version is held (a state migration of its
     /// module): nothing ran; call again later.
     Held,
@@ -266,6 +271,7 @@ impl WorkerCore {
             holds: hold::Holds::default(),
             released: Cell::new(false),
             io: std::cell::OnceCell::new(),
+            pins: pin::Pins::default(),
         }
     }
 
@@ -305,7 +311,13 @@ impl WorkerCore {
         const POLL_EVERY: u32 = 8;
         let mut turns_without_poll = 0u32;
         let mut just_polled = false;
+        let mut turns_since_sweep = 0u32;
         loop {
+            turns_since_sweep += 1;
+            if turns_since_sweep >= pin::SWEEP_EVERY {
+                turns_since_sweep = 0;
+                self.pins.sweep();
+            }
             let mut worked = false;
             if active {
                 if !just_polled && turns_without_poll >= POLL_EVERY {
@@ -349,6 +361,9 @@ impl WorkerCore {
                 // Wake for the layers' timeouts.
                 timeout = Some(timeout.map_or(tick_every, |t| t.min(tick_every)));
             }
+            // Nothing runs until the poll returns: let go of the versions
+            // no continuation here holds any more (pin rule 4).
+            self.pins.sweep();
             bump(&self.shared.stats.parks);
             match poll.poll(&mut events, timeout) {
                 Ok(()) => {
@@ -365,6 +380,7 @@ impl WorkerCore {
             idle_since = None;
         }
         self.end_all();
+        self.pins.sweep();
     }
 
     /// This worker's layer of type `T`, if it has one.
@@ -502,30 +518,27 @@ impl WorkerCore {
     }
 
     fn install(&self, s: Spawn) {
-        self.install_with(s, true);
-    }
-
-    fn install_with(&self, s: Spawn, start: bool) {
         let id = id::encode(self.index(), s.slot, s.generation);
+        let version = self.pins.pin(&s.version);
         let mut l = self.local.borrow_mut();
         let pending = match std::mem::replace(l.slab.get_mut(s.slot), Slot::Free) {
             Slot::Reserved { pending, .. } => pending,
             _ => VecDeque::new(),
         };
-        s.version.holders().conts.fetch_add(1, Ordering::Relaxed);
         *l.slab.get_mut(s.slot) = Slot::Live(Cont {
             generation: s.generation,
-            version: s.version,
+            version,
             handler: s.handler,
             data: s.data.0,
             ending: false,
             user_args: None,
             started: false,
         });
-        if start {
-            l.runq.push_back(Event::bare(MOLT_EV_START, id, s.source, s.tag));
-        }
+        l.runq.push_back(Event::bare(MOLT_EV_START, id, s.source, s.tag));
         l.runq.extend(pending);
+        drop(l);
+        // `s.version` (the creator's reference) drops here, outside any
+        // module call: the pin holds the version now.
     }
 
     fn fire_timers(&self) -> bool {
@@ -573,13 +586,13 @@ impl WorkerCore {
                         bump(&self.shared.stats.stale_dropped);
                         return;
                     }
-                    if self.holds.is_held(c.version.id()) {
+                    if self.holds.is_held(c.version.version().id()) {
                         drop(l);
                         self.holds.park(ev);
                         return;
                     }
                     c.started = true;
-                    (&raw const c.version, c.handler, c.data)
+                    (core::ptr::from_ref(c.version.version()), c.handler, c.data)
                 }
                 Slot::Reserved { generation, pending } if *generation == p.generation => {
                     pending.push_back(ev);
@@ -621,12 +634,11 @@ impl WorkerCore {
         let mut l = self.local.borrow_mut();
         let old = std::mem::replace(l.slab.get_mut(slot), Slot::Free);
         if let Slot::Live(c) = old {
-            c.version.holders().conts.fetch_sub(1, Ordering::Relaxed);
             self.shared.slots.retire_local(slot, &mut l.free_slots);
             drop(l);
-            // `c.version` drops here: if it was the last reference, the
-            // version goes to the reaper (never unloaded on this stack).
-            drop(c);
+            // The version stays pinned by the table until the next sweep
+            // (pin rule 4): never unloaded on this stack.
+            self.pins.unpin(c.version);
         }
     }
 
@@ -736,17 +748,24 @@ impl WorkerCore {
     pub fn spawn_host(&self, version: &VersionRef) -> ServiceResult<u64> {
         let reserved = self.shared.slots.reserve_local(&mut self.local.borrow_mut().free_slots);
         let (slot, generation) = reserved.ok_or_else(|| full(self.index(), &self.shared.slots))?;
-        let spawn = Spawn {
-            slot,
+        let version = self.pins.pin(version);
+        let mut l = self.local.borrow_mut();
+        let cont = Slot::Live(Cont {
             generation,
-            version: version.clone(),
+            version,
             handler: None,
-            data: SendPtr(core::ptr::null_mut()),
-            tag: 0,
-            source: 0,
-        };
-        self.install_with(spawn, false);
-        Ok(id::encode(self.index(), slot, generation))
+            data: core::ptr::null_mut(),
+            ending: false,
+            user_args: None,
+            started: false,
+        });
+        // A slot this worker reserved is free here, unless events for an
+        // earlier reservation of it wait (they are stale: kept in order).
+        let id = id::encode(self.index(), slot, generation);
+        if let Slot::Reserved { pending, .. } = std::mem::replace(l.slab.get_mut(slot), cont) {
+            l.runq.extend(pending);
+        }
+        Ok(id)
     }
 
     /// Call continuation `target` of this worker now, with an event of
@@ -770,11 +789,11 @@ impl WorkerCore {
             let mut l = self.local.borrow_mut();
             match l.slab.get_mut(p.slot) {
                 Slot::Live(c) if c.generation == p.generation && !c.ending => {
-                    if self.holds.is_held(c.version.id()) {
+                    if self.holds.is_held(c.version.version().id()) {
                         return CallNow::Held;
                     }
                     c.started = true;
-                    (&raw const c.version, c.handler, c.data)
+                    (core::ptr::from_ref(c.version.version()), c.handler, c.data)
                 }
                 _ => return CallNow::Stale,
             }
@@ -817,7 +836,7 @@ impl WorkerCore {
         data: *mut c_void,
         abi: &molt_event,
         txn: Option<&dyn crate::host::TxnAccess>,
-    ) -> Result<(), crate::module::CallError> {
+    ) -> Result<(), Box<crate::module::CallError>> {
         let outer = self.current.replace(target);
         // SAFETY: per this function's contract.
         let r = unsafe { version.handle_event(self.env(version, txn), target, handler, data, abi) };
@@ -839,7 +858,7 @@ impl WorkerCore {
         slots
             .into_iter()
             .filter_map(|s| match l.slab.get_mut(s) {
-                Slot::Live(c) if c.version.id() == version && !c.ending => Some((s, c.generation)),
+                Slot::Live(c) if c.version.version().id() == version && !c.ending => Some((s, c.generation)),
                 _ => None,
             })
             .collect()
@@ -902,11 +921,10 @@ impl WorkerCore {
                 && c.handler.is_none()
                 && c.data.is_null()
             {
-                c.version.holders().conts.fetch_sub(1, Ordering::Relaxed);
-                new.holders().conts.fetch_add(1, Ordering::Relaxed);
-                // The old reference drops here, between calls: at worst it
-                // goes to the reaper.
-                c.version = new.clone();
+                let old = std::mem::replace(&mut c.version, self.pins.pin(new));
+                // Between calls; the old version is let go at the next
+                // sweep (pin rule 4).
+                self.pins.unpin(old);
                 moved += 1;
             }
         }
@@ -924,7 +942,7 @@ impl WorkerCore {
             // starts without them (and sets its own in adopt); they come
             // back if the adopt is refused.
             let (old_ref, old_handler, old_data, old_args) = match self.local.borrow_mut().slab.get_mut(slot) {
-                Slot::Live(c) => (c.version.clone(), c.handler, c.data, c.user_args.take()),
+                Slot::Live(c) => (c.version.version().clone(), c.handler, c.data, c.user_args.take()),
                 _ => continue,
             };
             let env = self.env(new, None);
@@ -962,9 +980,8 @@ impl WorkerCore {
                 self.current.set(0);
             }
             if let Slot::Live(c) = self.local.borrow_mut().slab.get_mut(slot) {
-                old_ref.holders().conts.fetch_sub(1, Ordering::Relaxed);
-                new.holders().conts.fetch_add(1, Ordering::Relaxed);
-                c.version = new.clone();
+                let was = std::mem::replace(&mut c.version, self.pins.pin(new));
+                self.pins.unpin(was);
                 c.handler = new_handler;
                 c.data = new_data;
             }
@@ -1164,12 +1181,12 @@ impl WorkerCore {
         let mut l = self.local.borrow_mut();
         match l.slab.get_mut(p.slot) {
             Slot::Live(c) if c.generation == p.generation => {
-                if c.version.meta().name != frame.meta.name {
+                if c.version.version().meta().name != frame.meta.name {
                     return Err((
                         MOLT_ERR_INVALID_ARG,
                         format!(
                             "continuation {cont:#x} belongs to module {}: a module reaches the user args of its own continuations only",
-                            c.version.meta().name
+                            c.version.version().meta().name
                         ),
                     ));
                 }
