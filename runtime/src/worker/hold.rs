@@ -38,6 +38,14 @@ impl<E> Holds<E> {
         self.holding.get() && self.held.borrow().contains(&version)
     }
 
+    /// [`Holds::is_held`] for the version `version` names, asked only
+    /// while some version is held (holds are rare; finding the version's
+    /// id costs loads the common case does not need).
+    #[inline]
+    pub fn is_held_by(&self, version: impl FnOnce() -> VersionId) -> bool {
+        self.holding.get() && self.held.borrow().contains(&version())
+    }
+
     /// Park an event of a held version.
     #[cold]
     pub fn park(&self, ev: E) {

@@ -586,13 +586,13 @@ impl WorkerCore {
                         bump(&self.shared.stats.stale_dropped);
                         return;
                     }
-                    if self.holds.is_held(c.version.version().id()) {
+                    if self.holds.is_held_by(|| c.version.version().id()) {
                         drop(l);
                         self.holds.park(ev);
                         return;
                     }
                     c.started = true;
-                    (core::ptr::from_ref(c.version.version()), c.handler, c.data)
+                    (&raw const c.version, c.handler, c.data)
                 }
                 Slot::Reserved { generation, pending } if *generation == p.generation => {
                     pending.push_back(ev);
@@ -616,7 +616,7 @@ impl WorkerCore {
         // only by `free_slot` below, after this call returns (an END is only
         // processed here, not from inside a module call), so the reference
         // lives across the call.
-        let version: &VersionRef = unsafe { &*version };
+        let version: &pin::Pin = unsafe { &*version };
         let abi = ev.as_abi();
         // SAFETY: `handler` and `data` are this live continuation's, read
         // from its slot just now, on its home worker.
@@ -789,18 +789,18 @@ impl WorkerCore {
             let mut l = self.local.borrow_mut();
             match l.slab.get_mut(p.slot) {
                 Slot::Live(c) if c.generation == p.generation && !c.ending => {
-                    if self.holds.is_held(c.version.version().id()) {
+                    if self.holds.is_held_by(|| c.version.version().id()) {
                         return CallNow::Held;
                     }
                     c.started = true;
-                    (core::ptr::from_ref(c.version.version()), c.handler, c.data)
+                    (&raw const c.version, c.handler, c.data)
                 }
                 _ => return CallNow::Stale,
             }
         };
         // SAFETY: as in `dispatch`: slots never move, and this one is freed
         // only after an END, which is never processed inside this call.
-        let version: &VersionRef = unsafe { &*version };
+        let version: &pin::Pin = unsafe { &*version };
         let mut abi = crate::module::event(kind, target, 0, 0, data);
         abi.handle = handle;
         abi.arg0 = args.0;
@@ -827,11 +827,14 @@ impl WorkerCore {
     /// `handler` and `data` are `target`'s, a live continuation of `version`
     /// on this worker, and no other call for it is in flight (a worker runs
     /// one call at a time, and the loop calls this outside any module call).
-    #[inline]
+    // Always inlined: out of line, `txn` (two words) went on the stack
+    // and was read back with one wide load, a store-forwarding stall that
+    // was a fifth of the hook path's time.
+    #[inline(always)]
     unsafe fn call(
         &self,
         target: u64,
-        version: &VersionRef,
+        version: &pin::Pin,
         handler: Option<molt_handler_fn>,
         data: *mut c_void,
         abi: &molt_event,
@@ -839,7 +842,7 @@ impl WorkerCore {
     ) -> Result<(), Box<crate::module::CallError>> {
         let outer = self.current.replace(target);
         // SAFETY: per this function's contract.
-        let r = unsafe { version.handle_event(self.env(version, txn), target, handler, data, abi) };
+        let r = unsafe { version.module().handle_event(self.env(version.version(), txn), target, handler, data, abi) };
         self.current.set(outer);
         bump(&self.shared.stats.dispatched);
         if let Err(e) = &r {
