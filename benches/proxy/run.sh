@@ -9,9 +9,10 @@
 #                        [--no-modules | --direct] [--count]
 #
 # --count, instead of the rounds, counts what molt does per request at one
-# connection (wrk -c1 for --duration seconds): malloc calls (a perf uprobe
-# on libc's malloc), epoll_wait calls and all system calls, from
-# `perf stat -p` on the molt process, divided by the requests wrk made.
+# connection (wrk -c1 for --duration seconds; with --connections C, at C):
+# malloc calls (a perf uprobe on libc's malloc), epoll_wait calls and all
+# system calls, from `perf stat -p` on the molt process, divided by the
+# requests wrk made.
 #
 # --no-modules runs molt's route without its module chain (and nginx without
 # the extra headers): the proxy core alone, to see what the chain costs.
@@ -28,12 +29,12 @@ set -euo pipefail
 
 ROUNDS=3 DURATION=10 CONNS=64 WORKERS=1 CHAIN='"rate_limit", "header_rewrite", "router"'
 NGX_EXTRA='proxy_set_header X-Proxy molt-bench; add_header X-Served-By nginx;'
-MODE=proxy COUNT=0
+MODE=proxy COUNT=0 COUNT_CONNS=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
-    --connections) CONNS=$2; shift 2 ;;
+    --connections) CONNS=$2; COUNT_CONNS=$2; shift 2 ;;
     --workers) WORKERS=$2; shift 2 ;;
     --no-modules) CHAIN=''; NGX_EXTRA=''; shift ;;
     --direct) MODE=direct; CHAIN='"rate_limit", "header_rewrite", "hello"'; shift ;;
@@ -185,12 +186,27 @@ if [ "$COUNT" = 1 ]; then
     # Where the mallocs come from: call graphs into $MALLOC_STACKS (perf report -i ...).
     perf record -q --call-graph dwarf,16384 -e probe_libc:malloc -o "$MALLOC_STACKS" -p "$MPID" -- sleep 1 >/dev/null 2>&1 &
   fi
-  reqs=$(wrk -t1 -c1 -d"${DURATION}s" "http://$MOLT/" | awk '/requests in/ {print $1}')
+  reqs=$(wrk -t1 -c"$COUNT_CONNS" -d"${DURATION}s" "http://$MOLT/" | awk '/requests in/ {print $1}')
   wait "$STAT"
-  echo "molt per request at one connection (modules: [${CHAIN:-none}], $reqs requests in ${DURATION}s):"
+  echo "molt per request at $COUNT_CONNS connection(s) (modules: [${CHAIN:-none}], $reqs requests in ${DURATION}s):"
   awk -F, -v n="$reqs" '$3 ~ /malloc/ {printf "  malloc       %.2f\n", $1/n}
                         $3 ~ /epoll_wait/ {printf "  epoll_wait   %.2f\n", $1/n}
                         $3 ~ /raw_syscalls/ {printf "  syscalls     %.2f\n", $1/n}' "$WORK/stat.txt"
+  # The same counts for nginx's proxy workers, the same way, next.
+  NPIDS=$(pgrep -d, -P "${PIDS[1]}" || true)
+  if [ -n "$NPIDS" ]; then
+    perf probe -q -x "$(ldd "$NGINX" | awk '/libc.so/ {print $3}')" malloc 2>/dev/null || true
+    perf stat -x, -o "$WORK/nstat.txt" -e probe_libc:malloc -e syscalls:sys_enter_epoll_wait -e raw_syscalls:sys_enter \
+      -p "$NPIDS" -- sleep "$((DURATION + 1))" &
+    STAT=$!
+    sleep 0.5
+    reqs=$(wrk -t1 -c"$COUNT_CONNS" -d"${DURATION}s" "http://$NGX/" | awk '/requests in/ {print $1}')
+    wait "$STAT"
+    echo "nginx per request at $COUNT_CONNS connection(s) ($reqs requests in ${DURATION}s):"
+    awk -F, -v n="$reqs" '$3 ~ /malloc/ {printf "  malloc       %.2f\n", $1/n}
+                          $3 ~ /epoll_wait/ {printf "  epoll_wait   %.2f\n", $1/n}
+                          $3 ~ /raw_syscalls/ {printf "  syscalls     %.2f\n", $1/n}' "$WORK/nstat.txt"
+  fi
   exit 0
 fi
 
@@ -215,13 +231,22 @@ echo "proxy bench: $(nproc) CPUs ($(awk -F: '/model name/ {print $2; exit}' /pro
 echo "mode $MODE, molt modules: [${CHAIN:-none}]"
 echo "workers $WORKERS each, wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS rounds A(molt) B(nginx), backend nginx (1 worker, 64-byte body)"
 printf '%-6s %12s %10s %10s   %12s %10s %10s   %8s %8s\n' round molt_rps p50_us p99_us nginx_rps p50_us p99_us rps_x p99_x
+RATIOS=() P99S=()
 for r in $(seq "$ROUNDS"); do
   read -r mr m50 m99 < <(measure "$MOLT")
   read -r nr n50 n99 < <(measure "$NGX")
-  printf '%-6s %12s %10s %10s   %12s %10s %10s   %8s %8s\n' "$r" "$mr" "$m50" "$m99" "$nr" "$n50" "$n99" \
-    "$(awk -v a="$mr" -v b="$nr" 'BEGIN {printf "%.2f", a/b}')" "$(awk -v a="$m99" -v b="$n99" 'BEGIN {printf "%.2f", a/b}')"
+  rx=$(awk -v a="$mr" -v b="$nr" 'BEGIN {printf "%.3f", a/b}')
+  px=$(awk -v a="$m99" -v b="$n99" 'BEGIN {printf "%.3f", a/b}')
+  RATIOS+=("$rx") P99S+=("$px")
+  printf '%-6s %12s %10s %10s   %12s %10s %10s   %8s %8s\n' "$r" "$mr" "$m50" "$m99" "$nr" "$n50" "$n99" "$rx" "$px"
 done
 echo "rps_x: molt req/s over nginx's (higher is better for molt); p99_x: molt p99 over nginx's (lower is better)"
+# The summary the docs quote: geometric means over the rounds, and ranges.
+summary() {
+  printf '%s\n' "$@" | awk '{ l += log($1); n++; if (n == 1 || $1 < lo) lo = $1; if (n == 1 || $1 > hi) hi = $1 }
+    END { printf "%.3f (%.3f-%.3f)", exp(l / n), lo, hi }'
+}
+echo "geomean over $ROUNDS rounds: rps_x $(summary "${RATIOS[@]}"), p99_x $(summary "${P99S[@]}")"
 # How molt's SO_REUSEPORT listeners spread the requests over its workers.
 "$BIN/molt" ctl metrics --socket "$WORK/run/ctl.sock" 2>/dev/null |
   awk '/^molt_http_requests_total/ { split($1, a, "\""); n[a[2]] = $2; t += $2 }

@@ -180,3 +180,70 @@ fn http_1_2_is_served_as_1_1_and_an_unknown_coding_is_a_501() {
     assert_eq!(once(addr, b"GET /x HTTP/2.0\r\nHost: t\r\n\r\n", "GET").map(|r| r.status), Some(505));
     rt.shutdown();
 }
+
+/// One client pipelining thousands of requests cannot keep its worker from
+/// the other connections: a connection takes a bounded number of steps per
+/// readiness, then the others ready now go first. One worker, `hello`
+/// answering; the other client's request is answered long before the
+/// pipeline's.
+#[test]
+fn a_pipelining_client_does_not_starve_the_others_on_its_worker() {
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const N: usize = 20_000;
+    let dir = RunDir::new("httpe-fair");
+    let rt = Runtime::start(molt_runtime::RuntimeConfig {
+        workers: 1,
+        run_dir: dir.path().to_owned(),
+        http: vec![common::one_route_site(common::dead_addr(), &["hello"])],
+        ..molt_runtime::RuntimeConfig::default()
+    })
+    .unwrap();
+    rt.reload(&[common::module_cfg("hello", &common::module_lib("hello"), &[])]).unwrap();
+    let addr = rt.http_addrs()[0];
+    let mut victim = Client::connect(addr);
+    assert_eq!(victim.get("/").unwrap().status, 200);
+
+    // The pipeline: N requests written at once; a thread counts answers.
+    let mut flood = std::net::TcpStream::connect(addr).unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (mut s, answered) = (flood.try_clone().unwrap(), answered.clone());
+        std::thread::spawn(move || {
+            let (mut buf, mut tail) = (vec![0u8; 1 << 16], Vec::new());
+            while answered.load(Ordering::Relaxed) < N {
+                let n = match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                tail.extend_from_slice(&buf[..n]);
+                let seen = tail.windows(12).filter(|w| w == b"HTTP/1.1 200").count();
+                answered.fetch_add(seen, Ordering::Relaxed);
+                let keep = tail.len().min(11);
+                tail.drain(..tail.len() - keep);
+            }
+        })
+    };
+    let writer = std::thread::spawn(move || {
+        flood.write_all(&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".repeat(N)).unwrap();
+        flood
+    });
+    // Once the worker is on the pipeline, the other client asks.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the pipeline was never answered");
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    assert_eq!(victim.get("/").unwrap().status, 200);
+    let before = answered.load(Ordering::Relaxed);
+    let flood = writer.join().unwrap();
+    reader.join().unwrap();
+    assert_eq!(answered.load(Ordering::Relaxed), N, "every pipelined request is answered");
+    assert!(
+        before < N / 2,
+        "the other client waited for {before} of the {N} pipelined requests: one connection held the worker"
+    );
+    drop(flood);
+    rt.shutdown();
+}

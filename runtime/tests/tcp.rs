@@ -441,3 +441,74 @@ fn a_schema_change_without_adopt_never_leaves_old_continuations_over_the_retired
     );
     rt.shutdown();
 }
+
+/// A stream that never runs dry cannot keep its worker from the other
+/// connections: a pair is pumped a bounded number of rounds per readiness,
+/// then the others ready now go first. One worker; a client streaming 256
+/// MiB through the echo upstream while another client's ping comes back
+/// long before the stream is through.
+#[test]
+fn a_stream_that_never_runs_dry_does_not_starve_the_others_on_its_worker() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    const TOTAL: usize = 256 << 20;
+    let dir = RunDir::new("tcp-fair");
+    let rt = Runtime::start(RuntimeConfig {
+        workers: 1,
+        run_dir: dir.path().to_owned(),
+        tcp: vec![route(vec![echo_server()], Duration::from_secs(30))],
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let addr = rt.tcp_addrs()[0];
+    let mut victim = TcpStream::connect(addr).unwrap();
+    victim.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut pong = [0u8; 4];
+    victim.write_all(b"ping").unwrap();
+    victim.read_exact(&mut pong).unwrap();
+
+    let flood = TcpStream::connect(addr).unwrap();
+    let echoed = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (mut s, echoed) = (flood.try_clone().unwrap(), echoed.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            while echoed.load(std::sync::atomic::Ordering::Relaxed) < TOTAL {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => echoed.fetch_add(n, std::sync::atomic::Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    let writer = std::thread::spawn(move || {
+        let mut s = flood;
+        let chunk = vec![7u8; 1 << 16];
+        for _ in 0..TOTAL / chunk.len() {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while echoed.load(std::sync::atomic::Ordering::Relaxed) < (1 << 20) {
+        assert!(Instant::now() < deadline, "the stream never came back");
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    victim.write_all(b"ping").unwrap();
+    victim.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"ping");
+    let before = echoed.load(std::sync::atomic::Ordering::Relaxed);
+    let flood = writer.join().unwrap();
+    reader.join().unwrap();
+    assert_eq!(echoed.load(std::sync::atomic::Ordering::Relaxed), TOTAL, "the whole stream came back");
+    assert!(
+        before < TOTAL / 2,
+        "the other client's ping waited for {} MiB of the {} MiB stream: one connection held the worker",
+        before >> 20,
+        TOTAL >> 20
+    );
+    drop(flood);
+    rt.shutdown();
+}

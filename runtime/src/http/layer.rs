@@ -38,6 +38,11 @@ const LINGER: Duration = Duration::from_secs(2);
 /// one well within it and gets `Connection: close` on the answer instead
 /// of a close racing its request.
 const IDLE_GRACE: Duration = Duration::from_millis(100);
+/// Steps one connection may take per readiness before the others ready
+/// now get theirs (a request takes three or four): a client pipelining
+/// requests, or a stream that never runs dry, cannot keep the worker from
+/// its other connections.
+const STEP_BUDGET: u32 = 64;
 /// Bytes of body buffered per direction of a transaction.
 pub const BODY_BUF: usize = 64 * 1024;
 /// Tokens: listeners below `CLIENT_BASE`, clients below `UP_BASE`, upstreams above.
@@ -110,6 +115,9 @@ pub struct HttpLayer {
     /// Clients whose hooks met a held module version: driven again when the
     /// worker's holds are released.
     pub(super) held: RefCell<Vec<usize>>,
+    /// Clients that used up their turn's budget with work left: driven
+    /// again next loop turn, after the others ready now.
+    again: RefCell<Vec<usize>>,
     last_sweep: Cell<Instant>,
     /// A listener left connections queued (modules not loaded yet).
     waiting_accept: Cell<bool>,
@@ -185,6 +193,7 @@ impl HttpLayer {
             stats,
             next_txn: Cell::new(0),
             held: RefCell::new(Vec::new()),
+            again: RefCell::new(Vec::new()),
             last_sweep: Cell::new(Instant::now()),
             waiting_accept: Cell::new(false),
             paused: Cell::new(paused),
@@ -382,9 +391,19 @@ impl HttpLayer {
     /// Drive client `idx` as far as it goes.
     pub(super) fn drive(&self, core: &WorkerCore, idx: usize) {
         let Some(mut c) = self.clients.borrow_mut().take(idx) else { return };
+        let mut budget = STEP_BUDGET;
         let keep = loop {
             match self.step(core, idx, &mut c) {
-                Flow::Moved => continue,
+                Flow::Moved if budget > 0 => budget -= 1,
+                Flow::Moved => {
+                    // Work is left (a pipeline of requests, a fast stream):
+                    // the other connections ready now go first.
+                    let mut again = self.again.borrow_mut();
+                    if !again.contains(&idx) {
+                        again.push(idx);
+                    }
+                    break true;
+                }
                 Flow::Wait => break true,
                 Flow::Close => break false,
             }
@@ -605,6 +624,11 @@ impl io::Io for HttpLayer {
             }
         }
         self.generations.borrow_mut().release_stale(core.fleet().registry());
+        let again = std::mem::take(&mut *self.again.borrow_mut());
+        let resumed = !again.is_empty();
+        for idx in again {
+            self.drive(core, idx);
+        }
         let mut isolated = false;
         if now.duration_since(self.last_sweep.get()) >= Duration::from_millis(20) {
             self.last_sweep.set(now);
@@ -617,7 +641,7 @@ impl io::Io for HttpLayer {
             isolated = !out.is_empty();
             self.deliver_iso(core, out);
         }
-        isolated
+        resumed || isolated
     }
 
     fn unheld(&self, core: &WorkerCore) {

@@ -18,6 +18,10 @@ use crate::sync::{AtomicU64, Ordering};
 const BUF: usize = 64 * 1024;
 /// Tokens: listeners below this, pairs' sockets above (2 per pair).
 const PAIR_BASE: usize = 1 << 20;
+/// Rounds (a buffer's fill and drain each way) one pair may take per
+/// readiness before the other connections ready now get theirs: a stream
+/// that never runs dry cannot keep the worker from them.
+const PUMP_ROUNDS: u32 = 8;
 
 /// A TCP route: where to listen and where to forward.
 #[derive(Debug, Clone, PartialEq)]
@@ -189,6 +193,9 @@ pub struct Net {
     pairs: Slots<Pair>,
     stats: std::sync::Arc<TcpStats>,
     last_sweep: Instant,
+    /// Pairs that used up their rounds with bytes still moving: pumped
+    /// again next loop turn.
+    again: Vec<usize>,
 }
 
 impl Net {
@@ -209,7 +216,7 @@ impl Net {
             let n = cfg.upstreams.len();
             out.push(Route { cfg, listener: Some(listener), registered: !paused, balancer: Balancer::new(n) });
         }
-        Ok(Net { layer, routes: out, pairs: Slots::default(), stats, last_sweep: Instant::now() })
+        Ok(Net { layer, routes: out, pairs: Slots::default(), stats, last_sweep: Instant::now(), again: Vec::new() })
     }
 
     /// Register the listeners (`on`, once), or deregister and close them.
@@ -242,6 +249,15 @@ impl Net {
             }
         }
         out
+    }
+
+    /// Pump the pairs that used up their rounds last turn; whether any.
+    pub fn resume(&mut self, registry: &Registry) -> bool {
+        let again = std::mem::take(&mut self.again);
+        for &idx in &again {
+            self.pump(registry, idx);
+        }
+        !again.is_empty()
     }
 
     /// Readiness of a pair's socket (listeners are the layer's: it runs
@@ -344,6 +360,7 @@ impl Net {
             }
         }
         let mut failed = false;
+        let mut rounds = PUMP_ROUNDS;
         loop {
             let mut moved = p.up.pump(&mut p.client, &mut p.upstream, &self.stats.bytes_up, &mut failed);
             moved += p.down.pump(&mut p.upstream, &mut p.client, &self.stats.bytes_down, &mut failed);
@@ -351,6 +368,13 @@ impl Net {
                 p.last = Instant::now();
             }
             if moved == 0 || failed {
+                break;
+            }
+            rounds -= 1;
+            if rounds == 0 {
+                if !self.again.contains(&idx) {
+                    self.again.push(idx);
+                }
                 break;
             }
         }
@@ -877,12 +901,13 @@ impl io::Io for TcpLayer {
     }
 
     fn tick(&self, core: &crate::worker::WorkerCore, _now: Instant) -> bool {
+        let resumed = self.net.borrow_mut().resume(&self.registry);
         self.net.borrow_mut().sweep(&self.registry);
         self.versions.borrow_mut().release_stale(core.fleet().registry());
         self.sweep_orphans(core);
         let worked = !self.closed.borrow().is_empty();
         self.reap(core);
-        worked
+        worked || resumed
     }
 
     fn unheld(&self, core: &WorkerCore) {
