@@ -248,14 +248,18 @@ fn keep_alive(headers: &[Header], minor: u8) -> bool {
 }
 
 fn collect(raw: &[httparse::Header<'_>]) -> Result<Vec<Header>, HeadError> {
-    raw.iter()
-        .map(|h| {
-            if h.value.iter().any(|b| *b == b'\r' || *b == b'\n' || *b == 0) {
-                return Err(HeadError::Bad(format!("header {} has a control character in its value", h.name)));
-            }
-            Ok(Header::new(h.name, h.value))
-        })
-        .collect()
+    // Sized once, with room for the fields modules add (`http_header_set`):
+    // collecting a `Result` iterator started the vector small and regrew it
+    // (a reallocation per head of more than four fields), and an exact fit
+    // regrew at a module's first added field.
+    let mut out = Vec::with_capacity(raw.len() + 4);
+    for h in raw {
+        if h.value.iter().any(|b| *b == b'\r' || *b == b'\n' || *b == 0) {
+            return Err(HeadError::Bad(format!("header {} has a control character in its value", h.name)));
+        }
+        out.push(Header::new(h.name, h.value));
+    }
+    Ok(out)
 }
 
 fn map_err(e: httparse::Error) -> HeadError {

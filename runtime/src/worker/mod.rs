@@ -362,8 +362,11 @@ impl WorkerCore {
                 timeout = Some(timeout.map_or(tick_every, |t| t.min(tick_every)));
             }
             // Nothing runs until the poll returns: let go of the versions
-            // no continuation here holds any more (pin rule 4).
-            self.pins.sweep();
+            // no continuation here held since the last sweep, and wake to
+            // sweep again soon while some wait for it (pin rule 4).
+            if self.pins.sweep() {
+                timeout = Some(timeout.map_or(pin::LINGER, |t| t.min(pin::LINGER)));
+            }
             bump(&self.shared.stats.parks);
             match poll.poll(&mut events, timeout) {
                 Ok(()) => {
@@ -380,6 +383,8 @@ impl WorkerCore {
             idle_since = None;
         }
         self.end_all();
+        // Shutting down: two sweeps let go of every entry at zero.
+        self.pins.sweep();
         self.pins.sweep();
     }
 
