@@ -247,3 +247,45 @@ fn a_pipelining_client_does_not_starve_the_others_on_its_worker() {
     drop(flood);
     rt.shutdown();
 }
+
+/// Timeouts cost in proportion to the deadlines that come due, not to the
+/// connections open: 300 idle keep-alive connections, whose deadlines are
+/// all seconds away, are not looked at by the 20 ms timeout sweep (a sweep
+/// over every connection looked at each of them 50 times a second); and a
+/// deadline that does come due is still enforced.
+#[test]
+fn idle_connections_cost_the_timeout_sweep_nothing_until_their_deadline() {
+    let dir = RunDir::new("httpe-timers");
+    let (b, _) = answering("b");
+    let limits = HttpLimits {
+        request_timeout: Duration::from_secs(30),
+        keepalive_timeout: Duration::from_millis(1500),
+        ..HttpLimits::default()
+    };
+    let (rt, addr) = start(&dir, site(b, limits));
+    let checks = |rt: &Runtime| -> u64 {
+        (0..rt.workers())
+            .map(|w| rt.shared().http_stats(w).timer_checks.load(molt_runtime::sync::Ordering::Relaxed))
+            .sum()
+    };
+    let mut idle: Vec<Client> = (0..300).map(|_| Client::connect(addr)).collect();
+    for c in &mut idle {
+        assert_eq!(c.get("/x").unwrap().status, 200);
+    }
+    let before = checks(&rt);
+    std::thread::sleep(Duration::from_millis(1000));
+    let looked = checks(&rt) - before;
+    assert!(looked < 30, "the sweep looked at idle connections {looked} times in a second (300 open, none due)");
+    // Their keep-alive deadline (1.5 s) comes: each is closed.
+    std::thread::sleep(Duration::from_millis(1500));
+    for c in &mut idle {
+        c.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut byte = [0u8; 1];
+        match c.s.read(&mut byte) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("an idle connection outlived its keep-alive timeout: {other:?}"),
+        }
+    }
+    rt.shutdown();
+}

@@ -148,7 +148,7 @@ pub fn metrics(rt: &RuntimeShared, upgrader: Option<&super::Upgrader>) -> String
         }
     }
     type Proxy = (&'static str, &'static str, fn(&RuntimeShared, usize) -> u64);
-    let proxy: [Proxy; 15] = [
+    let proxy: [Proxy; 16] = [
         ("molt_http_requests", "HTTP requests whose head was read.", |r, w| {
             r.http_stats(w).requests.load(Ordering::Relaxed)
         }),
@@ -184,6 +184,11 @@ pub fn metrics(rt: &RuntimeShared, upgrader: Option<&super::Upgrader>) -> String
         ("molt_http_held_hooks", "HTTP hook attempts that met a module held for a state migration.", |r, w| {
             r.http_stats(w).held_hooks.load(Ordering::Relaxed)
         }),
+        (
+            "molt_http_timer_checks",
+            "HTTP client connections the timeout sweep looked at (those with a deadline due).",
+            |r, w| r.http_stats(w).timer_checks.load(Ordering::Relaxed),
+        ),
         ("molt_tcp_accepted", "TCP proxy connections accepted.", |r, w| {
             r.tcp_stats(w).accepted.load(Ordering::Relaxed)
         }),

@@ -53,6 +53,8 @@ pub(super) struct Client {
     pub linger: Option<Instant>,
     /// Whether reading may find something.
     pub rx: Readable,
+    /// When its entry in the layer's timer heap is due (none: no entry).
+    pub due: Option<Instant>,
 }
 
 /// What a client waiting for a request head has come to.
@@ -89,6 +91,7 @@ impl Client {
             keep_alive: true,
             linger: None,
             rx: Readable::NEW,
+            due: None,
         }
     }
 

@@ -79,6 +79,9 @@ pub struct HttpStats {
     /// Hook calls that met a held module version (a state migration); the
     /// transaction waits and goes on when the worker's holds are released.
     pub held_hooks: AtomicU64,
+    /// Client connections the timeout sweep looked at (the clients with a
+    /// deadline due, not every connection every sweep).
+    pub timer_checks: AtomicU64,
 }
 
 pub(super) fn add(c: &AtomicU64, n: u64) {
@@ -118,6 +121,15 @@ pub struct HttpLayer {
     /// Clients that used up their turn's budget with work left: driven
     /// again next loop turn, after the others ready now.
     again: RefCell<Vec<usize>>,
+    /// Client timeouts: (when, client) entries, the earliest first. A
+    /// client has at most one live entry, at or before its earliest
+    /// deadline (`Client::due`); an entry that finds nothing due is
+    /// replaced by one at the client's next deadline. The sweep looks at
+    /// the clients due, not at every connection.
+    timers: RefCell<std::collections::BinaryHeap<std::cmp::Reverse<(Instant, usize)>>>,
+    /// Every client's deadlines changed (a reload's new limits, winding
+    /// down): the next sweep looks at every connection once.
+    sweep_all: Cell<bool>,
     last_sweep: Cell<Instant>,
     /// A listener left connections queued (modules not loaded yet).
     waiting_accept: Cell<bool>,
@@ -194,6 +206,8 @@ impl HttpLayer {
             next_txn: Cell::new(0),
             held: RefCell::new(Vec::new()),
             again: RefCell::new(Vec::new()),
+            timers: RefCell::new(std::collections::BinaryHeap::new()),
+            sweep_all: Cell::new(false),
             last_sweep: Cell::new(Instant::now()),
             waiting_accept: Cell::new(false),
             paused: Cell::new(paused),
@@ -295,6 +309,8 @@ impl HttpLayer {
         drop(sites);
         // Connections may have queued on a listener before it moved.
         self.waiting_accept.set(true);
+        // Limits may have changed, or a site stopped listening.
+        self.sweep_all.set(true);
     }
 
     /// Who calls hooks for client `c`, of site `site`.
@@ -383,7 +399,9 @@ impl HttpLayer {
                 clients.release(idx);
                 continue;
             }
-            clients.fill(idx, Client::new(sock, peer, site, Instant::now()));
+            let mut c = Client::new(sock, peer, site, Instant::now());
+            self.schedule(idx, &mut c, None);
+            clients.fill(idx, c);
             add(&self.stats.open, 1);
         }
     }
@@ -409,9 +427,55 @@ impl HttpLayer {
             }
         };
         if keep {
+            self.schedule(idx, &mut c, None);
             self.clients.borrow_mut().fill(idx, c);
         } else {
             self.close_client(core, idx, c);
+        }
+    }
+
+    /// The earliest time a timeout of client `c` could be due (see
+    /// `timers`); deadlines before `after` are left out (the sweep just
+    /// found them not to apply).
+    fn due(&self, c: &Client, after: Option<Instant>) -> Option<Instant> {
+        let keep = |t: Instant| after.is_none_or(|a| t >= a);
+        if let Some(at) = c.linger {
+            return Some(at);
+        }
+        let mut due: Option<Instant> = None;
+        let mut take = |t: Instant| {
+            if keep(t) {
+                due = Some(due.map_or(t, |d| d.min(t)));
+            }
+        };
+        let (request_timeout, keepalive_timeout) = {
+            let sites = self.sites.borrow();
+            let site = &sites[c.site].site;
+            if let Some(t) = &c.txn {
+                if let Some(d) = Self::txn_due(c, site, t) {
+                    take(d);
+                }
+                return due;
+            }
+            (site.limits.request_timeout, site.limits.keepalive_timeout)
+        };
+        if c.inb.is_empty() && c.out_pos >= c.out.len() && (self.winding_down.get() || !self.newest(c.site).1) {
+            take(c.idle_since + IDLE_GRACE);
+        }
+        match c.head_since {
+            Some(t) => take(t + request_timeout),
+            None => take(c.idle_since + if c.served == 0 { request_timeout } else { keepalive_timeout }),
+        }
+        due
+    }
+
+    /// Give client `idx` a timer entry at its earliest deadline, unless it
+    /// has one at or before it.
+    fn schedule(&self, idx: usize, c: &mut Client, after: Option<Instant>) {
+        let Some(d) = self.due(c, after) else { return };
+        if c.due.is_none_or(|cur| d < cur) {
+            c.due = Some(d);
+            self.timers.borrow_mut().push(std::cmp::Reverse((d, idx)));
         }
     }
 
@@ -572,6 +636,8 @@ impl HttpLayer {
             self.close_client(core, idx, c);
             return;
         }
+        // Its next deadline, past the ones just found not to apply.
+        self.schedule(idx, &mut c, Some(now));
         self.clients.borrow_mut().fill(idx, c);
         if drive {
             self.drive(core, idx);
@@ -579,11 +645,37 @@ impl HttpLayer {
     }
 
     fn sweep(&self, core: &WorkerCore, now: Instant) {
-        let n = self.clients.borrow().bound();
-        for idx in 0..n {
-            if self.clients.borrow().get(idx).is_some() {
+        if self.sweep_all.replace(false) {
+            let n = self.clients.borrow().bound();
+            for idx in 0..n {
+                if let Some(c) = self.clients.borrow_mut().get_mut(idx) {
+                    c.due = None;
+                } else {
+                    continue;
+                }
+                add(&self.stats.timer_checks, 1);
                 self.expire(core, idx, now);
             }
+        }
+        // The clients due; entries found stale (the client has an earlier
+        // one, or none) are dropped. Collected first: an expire may add an
+        // entry at `now`, which waits for the next sweep.
+        let mut due = Vec::new();
+        {
+            let mut timers = self.timers.borrow_mut();
+            while timers.peek().is_some_and(|e| e.0.0 <= now) {
+                if let Some(std::cmp::Reverse(e)) = timers.pop() {
+                    due.push(e);
+                }
+            }
+        }
+        for (at, idx) in due {
+            match self.clients.borrow_mut().get_mut(idx) {
+                Some(c) if c.due == Some(at) => c.due = None,
+                _ => continue,
+            }
+            add(&self.stats.timer_checks, 1);
+            self.expire(core, idx, now);
         }
         // Idle pooled connections past the keep-alive timeout.
         let keep = self.sites.borrow().iter().map(|s| s.site.limits.keepalive_timeout).min().unwrap_or_default();
@@ -698,6 +790,7 @@ impl io::Io for HttpLayer {
 
     fn wind_down(&self, _core: &WorkerCore) {
         self.winding_down.set(true);
+        self.sweep_all.set(true);
     }
 
     fn open_connections(&self) -> usize {

@@ -694,6 +694,33 @@ impl HttpLayer {
 
     /// The timers of a transaction at `now`: Moved when it must be driven,
     /// Close when the client is to be closed.
+    /// The earliest time [`HttpLayer::expire_txn`] could act on `t`: its
+    /// deadlines that may apply now (taken wide: a check that finds nothing
+    /// costs only the check; one missed would leave a timeout unenforced).
+    pub(super) fn txn_due(c: &Client, site: &HttpSite, t: &Txn) -> Option<Instant> {
+        let l = &site.limits;
+        match &t.stage {
+            Stage::Proxy(a) => {
+                // The connect timeout while the connection may still be
+                // connecting (not from the pool, nothing written yet).
+                let mut due = if a.sent {
+                    Some(a.since + l.upstream_timeout)
+                } else if !a.reused && !a.wrote {
+                    Some(a.since + l.connect_timeout)
+                } else {
+                    None
+                };
+                if !t.req_body.done() {
+                    let stall = c.last_read + l.request_timeout;
+                    due = Some(due.map_or(stall, |d| d.min(stall)));
+                }
+                due
+            }
+            Stage::Stream(a) => Some(a.since + l.upstream_timeout),
+            _ => None,
+        }
+    }
+
     pub(super) fn expire_txn(&self, c: &mut Client, site: &HttpSite, t: &mut Txn, now: Instant) -> Flow {
         let l = &site.limits;
         match std::mem::replace(&mut t.stage, Stage::End) {
