@@ -580,3 +580,73 @@ fn ring_sleep_never_loses_a_wakeup() {
         consumer.join().unwrap();
     });
 }
+
+/// A stand-in version with holder counts, for the worker's pins.
+struct HeldVersion {
+    version: Version,
+    holders: molt_runtime::module::Holders,
+}
+
+impl molt_runtime::worker::pin::HasHolders for HeldVersion {
+    fn holders(&self) -> &molt_runtime::module::Holders {
+        &self.holders
+    }
+}
+
+/// (k) A worker's pins against the unload of the version: the worker pins
+/// the version for a continuation (the creator's reference goes), sweeps
+/// while the continuation lives (as its loop does every few hundred
+/// turns), calls it, gives the pin back and sweeps twice; meanwhile status
+/// folds the holder counts and the control side drops the generation's
+/// reference and reaps. No call into an unloaded version, exactly one
+/// unload, never on the worker; the count folded is 0 or 1, and 0 at the
+/// end.
+///
+/// Protection: a sweep lets go only of entries at zero (pin rule 4).
+/// Mutant `pin_sweep_ignores_count` lets go of a pinned entry: the pin then
+/// points to freed memory (loom reports the freed shard counter, "failed to
+/// get object") and the version can be unloaded under the call.
+#[test]
+fn pinned_version_is_unloaded_once_after_the_last_pin_and_never_under_a_call() {
+    use molt_runtime::worker::pin::Pins;
+    loom::model(|| {
+        let reaper = Arc::new(Reaper::default());
+        let unloaded = Arc::new(AtomicUsize::new(0));
+        let in_call = Arc::new(AtomicBool::new(false));
+        let version = Version { unloaded: unloaded.clone(), in_call };
+        let generation =
+            Retiring::new(HeldVersion { version, holders: molt_runtime::module::Holders::default() }, reaper.clone());
+        let cont = generation.clone();
+        let seen = generation.clone();
+
+        let worker = thread::spawn(move || {
+            on_worker();
+            let pins: Pins<Arc<Retiring<HeldVersion>>> = Pins::default();
+            let p = pins.pin(&cont);
+            drop(cont); // the creator's reference: the pin holds the version now
+            pins.sweep();
+            pins.sweep();
+            call(&p.module().version);
+            pins.unpin(p);
+            pins.sweep();
+            pins.sweep();
+        });
+        let status = thread::spawn(move || {
+            let n = seen.get().holders.conts();
+            assert!(n <= 1, "holders folded to {n} with one continuation");
+        });
+        let r = reaper.clone();
+        let control = thread::spawn(move || {
+            drop(generation);
+            r.collect().into_iter().for_each(|h| unload(h.version));
+        });
+        worker.join().unwrap();
+        status.join().unwrap();
+        control.join().unwrap();
+        reaper.collect().into_iter().for_each(|h| {
+            assert_eq!(h.holders.conts(), 0, "a pin's count outlived the pin");
+            unload(h.version);
+        });
+        assert_eq!(unloaded.load(Ordering::SeqCst), 1, "exactly one unload after the last pin");
+    });
+}

@@ -60,7 +60,7 @@ pub mod fleet;
 pub mod hold;
 pub mod inbox;
 pub mod io;
-mod pin;
+pub mod pin;
 pub mod sleep;
 pub mod timer;
 
