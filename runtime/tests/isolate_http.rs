@@ -380,6 +380,17 @@ fn swapping_an_isolated_module_under_load_fails_no_request() {
     for p in &pids[..pids.len() - 1] {
         assert!(!common::pid_alive(*p as u32), "old child {p} still runs");
     }
+    // Each worker keeps a link per module and per swap still draining, not
+    // one per swap ever made.
+    let out = Command::new(MOLT).args(["ctl", "metrics", "--socket"]).arg(&m.socket).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let links: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with("molt_isolated_links{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(!links.is_empty(), "no molt_isolated_links in the metrics:\n{text}");
+    assert!(links.iter().all(|&n| n <= 2), "links per worker after 5 swaps: {links:?}");
 }
 
 /// `[modules.sandbox] user = "nobody"`: the child runs as that user (molt

@@ -264,6 +264,16 @@ pub fn metrics(rt: &RuntimeShared, upgrader: Option<&super::Upgrader>) -> String
             "Hooks of an isolated module failed by its child (a death, a hang, a broken ring).",
         );
         let up = gauge(&mut reg, "molt_isolated_up", "1 while an isolated module's child runs.");
+        let links: Vec<usize> =
+            rt.broadcast(|w| w.layer::<crate::http::HttpLayer>().map_or(0, crate::http::HttpLayer::isolated_links));
+        let gauge_links = gauge(
+            &mut reg,
+            "molt_isolated_links",
+            "A worker's links to isolated modules' children: one per module, and one per swap still draining.",
+        );
+        for (i, n) in links.iter().enumerate() {
+            gauge_links.get_or_create(&labels(&[("worker", &i.to_string())])).set(*n as i64);
+        }
         for s in rt.isolated() {
             let st = s.status();
             let l = labels(&[("module", st.module.as_str())]);

@@ -444,8 +444,10 @@ pub(super) struct IsoLinks {
     worker: usize,
     layer: usize,
     registry: mio::Registry,
-    /// Slots are never removed (a transaction's hooks name theirs by
-    /// index); a swap adds the new version's and retires the old one's.
+    /// A transaction's hooks name their slot by index; a swap retires the
+    /// old version's slot and puts the new one's in a retired slot no
+    /// transaction uses any more (or at the end): the slots stay as many as
+    /// the modules and the swaps still draining, however many swaps ran.
     slots: RefCell<Vec<std::rc::Rc<IsoSlot>>>,
 }
 
@@ -523,10 +525,27 @@ impl IsoLinks {
     /// slot it replaces serves the transactions that began on it.
     pub(super) fn add(&self, sup: crate::sync::Arc<crate::isolate::Supervisor>) {
         let mut slots = self.slots.borrow_mut();
+        let free = slots.iter().position(|s| s.retired.get() && s.active.get() == 0);
         for s in slots.iter().filter(|s| s.sup.config().name == sup.config().name) {
             s.retired.set(true);
         }
-        slots.push(IsoSlot::new(sup));
+        match free {
+            Some(i) => {
+                // No transaction names it (none active), so no hook of it is
+                // in flight: its link to the old child goes, and the index
+                // (and the wake socket's token) serves the new version.
+                if let Some(mut c) = slots[i].conn.borrow_mut().take() {
+                    let _ = self.registry.deregister(&mut c.wake);
+                }
+                slots[i] = IsoSlot::new(sup);
+            }
+            None => slots.push(IsoSlot::new(sup)),
+        }
+    }
+
+    /// How many slots this worker keeps (current and retired ones).
+    pub(super) fn len(&self) -> usize {
+        self.slots.borrow().len()
     }
 
     /// Transactions of this worker still using supervisor `sup`.

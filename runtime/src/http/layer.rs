@@ -229,6 +229,11 @@ impl HttpLayer {
         self.iso.in_use(sup)
     }
 
+    /// This worker's links to isolated modules (current and retired).
+    pub fn isolated_links(&self) -> usize {
+        self.iso.len()
+    }
+
     /// Whether the process winds down (see [`io::Io::wind_down`]).
     pub(super) fn winding_down(&self) -> bool {
         self.winding_down.get()
