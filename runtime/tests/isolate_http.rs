@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -85,14 +84,7 @@ modules = ["fixture_crash"]
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let http = loop {
-        let l = lines.next().expect("the banner").unwrap();
-        if let Some(rest) = l.strip_prefix("http: http://") {
-            break rest.split('/').next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let http = common::banner(&mut child).http.expect("an HTTP listener");
     Molt { child, http, socket: run_dir.join("ctl.sock") }
 }
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -135,24 +135,9 @@ impl Molt {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // The banner names the addresses (port 0 resolved); every later
-        // process writes to the same pipe, which a thread keeps draining.
-        let mut lines = BufReader::new(first.stdout.take().unwrap()).lines();
-        let (mut http, mut tcp, mut admin) = (None, Vec::new(), None);
-        loop {
-            let line = lines.next().expect("the banner").unwrap();
-            if line.starts_with("control socket:") {
-                break;
-            }
-            if let Some(rest) = line.strip_prefix("admin: http://") {
-                admin = Some(rest.split('/').next().unwrap().parse().unwrap());
-            } else if let Some(rest) = line.strip_prefix("http: http://") {
-                http = Some(rest.split('/').next().unwrap().parse().unwrap());
-            } else if let Some(rest) = line.strip_prefix("tcp proxy: ") {
-                tcp.push(rest.split(' ').next().unwrap().parse::<SocketAddr>().unwrap());
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
+        // The banner names the addresses; every later process writes to
+        // the same pipe, which `banner` keeps draining.
+        let common::Banner { http, tcp, admin } = common::banner(&mut first);
         let pid = first.id();
         Molt {
             first,
@@ -676,14 +661,7 @@ modules = ["fixture_gate", "hello"]
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let http: SocketAddr = loop {
-        let l = lines.next().expect("the banner").unwrap();
-        if let Some(rest) = l.strip_prefix("http: http://") {
-            break rest.split('/').next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let http = common::banner(&mut child).http.expect("an HTTP listener");
     let pid = child.id();
     let m = Molt {
         first: child,

@@ -212,3 +212,37 @@ pub fn pid_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
 }
+
+/// What `molt run` printed before it serves: its listeners' addresses (port
+/// 0 resolved).
+pub struct Banner {
+    pub http: Option<std::net::SocketAddr>,
+    pub tcp: Vec<std::net::SocketAddr>,
+    pub admin: Option<std::net::SocketAddr>,
+}
+
+/// Read `child`'s banner from its piped stdout up to the `control socket:`
+/// line (the last one), then keep draining the pipe in a thread (later
+/// processes of an upgrade write to the same pipe).
+pub fn banner(child: &mut std::process::Child) -> Banner {
+    use std::io::BufRead;
+    let out = child.stdout.take().expect("molt's stdout is piped");
+    let mut lines = std::io::BufReader::new(out).lines();
+    let mut b = Banner { http: None, tcp: Vec::new(), admin: None };
+    let addr = |rest: &str, sep: char| rest.split(sep).next().and_then(|a| a.parse().ok());
+    loop {
+        let line = lines.next().expect("molt printed its banner").expect("molt's stdout");
+        if line.starts_with("control socket:") {
+            break;
+        }
+        if let Some(rest) = line.strip_prefix("admin: http://") {
+            b.admin = addr(rest, '/');
+        } else if let Some(rest) = line.strip_prefix("http: http://") {
+            b.http = addr(rest, '/');
+        } else if let Some(rest) = line.strip_prefix("tcp proxy: ") {
+            b.tcp.extend(addr(rest, ' '));
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    b
+}
