@@ -665,9 +665,33 @@ impl WorkerCore {
         if context::current().is_some() {
             // Inside a module call: END must not run on its stack.
             self.local.borrow_mut().runq.push_back(Event::bare(MOLT_EV_END, id, 0, 0));
-        } else {
-            self.dispatch(Event::bare(MOLT_EV_END, id, 0, 0));
+            return Ok(());
         }
+        // END here, as `dispatch` would run it, without finding the slot
+        // again through a queued event.
+        let (version, handler, data) = {
+            let mut l = self.local.borrow_mut();
+            let Slot::Live(c) = l.slab.get_mut(p.slot) else { return Ok(()) };
+            if self.holds.is_held_by(|| c.version.version().id()) {
+                drop(l);
+                self.holds.park(Event::bare(MOLT_EV_END, id, 0, 0));
+                return Ok(());
+            }
+            c.started = true;
+            (&raw const c.version, c.handler, c.data)
+        };
+        // SAFETY: as in `dispatch`: slots never move, and this one is freed
+        // by `free_slot` below, after the call.
+        let version: &pin::Pin = unsafe { &*version };
+        let abi = crate::module::event(MOLT_EV_END, id, 0, 0, &[]);
+        // SAFETY: `handler` and `data` are this live continuation's, read
+        // from its slot just now, on its home worker.
+        if let Err(e) = unsafe { self.call(id, version, handler, data, &abi, None) } {
+            crate::module::quiet::failure(&e.module, || {
+                tracing::warn!(worker = self.index(), cont = id, "{e}");
+            });
+        }
+        self.free_slot(p.slot);
         Ok(())
     }
 
