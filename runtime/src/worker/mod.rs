@@ -60,7 +60,13 @@ pub mod fleet;
 pub mod hold;
 pub mod inbox;
 pub mod io;
+// Public to the loom models only: a `Pin` must not outlive its table or
+// be given back to another, which the worker ensures and other code could
+// not.
+#[cfg(molt_loom)]
 pub mod pin;
+#[cfg(not(molt_loom))]
+pub(crate) mod pin;
 pub mod sleep;
 pub mod timer;
 
