@@ -259,7 +259,7 @@ fn idle_connections_cost_the_timeout_sweep_nothing_until_their_deadline() {
     let (b, _) = answering("b");
     let limits = HttpLimits {
         request_timeout: Duration::from_secs(30),
-        keepalive_timeout: Duration::from_millis(1500),
+        keepalive_timeout: Duration::from_millis(3000),
         ..HttpLimits::default()
     };
     let (rt, addr) = start(&dir, site(b, limits));
@@ -276,8 +276,9 @@ fn idle_connections_cost_the_timeout_sweep_nothing_until_their_deadline() {
     std::thread::sleep(Duration::from_millis(1000));
     let looked = checks(&rt) - before;
     assert!(looked < 30, "the sweep looked at idle connections {looked} times in a second (300 open, none due)");
-    // Their keep-alive deadline (1.5 s) comes: each is closed.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Their keep-alive deadline (3 s, far from the second looked at even
+    // when opening them was slow) comes: each is closed.
+    std::thread::sleep(Duration::from_millis(2000));
     for c in &mut idle {
         c.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut byte = [0u8; 1];

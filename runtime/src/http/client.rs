@@ -55,6 +55,8 @@ pub(super) struct Client {
     pub rx: Readable,
     /// When its entry in the layer's timer heap is due (none: no entry).
     pub due: Option<Instant>,
+    /// In the layer's list of clients to drive again next turn.
+    pub again: bool,
 }
 
 /// What a client waiting for a request head has come to.
@@ -92,6 +94,7 @@ impl Client {
             linger: None,
             rx: Readable::NEW,
             due: None,
+            again: false,
         }
     }
 

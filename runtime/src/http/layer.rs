@@ -421,9 +421,11 @@ impl HttpLayer {
                 Flow::Moved => {
                     // Work is left (a pipeline of requests, a fast stream):
                     // the other connections ready now go first.
-                    let mut again = self.again.borrow_mut();
-                    if !again.contains(&idx) {
-                        again.push(idx);
+                    // (A flag, not a search of the list: thousands of
+                    // connections may use up their budget in one turn.)
+                    if !c.again {
+                        c.again = true;
+                        self.again.borrow_mut().push(idx);
                     }
                     break true;
                 }
@@ -724,6 +726,9 @@ impl io::Io for HttpLayer {
         let again = std::mem::take(&mut *self.again.borrow_mut());
         let resumed = !again.is_empty();
         for idx in again {
+            if let Some(c) = self.clients.borrow_mut().get_mut(idx) {
+                c.again = false;
+            }
             self.drive(core, idx);
         }
         let mut isolated = false;

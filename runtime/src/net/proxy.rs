@@ -175,6 +175,8 @@ struct Pair {
     down: Buf,
     started: Instant,
     last: Instant,
+    /// In the list of pairs pumped again next turn.
+    again: bool,
 }
 
 struct Route {
@@ -255,6 +257,9 @@ impl Net {
     pub fn resume(&mut self, registry: &Registry) -> bool {
         let again = std::mem::take(&mut self.again);
         for &idx in &again {
+            if let Some(p) = self.pairs.get_mut(idx) {
+                p.again = false;
+            }
             self.pump(registry, idx);
         }
         !again.is_empty()
@@ -308,6 +313,7 @@ impl Net {
                     down: Buf::new(),
                     started: now,
                     last: now,
+                    again: false,
                 };
                 let idx = self.pairs.insert(pair);
                 add(&self.stats.open, 1);
@@ -372,7 +378,10 @@ impl Net {
             }
             rounds -= 1;
             if rounds == 0 {
-                if !self.again.contains(&idx) {
+                // A flag, not a search of the list (thousands of pairs may
+                // use up their rounds in one turn).
+                if !p.again {
+                    p.again = true;
                     self.again.push(idx);
                 }
                 break;
