@@ -84,7 +84,8 @@ fn in_process(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("txn_through_noop_modules", n), &n, |b, _| {
             b.iter_custom(|iters| {
                 let mods = mods.clone();
-                rt.on_worker(0, move |w| molt_runtime::http::hook_path_bench(w, &mods, iters)).unwrap_or_default()
+                rt.on_worker(0, move |w| molt_runtime::http::hook_path_bench(w, &mods, iters, false, &[]))
+                    .unwrap_or_default()
             });
         });
     }

@@ -539,6 +539,80 @@ pub fn swap(module: &Path, count: usize) -> BenchResult<Value> {
     }))
 }
 
+/// `molt bench hooks`: what a module costs an HTTP transaction on the hook
+/// path. In process on one worker, with no socket: a `GET /` through a
+/// chain of the module alone (its continuation, the hooks it declares,
+/// TXN_END and END), each transaction from a fresh copy of the request,
+/// next to the same transaction with no module; rounds alternate the two.
+pub fn hooks(
+    module: &Path,
+    config: Vec<(String, String)>,
+    groups: Vec<String>,
+    transactions: u64,
+) -> BenchResult<Value> {
+    if !module.exists() {
+        return Err(format!("module file {}: not found", module.display()));
+    }
+    let scratch = ScratchDir::new("molt-bench-hooks");
+    let state = crate::runtime::StateConfig { path: Some(scratch.0.join("state.molt")), size: 8 << 20, reset: false };
+    let rt =
+        Runtime::start(RuntimeConfig { workers: 1, run_dir: scratch.0.join("run"), state, ..RuntimeConfig::default() })
+            .map_err(|e| e.to_string())?;
+    let spec = ModuleSpec { config, ..ModuleSpec::new(module) };
+    let v = rt.load(&spec).map_err(|e| format!("refused: {e}"))?;
+    let name = v.meta().name.clone();
+    let run = |mods: Vec<crate::module::VersionRef>, n: u64| -> BenchResult<Duration> {
+        let groups = groups.clone();
+        rt.on_worker(0, move |w| crate::http::hook_path_bench(w, &mods, n, true, &groups)).map_err(|(_, e)| e)
+    };
+    let n = transactions.max(1);
+    run(vec![], (n / 10).max(1))?;
+    run(vec![v.clone()], (n / 10).max(1))?;
+    let (mut bare, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        bare.push(run(vec![], n)?.as_nanos() as f64 / n as f64);
+        with.push(run(vec![v.clone()], n)?.as_nanos() as f64 / n as f64);
+    }
+    let failures: u64 = rt.total(|s| &s.errors);
+    drop(v);
+    rt.shutdown();
+    let median = |xs: &mut Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    let (b, w) = (median(&mut bare), median(&mut with));
+    Ok(json!({
+        "module": name,
+        "file": module,
+        "machine": machine(1),
+        "transactions_per_round": n,
+        "rounds": 5,
+        "no_module_ns": b,
+        "with_module_ns": w,
+        "module_ns": w - b,
+        "hook_failures": failures,
+    }))
+}
+
+/// The human table of a hooks run.
+pub fn hooks_table(v: &Value) -> String {
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    let mut o = format!(
+        "molt bench hooks: {} ({}), {} transactions per round, median of {} rounds\n",
+        v["module"].as_str().unwrap_or("?"),
+        v["file"].as_str().unwrap_or("?"),
+        v["transactions_per_round"],
+        v["rounds"]
+    );
+    o += &format!("  a transaction with no module      {:>9.1} ns\n", f("no_module_ns"));
+    o += &format!("  the same through the module       {:>9.1} ns\n", f("with_module_ns"));
+    o += &format!("  the module's cost per transaction {:>9.1} ns\n", f("module_ns"));
+    if v["hook_failures"].as_u64().unwrap_or(0) > 0 {
+        o += &format!("  its hooks failed {} times: the cost above includes failing\n", v["hook_failures"]);
+    }
+    o
+}
+
 /// The human table of a swap run.
 pub fn swap_table(v: &Value) -> String {
     let row = |k: &str| {

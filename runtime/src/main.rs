@@ -151,6 +151,26 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// What a module costs an HTTP transaction on the hook path (in
+    /// process, one worker, no socket), next to a transaction with no module.
+    Hooks {
+        /// The module's library.
+        #[arg(long)]
+        module: PathBuf,
+        /// Module config entries, as key=value (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// The listener's upstream groups, comma-separated (a module that
+        /// selects one by name needs it to exist).
+        #[arg(long, value_delimiter = ',', default_value = "up")]
+        groups: Vec<String>,
+        /// Transactions per round (five rounds of each).
+        #[arg(long, default_value_t = 200_000)]
+        transactions: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Swap latency: reload request to the first event handled by the new
     /// version, over COUNT swaps.
     Swap {
@@ -214,6 +234,15 @@ fn bench(what: BenchCmd) -> ExitCode {
             }
             Ok(())
         }),
+        BenchCmd::Hooks { module, config, groups, transactions, json } => pairs(&config)
+            .and_then(|config| molt_runtime::bench::hooks(&module, config, groups, transactions))
+            .map(|v| {
+                if json {
+                    println!("{v}");
+                } else {
+                    print!("{}", molt_runtime::bench::hooks_table(&v));
+                }
+            }),
         BenchCmd::Swap { module, count, json } => molt_runtime::bench::swap(&module, count.max(1)).map(|v| {
             if json {
                 println!("{v}");

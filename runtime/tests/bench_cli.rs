@@ -140,3 +140,31 @@ fn check_shows_what_the_http_hooks_do_and_loads_what_run_loads() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not found") && err.contains("command line"), "{err}");
 }
+
+/// `molt bench hooks`: a module's cost per HTTP transaction, next to a
+/// transaction with no module; its hooks ran and did not fail (the router
+/// finds the group it selects, header_rewrite a response to edit). A
+/// module that fails its hooks is said to, and a missing file is an error.
+#[test]
+fn hooks_reports_a_modules_cost_per_transaction() {
+    let run = |module: &str, extra: &[&str]| -> Value {
+        let lib = module_lib(module);
+        let mut args = vec!["bench", "hooks", "--module", lib.to_str().unwrap(), "--transactions", "2000", "--json"];
+        args.extend_from_slice(extra);
+        let out = molt(&args, Duration::from_secs(120));
+        assert!(out.status.success(), "{module}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let v = run("header_rewrite", &["--config", "request.set.X-A=1", "--config", "response.set.X-B=2"]);
+    assert_eq!(v["module"], "header_rewrite");
+    assert_eq!(v["hook_failures"], 0, "{v}");
+    let (bare, with) = (v["no_module_ns"].as_f64().unwrap(), v["with_module_ns"].as_f64().unwrap());
+    assert!(bare > 0.0 && with > bare, "{v}");
+    assert_eq!(run("router", &["--config", "default=web", "--groups", "api,web"])["hook_failures"], 0);
+    // The router selecting a group the listener lacks fails every UPSTREAM hook.
+    let v = run("router", &["--config", "default=web"]);
+    assert!(v["hook_failures"].as_u64().unwrap() > 0, "{v}");
+    let out = molt(&["bench", "hooks", "--module", "/nonexistent/libx.so"], Duration::from_secs(30));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/libx.so"), "the error names the file");
+}

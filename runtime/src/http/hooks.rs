@@ -265,8 +265,27 @@ fn data_id(view: &View<'_>) -> u64 {
 /// this worker, each making one continuation per module of `modules` (as a
 /// request's `begin` does), calling the REQUEST, UPSTREAM and RESPONSE
 /// hooks, then TXN_END and END, and running the loop until idle. No socket
-/// is touched. The caller is this worker's thread (`Runtime::on_worker`).
-pub fn hook_path_bench(core: &WorkerCore, modules: &[crate::module::VersionRef], iters: u64) -> std::time::Duration {
+/// is touched. With `fresh`, each transaction starts from a copy of the
+/// request and gets an upstream's response head for its RESPONSE hook
+/// (what `molt bench hooks` needs for a module that answers, adds headers
+/// or edits the response; the copies cost every row alike); without, they
+/// share one request and no response (the criterion bench's no-op modules
+/// read and change nothing). The listener has the upstream groups `groups`
+/// (`up` when empty). The caller is this worker's thread
+/// (`Runtime::on_worker`).
+pub fn hook_path_bench(
+    core: &WorkerCore,
+    modules: &[crate::module::VersionRef],
+    iters: u64,
+    fresh: bool,
+    groups: &[String],
+) -> std::time::Duration {
+    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], 2));
+    let groups: Vec<(String, Vec<std::net::SocketAddr>)> = if groups.is_empty() {
+        vec![("up".into(), vec![upstream])]
+    } else {
+        groups.iter().map(|g| (g.clone(), vec![upstream])).collect()
+    };
     let site = HttpSite {
         name: "bench".into(),
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
@@ -278,13 +297,20 @@ pub fn hook_path_bench(core: &WorkerCore, modules: &[crate::module::VersionRef],
             modules: modules.iter().map(|v| v.meta().name.clone()).collect(),
             retry_non_idempotent: false,
         }],
-        groups: vec![("up".into(), vec![std::net::SocketAddr::from(([127, 0, 0, 1], 2))])],
+        groups,
         limits: super::site::HttpLimits::default(),
     };
     let raw = b"GET / HTTP/1.1\r\nHost: b\r\n\r\n";
+    let resp = fresh
+        .then(|| {
+            let raw = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n";
+            super::head::parse_response(raw, &super::head::Limits::default(), "GET").ok().flatten().map(|(h, _)| h)
+        })
+        .flatten();
     let Ok(Some((req, _))) = super::head::parse_request(raw, &super::head::Limits::default()) else {
         return std::time::Duration::ZERO;
     };
+    let pristine = fresh.then(|| req.clone());
     let mut data = TxnData { id: 1, req, route: 0, group: Some(0), answer: None, resp: None, upstream_addr: None };
     let (failures, held) = (AtomicU64::new(0), AtomicU64::new(0));
     let by = Caller {
@@ -300,6 +326,17 @@ pub fn hook_path_bench(core: &WorkerCore, modules: &[crate::module::VersionRef],
     let mut spare = Vec::new();
     let t = std::time::Instant::now();
     for _ in 0..iters {
+        if let Some(req) = &pristine {
+            data = TxnData {
+                id: 1,
+                req: req.clone(),
+                route: 0,
+                group: Some(0),
+                answer: None,
+                resp: None,
+                upstream_addr: None,
+            };
+        }
         let mut chain = Chain::recycled(spare);
         for (i, v) in modules.iter().enumerate() {
             let Ok(cont) = core.spawn_host(v) else { return t.elapsed() };
@@ -316,7 +353,13 @@ pub fn hook_path_bench(core: &WorkerCore, modules: &[crate::module::VersionRef],
         }
         chain.call(&by, &mut data, MOLT_EV_HTTP_REQUEST, (0, 0));
         chain.call(&by, &mut data, MOLT_EV_HTTP_UPSTREAM, (0, 0));
-        chain.call(&by, &mut data, MOLT_EV_HTTP_RESPONSE, (200, 0));
+        // A module's answer is the response when there is one (arg1 1);
+        // else the upstream's.
+        let answered = data.answer.is_some();
+        if !answered && resp.is_some() {
+            data.resp = resp.clone();
+        }
+        chain.call(&by, &mut data, MOLT_EV_HTTP_RESPONSE, (200, u64::from(answered)));
         chain.end(&by, &mut data, (200, 2), false);
         core.run_until_idle();
         spare = std::mem::take(&mut chain.conts);
