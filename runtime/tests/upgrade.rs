@@ -127,17 +127,9 @@ struct Molt {
 
 impl Molt {
     fn start(cfg: &Path, run_dir: &Path) -> Molt {
-        let mut first = Command::new(MOLT)
-            .args(["run", "--config"])
-            .arg(cfg)
-            .args(["--for", "300"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
         // The banner names the addresses; every later process writes to
         // the same pipe, which `banner` keeps draining.
-        let common::Banner { http, tcp, admin } = common::banner(&mut first);
+        let (first, common::Banner { http, tcp, admin }) = common::molt_run(cfg, 300);
         let pid = first.id();
         Molt {
             first,
@@ -653,15 +645,8 @@ modules = ["fixture_gate", "hello"]
         ),
     )
     .unwrap();
-    let mut child = Command::new(MOLT)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .args(["--for", "120"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let http = common::banner(&mut child).http.expect("an HTTP listener");
+    let (child, banner) = common::molt_run(&cfg, 120);
+    let http = banner.http.expect("an HTTP listener");
     let pid = child.id();
     let m = Molt {
         first: child,

@@ -221,6 +221,22 @@ pub struct Banner {
     pub admin: Option<std::net::SocketAddr>,
 }
 
+/// `molt run --config <cfg> --for <secs>` (the test binary's own molt),
+/// stdout piped for its banner, which is read (see [`banner`]) before this
+/// returns: the process serves then.
+pub fn molt_run(cfg: &Path, secs: u32) -> (std::process::Child, Banner) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_molt"))
+        .args(["run", "--config"])
+        .arg(cfg)
+        .args(["--for", &secs.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start molt");
+    let b = banner(&mut child);
+    (child, b)
+}
+
 /// Read `child`'s banner from its piped stdout up to the `control socket:`
 /// line (the last one), then keep draining the pipe in a thread (later
 /// processes of an upgrade write to the same pipe).
