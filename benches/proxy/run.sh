@@ -176,37 +176,31 @@ if [ -n "$CHAIN" ]; then
 fi
 
 if [ "$COUNT" = 1 ]; then
-  MPID=${PIDS[-1]}
-  perf probe -q -x "$(ldd "$BIN/molt" | awk '/libc.so/ {print $3}')" malloc 2>/dev/null || true
-  perf stat -x, -o "$WORK/stat.txt" -e probe_libc:malloc -e syscalls:sys_enter_epoll_wait -e raw_syscalls:sys_enter \
-    -p "$MPID" -- sleep "$((DURATION + 1))" &
-  STAT=$!
-  sleep 0.5
-  if [ -n "${MALLOC_STACKS:-}" ]; then
-    # Where the mallocs come from: call graphs into $MALLOC_STACKS (perf report -i ...).
-    perf record -q --call-graph dwarf,16384 -e probe_libc:malloc -o "$MALLOC_STACKS" -p "$MPID" -- sleep 1 >/dev/null 2>&1 &
-  fi
-  reqs=$(wrk -t1 -c"$COUNT_CONNS" -d"${DURATION}s" "http://$MOLT/" | awk '/requests in/ {print $1}')
-  wait "$STAT"
-  echo "molt per request at $COUNT_CONNS connection(s) (modules: [${CHAIN:-none}], $reqs requests in ${DURATION}s):"
-  awk -F, -v n="$reqs" '$3 ~ /malloc/ {printf "  malloc       %.2f\n", $1/n}
-                        $3 ~ /epoll_wait/ {printf "  epoll_wait   %.2f\n", $1/n}
-                        $3 ~ /raw_syscalls/ {printf "  syscalls     %.2f\n", $1/n}' "$WORK/stat.txt"
-  # The same counts for nginx's proxy workers, the same way, next.
-  NPIDS=$(pgrep -d, -P "${PIDS[1]}" || true)
-  if [ -n "$NPIDS" ]; then
-    perf probe -q -x "$(ldd "$NGINX" | awk '/libc.so/ {print $3}')" malloc 2>/dev/null || true
-    perf stat -x, -o "$WORK/nstat.txt" -e probe_libc:malloc -e syscalls:sys_enter_epoll_wait -e raw_syscalls:sys_enter \
-      -p "$NPIDS" -- sleep "$((DURATION + 1))" &
-    STAT=$!
+  # count LABEL BINARY PIDS ADDR: malloc, epoll_wait and all syscalls of
+  # PIDS (comma-separated) per request wrk made to ADDR.
+  count() {
+    local label=$1 bin=$2 pids=$3 addr=$4 stat reqs
+    perf probe -q -x "$(ldd "$bin" | awk '/libc.so/ {print $3}')" malloc 2>/dev/null || true
+    perf stat -x, -o "$WORK/stat-$label.txt" -e probe_libc:malloc -e syscalls:sys_enter_epoll_wait \
+      -e raw_syscalls:sys_enter -p "$pids" -- sleep "$((DURATION + 1))" &
+    stat=$!
     sleep 0.5
-    reqs=$(wrk -t1 -c"$COUNT_CONNS" -d"${DURATION}s" "http://$NGX/" | awk '/requests in/ {print $1}')
-    wait "$STAT"
-    echo "nginx per request at $COUNT_CONNS connection(s) ($reqs requests in ${DURATION}s):"
+    if [ "$label" = molt ] && [ -n "${MALLOC_STACKS:-}" ]; then
+      # Where the mallocs come from: call graphs into $MALLOC_STACKS (perf report -i ...).
+      perf record -q --call-graph dwarf,16384 -e probe_libc:malloc -o "$MALLOC_STACKS" -p "$pids" -- sleep 1 >/dev/null 2>&1 &
+    fi
+    reqs=$(wrk -t1 -c"$COUNT_CONNS" -d"${DURATION}s" "http://$addr/" | awk '/requests in/ {print $1}')
+    wait "$stat"
+    echo "$label per request at $COUNT_CONNS connection(s) ($reqs requests in ${DURATION}s):"
     awk -F, -v n="$reqs" '$3 ~ /malloc/ {printf "  malloc       %.2f\n", $1/n}
                           $3 ~ /epoll_wait/ {printf "  epoll_wait   %.2f\n", $1/n}
-                          $3 ~ /raw_syscalls/ {printf "  syscalls     %.2f\n", $1/n}' "$WORK/nstat.txt"
-  fi
+                          $3 ~ /raw_syscalls/ {printf "  syscalls     %.2f\n", $1/n}' "$WORK/stat-$label.txt"
+  }
+  echo "molt's modules: [${CHAIN:-none}]"
+  count molt "$BIN/molt" "${PIDS[-1]}" "$MOLT"
+  # nginx's proxy workers (the master's children), the same way.
+  NPIDS=$(pgrep -d, -P "${PIDS[1]}" || true)
+  [ -n "$NPIDS" ] && count nginx "$NGINX" "$NPIDS" "$NGX"
   exit 0
 fi
 
