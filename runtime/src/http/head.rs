@@ -247,12 +247,16 @@ fn keep_alive(headers: &[Header], minor: u8) -> bool {
     }
 }
 
+/// Room a parsed head's field list keeps for the fields modules add
+/// (`http_header_set`), so that the first added field is no reallocation.
+pub(super) const ADDED_FIELDS_ROOM: usize = 4;
+
 fn collect(raw: &[httparse::Header<'_>]) -> Result<Vec<Header>, HeadError> {
     // Sized once, with room for the fields modules add (`http_header_set`):
     // collecting a `Result` iterator started the vector small and regrew it
     // (a reallocation per head of more than four fields), and an exact fit
     // regrew at a module's first added field.
-    let mut out = Vec::with_capacity(raw.len() + 4);
+    let mut out = Vec::with_capacity(raw.len() + ADDED_FIELDS_ROOM);
     for h in raw {
         if h.value.iter().any(|b| *b == b'\r' || *b == b'\n' || *b == 0) {
             return Err(HeadError::Bad(format!("header {} has a control character in its value", h.name)));

@@ -331,7 +331,7 @@ pub fn hook_path_bench(
             // (`head::collect`): a clone's exact fit would be regrown at a
             // module's first added field.
             let mut req = req.clone();
-            req.headers.reserve(4);
+            req.headers.reserve(super::head::ADDED_FIELDS_ROOM);
             data = TxnData { id: 1, req, route: 0, group: Some(0), answer: None, resp: None, upstream_addr: None };
         }
         let mut chain = Chain::recycled(spare);
@@ -355,7 +355,7 @@ pub fn hook_path_bench(
         let answered = data.answer.is_some();
         if let (false, Some(r)) = (answered, &resp) {
             let mut r = r.clone();
-            r.headers.reserve(4);
+            r.headers.reserve(super::head::ADDED_FIELDS_ROOM);
             data.resp = Some(r);
         }
         chain.call(&by, &mut data, MOLT_EV_HTTP_RESPONSE, (200, u64::from(answered)));
