@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::http::{Client, backend};
 use common::{RunDir, module_cfg, module_lib};
-use molt_runtime::{Runtime, RuntimeConfig};
 
 struct Counting;
 
@@ -74,19 +73,8 @@ fn a_request_through_three_modules_allocates_at_most_four_times_on_its_worker() 
         module_cfg("header_rewrite", &module_lib("header_rewrite"), &[("request.set.X-Test", "molt")]),
         module_cfg("router", &module_lib("router"), &[("default", "b")]),
     ];
-    let rt = Runtime::start(RuntimeConfig {
-        workers: 1,
-        run_dir: dir.path().to_owned(),
-        http: vec![common::one_route_site(b, &["rate_limit", "header_rewrite", "router"])],
-        state: molt_runtime::runtime::StateConfig {
-            path: Some(dir.path().join("state.molt")),
-            size: 8 << 20,
-            reset: false,
-        },
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
-    rt.reload(&modules).unwrap();
+    let site = common::one_route_site(b, &["rate_limit", "header_rewrite", "router"]);
+    let rt = common::proxy_runtime_on(1, dir.path(), vec![site], vec![], &modules);
     rt.on_worker(0, |_| COUNTED.with(|c| c.set(true))).unwrap();
     let mut c = Client::connect(rt.http_addrs()[0]);
     for _ in 0..200 {

@@ -193,14 +193,9 @@ fn a_pipelining_client_does_not_starve_the_others_on_its_worker() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     const N: usize = 20_000;
     let dir = RunDir::new("httpe-fair");
-    let rt = Runtime::start(molt_runtime::RuntimeConfig {
-        workers: 1,
-        run_dir: dir.path().to_owned(),
-        http: vec![common::one_route_site(common::dead_addr(), &["hello"])],
-        ..molt_runtime::RuntimeConfig::default()
-    })
-    .unwrap();
-    rt.reload(&[common::module_cfg("hello", &common::module_lib("hello"), &[])]).unwrap();
+    let site = common::one_route_site(common::dead_addr(), &["hello"]);
+    let hello = common::module_cfg("hello", &common::module_lib("hello"), &[]);
+    let rt = common::proxy_runtime_on(1, dir.path(), vec![site], vec![], &[hello]);
     let addr = rt.http_addrs()[0];
     let mut victim = Client::connect(addr);
     assert_eq!(victim.get("/").unwrap().status, 200);

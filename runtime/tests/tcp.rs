@@ -453,13 +453,8 @@ fn a_stream_that_never_runs_dry_does_not_starve_the_others_on_its_worker() {
     use std::sync::atomic::AtomicUsize;
     const TOTAL: usize = 256 << 20;
     let dir = RunDir::new("tcp-fair");
-    let rt = Runtime::start(RuntimeConfig {
-        workers: 1,
-        run_dir: dir.path().to_owned(),
-        tcp: vec![route(vec![echo_server()], Duration::from_secs(30))],
-        ..RuntimeConfig::default()
-    })
-    .unwrap();
+    let rt =
+        common::proxy_runtime_on(1, dir.path(), vec![], vec![route(vec![echo_server()], Duration::from_secs(30))], &[]);
     let addr = rt.tcp_addrs()[0];
     let mut victim = TcpStream::connect(addr).unwrap();
     victim.set_read_timeout(Some(Duration::from_secs(20))).unwrap();

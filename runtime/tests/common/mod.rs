@@ -125,8 +125,19 @@ pub fn proxy_runtime(
     tcp: Vec<molt_runtime::net::TcpRoute>,
     modules: &[molt_runtime::config::ModuleConfig],
 ) -> molt_runtime::Runtime {
+    proxy_runtime_on(2, dir, http, tcp, modules)
+}
+
+/// [`proxy_runtime`] with `workers` workers.
+pub fn proxy_runtime_on(
+    workers: usize,
+    dir: &Path,
+    http: Vec<molt_runtime::http::HttpSite>,
+    tcp: Vec<molt_runtime::net::TcpRoute>,
+    modules: &[molt_runtime::config::ModuleConfig],
+) -> molt_runtime::Runtime {
     let rt = molt_runtime::Runtime::start(molt_runtime::RuntimeConfig {
-        workers: 2,
+        workers,
         run_dir: dir.to_owned(),
         http,
         tcp,
