@@ -632,13 +632,19 @@ impl WorkerCore {
         // SAFETY: `handler` and `data` are this live continuation's, read
         // from its slot just now, on its home worker.
         if let Err(e) = unsafe { self.call(ev.target, version, handler, data, &abi, None) } {
-            crate::module::quiet::failure(&e.module, || {
-                tracing::warn!(worker = self.index(), cont = ev.target, "{e}");
-            });
+            self.failed(ev.target, &e);
         }
         if ev.kind == MOLT_EV_END {
             self.free_slot(p.slot);
         }
+    }
+
+    /// A call of the loop's (an event, an END) into continuation `id` failed.
+    #[cold]
+    fn failed(&self, id: u64, e: &crate::module::CallError) {
+        crate::module::quiet::failure(&e.module, || {
+            tracing::warn!(worker = self.index(), cont = id, "{e}");
+        });
     }
 
     fn free_slot(&self, slot: u32) {
@@ -693,9 +699,7 @@ impl WorkerCore {
         // SAFETY: `handler` and `data` are this live continuation's, read
         // from its slot just now, on its home worker.
         if let Err(e) = unsafe { self.call(id, version, handler, data, &abi, None) } {
-            crate::module::quiet::failure(&e.module, || {
-                tracing::warn!(worker = self.index(), cont = id, "{e}");
-            });
+            self.failed(id, &e);
         }
         self.free_slot(p.slot);
         Ok(())
