@@ -167,4 +167,14 @@ fn hooks_reports_a_modules_cost_per_transaction() {
     let out = molt(&["bench", "hooks", "--module", "/nonexistent/libx.so"], Duration::from_secs(30));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/libx.so"), "the error names the file");
+    // A config the module refuses at init: refused, naming the module and why.
+    let lib = module_lib("rate_limit");
+    let out =
+        molt(&["bench", "hooks", "--module", lib.to_str().unwrap(), "--config", "rate=0"], Duration::from_secs(30));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused") && err.contains("rate_limit") && err.contains("rate 0"), "{err}");
+    // A config entry that is not key=value.
+    let out = molt(&["bench", "hooks", "--module", lib.to_str().unwrap(), "--config", "rate"], Duration::from_secs(30));
+    assert!(!out.status.success());
 }
